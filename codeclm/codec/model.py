@@ -1,0 +1,328 @@
+"""The codec: SEANet encoder -> residual vector quantizer -> SEANet decoder.
+
+>>> codec = Codec.from_pretrained()                 # the shipped default (checkpoints/codec)
+>>> codes = codec.encode(wav, bandwidth=6.0)         # wav [B, C, T] -> LongTensor [B, n_q, F]
+>>> audio = codec.decode(codes)                      # -> [B, C, F * hop]
+>>> with codec.streaming(batch_size=1):              # chunk in, chunk out, same bits as offline
+...     for chunk in chunks:
+...         out = codec.decode(codec.encode(chunk))
+...     tail = codec.decode(codec.flush())
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrizations, parametrize
+
+from codeclm.codec.config import CodecConfig
+from codeclm.codec.layers import StreamingConv1d, StreamingConvTranspose1d
+from codeclm.codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
+from codeclm.codec.seanet import SEANetDecoder, SEANetEncoder
+from codeclm.errors import AudioError, CodesError, ConfigError
+from codeclm.pretrained import (default_checkpoint, fused_state_dict, load_weights_into, read_config, read_weights,
+                                save_folder, weights_hash)
+from codeclm.streaming import StreamingError, StreamingModule
+
+DEFAULT_CODEC = "codec"
+_OFFLINE_BLOCK_FRAMES = 1500  # frames per block in offline frame-synchronous passes (bounds memory)
+
+
+@dataclass
+class CodecOutput:
+    """Result of a training pass: reconstruction, codes, commitment loss, codebooks used."""
+
+    audio: torch.Tensor
+    codes: torch.Tensor
+    commitment_loss: torch.Tensor
+    n_q: int
+    latent: torch.Tensor
+
+
+class Codec(StreamingModule):
+    """EnCodec-style neural audio codec with exact streaming and several bandwidths."""
+
+    def __init__(self, config: CodecConfig | None = None, **overrides):
+        super().__init__()
+        config = config or CodecConfig(**overrides)
+        self.config = config
+        self.encoder = SEANetEncoder(config)
+        self.decoder = SEANetDecoder(config)
+        self.quantizer = ResidualVectorQuantizer(
+            config.dimension, config.n_q, config.bins, decay=config.ema_decay, kmeans_init=config.kmeans_init,
+            kmeans_iters=config.kmeans_iters, dead_code_threshold=config.dead_code_threshold)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.config.channels
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.n_q
+
+    @property
+    def cardinality(self) -> int:
+        return self.config.bins
+
+    @property
+    def latency(self) -> float:
+        """Algorithmic latency in seconds: one frame (a frame's codes need its samples)."""
+        return self.hop_length / self.sample_rate
+
+    @property
+    def streamable(self) -> bool:
+        return self.config.streamable
+
+    def num_codebooks_for(self, bandwidth: float | None) -> int:
+        """Codebooks used at ``bandwidth`` kbps (None: all). EnCodec's mapping."""
+        if bandwidth is None:
+            return self.num_codebooks
+        if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
+            raise CodesError(f"bandwidth must be a positive number of kbps, got {bandwidth!r}")
+        per_q = math.ceil(self.frame_rate) * self.config.bits_per_codebook
+        n_q = int(max(1, math.floor(bandwidth * 1000 / per_q)))
+        if n_q > self.num_codebooks:
+            raise CodesError(f"bandwidth {bandwidth} kbps needs {n_q} codebooks but the model has "
+                             f"{self.num_codebooks} (max {max(self.config.target_bandwidths)} kbps)")
+        return n_q
+
+    def bandwidth_of(self, n_q: int) -> float:
+        """Bitrate in kbps of ``n_q`` raw (not entropy-coded) codebooks."""
+        return n_q * self.frame_rate * self.config.bits_per_codebook / 1000
+
+    # -- input checks --------------------------------------------------------------------------
+    def _check_wav(self, wav: torch.Tensor) -> torch.Tensor:
+        if not isinstance(wav, torch.Tensor):
+            raise AudioError(f"encode expects a torch.Tensor [batch, channels, samples], got {type(wav).__name__}")
+        if wav.dim() != 3:
+            raise AudioError(f"encode expects audio shaped [batch, channels, samples], got {tuple(wav.shape)}")
+        if not wav.is_floating_point():
+            raise AudioError(f"encode expects floating-point audio, got {wav.dtype}")
+        if wav.shape[1] != self.channels:
+            raise AudioError(f"this codec takes {self.channels}-channel audio, got {wav.shape[1]} channels")
+        if not self.is_streaming and wav.shape[-1] == 0:
+            raise AudioError("cannot encode empty audio (0 samples)")
+        if not torch.isfinite(wav).all():
+            raise AudioError("audio contains NaN or infinite samples")
+        return wav.to(self._dtype)
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
+            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise CodesError(f"decode expects codes shaped [batch, n_q, frames], got {shape}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise CodesError(f"codes must be an integer tensor, got {codes.dtype}")
+        if not 1 <= codes.shape[1] <= self.num_codebooks:
+            raise CodesError(f"codes have {codes.shape[1]} codebooks; this codec has 1..{self.num_codebooks}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
+            raise CodesError(f"codes out of range: values must be in [0, {self.cardinality - 1}], "
+                             f"got [{int(codes.min())}, {int(codes.max())}]")
+        return codes.long()
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.quantizer.layers[0].embed.dtype
+
+    # -- encode / decode -----------------------------------------------------------------------
+    def encode(self, wav: torch.Tensor, bandwidth: float | None = None, return_scales: bool = False):
+        """Audio ``[B, C, T]`` -> codes ``[B, n_q, ceil(T / hop)]`` (int64).
+
+        Inside ``streaming()`` returns the codes of the frames completed so far. Models that
+        normalise loudness per chunk (EnCodec 48 kHz) need ``return_scales=True`` and give
+        ``(codes, scales [B, chunks])``.
+        """
+        wav = self._check_wav(wav)
+        n_q = self.num_codebooks_for(bandwidth)
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            if self.is_streaming:
+                codes = self._encode_stream(wav, n_q)
+            elif self.streamable:
+                pad = (-wav.shape[-1]) % self.hop_length
+                codes = self._frame_synchronous(F.pad(wav, (0, pad)), self._encode_stream, n_q,
+                                                self.hop_length, wav.shape[0])
+            else:
+                codes, scales = self._encode_offline(wav, n_q)
+                return (codes, scales) if return_scales else codes
+        return (codes, None) if return_scales else codes
+
+    def decode(self, codes: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes ``[B, K, F]`` -> audio ``[B, C, F * hop]`` (K <= n_q: fewer codebooks, lower quality)."""
+        codes = self._check_codes(codes)
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            if self.is_streaming:
+                return self._decode_stream(codes)
+            if self.streamable:
+                return self._frame_synchronous(codes, self._decode_stream, None, 1, codes.shape[0])
+            return self._decode_offline(codes, scales)
+
+    def flush(self, bandwidth: float | None = None) -> torch.Tensor:
+        """End of stream: codes of the last partial frame, zero-padded as offline ``encode`` does."""
+        if not self.is_streaming:
+            raise StreamingError("flush() is only meaningful inside a streaming() block")
+        buf = self._streaming_state["buffer"]
+        if buf is None or buf.shape[-1] == 0:
+            return torch.zeros(self._streaming_batch_size, self.num_codebooks_for(bandwidth), 0, dtype=torch.long)
+        pad = buf.new_zeros(buf.shape[0], buf.shape[1], self.hop_length - buf.shape[-1])
+        return self.encode(pad, bandwidth)
+
+    # -- streaming (frame-synchronous) path ----------------------------------------------------
+    def _init_streaming_state(self, batch_size: int) -> dict:
+        if not self.streamable:
+            raise StreamingError(
+                f"this codec cannot stream exactly (causal={self.config.causal}, pad_mode="
+                f"{self.config.pad_mode!r}, norm={self.config.norm!r}, normalize={self.config.normalize}); "
+                "streaming needs a causal model with pad_mode='constant'")
+        return {"buffer": None}
+
+    def _encode_stream(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
+        self._check_stream_batch(wav.shape[0])
+        state = self._streaming_state
+        buf = wav if state["buffer"] is None else torch.cat([state["buffer"], wav], -1)
+        usable = buf.shape[-1] - buf.shape[-1] % self.hop_length
+        state["buffer"] = buf[..., usable:]
+        if usable == 0:
+            return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
+        return self.quantizer.encode(self.encoder(buf[..., :usable]), n_q)
+
+    def _decode_stream(self, codes: torch.Tensor, _unused=None) -> torch.Tensor:
+        self._check_stream_batch(codes.shape[0])
+        if codes.shape[-1] == 0:
+            return torch.zeros(codes.shape[0], self.channels, 0, device=codes.device, dtype=self._dtype)
+        return self.decoder(self.quantizer.decode(codes))
+
+    def _frame_synchronous(self, x: torch.Tensor, step, n_q, samples_per_frame: int, batch: int) -> torch.Tensor:
+        """Offline pass of a streamable model = one stream over the whole input, in blocks."""
+        block = _OFFLINE_BLOCK_FRAMES * samples_per_frame
+        with self.streaming(batch):
+            outs = [step(x[..., i: i + block], n_q) for i in range(0, x.shape[-1], block)]
+        return torch.cat(outs, -1)
+
+    # -- offline path (non-causal / reflect-padded / chunked models, e.g. imported EnCodec) -----
+    def _encode_offline(self, wav: torch.Tensor, n_q: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.config
+        length = wav.shape[-1]
+        chunk = cfg.chunk_length or length
+        stride = cfg.chunk_stride or length
+        codes, scales = [], []
+        for offset in range(0, length, stride):
+            frame = wav[..., offset: offset + chunk]
+            scale = None
+            if cfg.normalize:
+                mono = frame.mean(dim=1, keepdim=True)
+                scale = mono.pow(2).mean(dim=-1, keepdim=True).sqrt() + 1e-8
+                frame = frame / scale
+                scales.append(scale.view(-1))
+            codes.append(self.quantizer.encode(self.encoder(frame), n_q))
+        return torch.cat(codes, -1), (torch.stack(scales, 1) if scales else None)
+
+    def _decode_offline(self, codes: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        if cfg.normalize and scales is None:
+            raise CodesError("this codec normalises loudness per chunk: pass the scales from encode(..., "
+                             "return_scales=True)")
+        if cfg.chunk_length is None:
+            out = self.decoder(self.quantizer.decode(codes))
+            return out * scales.view(-1, 1, 1) if scales is not None else out
+        per_chunk = math.ceil(cfg.chunk_length / self.hop_length)
+        pieces = []
+        for i, start in enumerate(range(0, codes.shape[-1], per_chunk)):
+            out = self.decoder(self.quantizer.decode(codes[..., start: start + per_chunk]))
+            pieces.append(out * scales[:, i].view(-1, 1, 1) if scales is not None else out)
+        return linear_overlap_add(pieces, cfg.chunk_stride)
+
+    # -- training ------------------------------------------------------------------------------
+    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+        """Training pass: encode, quantize (EMA updates in train mode), decode, same length as input."""
+        length = wav.shape[-1]
+        x = F.pad(wav, (0, (-length) % self.hop_length))
+        latent = self.encoder(x)
+        q: QuantizerOutput = self.quantizer(latent, n_q)
+        audio = self.decoder(q.quantized)[..., :length]
+        return CodecOutput(audio, q.codes, q.commitment_loss, q.n_q, latent)
+
+    def sample_n_q(self, generator: torch.Generator | None = None) -> int:
+        """Quantizer dropout: a random bandwidth from the config's targets, as codebooks."""
+        choices = sorted({self.num_codebooks_for(b) for b in self.config.target_bandwidths})
+        return choices[int(torch.randint(len(choices), (1,), generator=generator))]
+
+    def apply_weight_norm(self) -> "Codec":
+        """Reparametrise conv weights with weight norm (training); saving folds it back."""
+        if self.config.norm == "weight_norm":
+            for m in self.modules():
+                if isinstance(m, StreamingConv1d) and not parametrize.is_parametrized(m.conv):
+                    parametrizations.weight_norm(m.conv)
+                elif isinstance(m, StreamingConvTranspose1d) and not parametrize.is_parametrized(m.convtr):
+                    parametrizations.weight_norm(m.convtr)
+        return self
+
+    def remove_weight_norm(self) -> "Codec":
+        for m in self.modules():
+            for conv in (getattr(m, "conv", None), getattr(m, "convtr", None)):
+                if isinstance(conv, torch.nn.Module) and parametrize.is_parametrized(conv):
+                    parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+        return self
+
+    # -- folders -------------------------------------------------------------------------------
+    def state_dict_fused(self) -> dict[str, torch.Tensor]:
+        return fused_state_dict(self)
+
+    def identity(self) -> dict:
+        """Name and weight hash: what a compressed file records to refuse a different model."""
+        return {"name": self.config.name, "sha256": weights_hash(self.state_dict_fused())}
+
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (fp16 with ``dtype=torch.float16``)."""
+        return save_folder(folder, self.config.to_dict(), self.state_dict_fused(), dtype)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Codec":
+        """Load a codec folder; no argument loads the shipped default (``checkpoints/codec``)."""
+        folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_CODEC)
+        config = CodecConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
+        model = cls(config)
+        load_weights_into(model, read_weights(folder), str(folder))
+        return model.to(device).eval()
+
+    @classmethod
+    def from_hf(cls, model_or_folder) -> "Codec":
+        """Import a ``transformers`` EncodecModel (object or saved folder) as a codeclm Codec."""
+        from codeclm.codec.hf import codec_from_hf
+
+        return codec_from_hf(model_or_folder)
+
+
+def linear_overlap_add(frames: list[torch.Tensor], stride: int) -> torch.Tensor:
+    """Overlap-add chunks with triangular weights (EnCodec's chunked decoding)."""
+    if not frames:
+        raise CodesError("nothing to decode")
+    frame_len = frames[0].shape[-1]
+    total = stride * (len(frames) - 1) + frames[-1].shape[-1]
+    t = torch.linspace(0, 1, frame_len + 2, dtype=frames[0].dtype, device=frames[0].device)[1:-1]
+    weight = 0.5 - (t - 0.5).abs()
+    out = frames[0].new_zeros(*frames[0].shape[:-1], total)
+    weight_sum = frames[0].new_zeros(total)
+    for i, frame in enumerate(frames):
+        n = frame.shape[-1]
+        out[..., i * stride: i * stride + n] += weight[:n] * frame
+        weight_sum[i * stride: i * stride + n] += weight[:n]
+    if weight_sum.min() <= 0:
+        raise ConfigError("chunk stride leaves gaps between chunks")
+    return out / weight_sum

@@ -1,0 +1,114 @@
+"""Model folders: ``config.json`` + ``model.safetensors``, like Hugging Face, never pickle.
+
+Shared by the codec and the language models. Weights saved by codeclm are *fused* (weight
+norm folded into plain weights), so a folder is independent of how the model was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from codeclm.errors import ConfigError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def default_checkpoint(name: str) -> Path:
+    """Folder of a shipped default model (``checkpoints/NAME``), with a clear error if absent."""
+    folder = CHECKPOINTS_DIR / name
+    if not (folder / CONFIG_NAME).exists():
+        raise ConfigError(f"{folder}: the shipped default model {name!r} is missing (pass a model folder)")
+    return folder
+
+
+def fused_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with weight-norm parametrizations folded into plain ``weight`` tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        if ".parametrizations." not in key:
+            out[key] = tensor
+            continue
+        owner, rest = key.split(".parametrizations.", 1)
+        pname = rest.split(".", 1)[0]
+        out[f"{owner}.{pname}"] = getattr(model.get_submodule(owner), pname).detach()
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such model folder")
+    path = folder / CONFIG_NAME
+    if not path.exists():
+        raise ConfigError(f"{folder}: missing {CONFIG_NAME}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+
+
+def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.exists():
+        raise ConfigError(f"{folder}: missing {WEIGHTS_NAME}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable safetensors file ({exc})") from None
+
+
+def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Load (fp16 or fp32) weights into ``model``; missing or unexpected keys are an error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(f"{source}: weights do not match the config (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    for key, tensor in weights.items():
+        if tensor.shape != expected[key].shape:
+            raise ConfigError(f"{source}: {key} has shape {tuple(tensor.shape)}, config expects "
+                              f"{tuple(expected[key].shape)}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
+
+
+def save_folder(folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor],
+                dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` atomically (temp files, then rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    for name, writer in ((WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"})),
+                         (CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=str(folder))
+        os.close(fd)
+        try:
+            writer(tmp)
+            os.replace(tmp, folder / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return folder
+
+
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """A stable SHA-256 of the weights (float32 bytes, sorted keys): a model's identity."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu()
+        t = t.float() if t.is_floating_point() else t
+        h.update(key.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
