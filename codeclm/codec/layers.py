@@ -15,6 +15,10 @@ window (context + that frame's samples) is one item of a convolution batch, so t
 frame gets depend only on that frame's window, never on how many frames came in the same call.
 The codec's offline ``encode``/``decode`` of a streamable model run this same path over all
 frames at once, so offline and any chunking give identical bits (tests check random chunkings).
+
+Layout while streaming: activations travel *frames-as-batch*, ``[B*N, C, L]`` (item ``b*N + n``
+holds frame ``n`` of batch item ``b``, ``L`` samples per frame at that depth), so consecutive
+layers need no reshuffling; the codec converts at the encoder input and decoder output.
 """
 
 from __future__ import annotations
@@ -94,18 +98,70 @@ def _batch_at_least_two(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return (torch.cat([x, x], 0), n) if n == 1 else (x, n)
 
 
-def frames_to_batch(x: torch.Tensor, n_frames: int, window: int, hop: int) -> torch.Tensor:
-    """``[B, C, ctx + N*hop]`` -> ``[B*N, C, window]`` windows starting every ``hop`` samples."""
-    b, c, _ = x.shape
-    w = x.unfold(-1, window, hop)  # [B, C, N, window]
-    return w.permute(0, 2, 1, 3).reshape(b * n_frames, c, window)
+def batch_invariant_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                           stride: int = 1, dilation: int = 1) -> torch.Tensor:
+    """Conv1d whose result for one batch item never depends on the batch size.
+
+    ``F.conv1d`` switches between oneDNN and a native kernel by batch size and thread count
+    (different rounding), and oneDNN itself treats a batch of one specially. So: always oneDNN
+    on CPU float32, and never a batch of one.
+    """
+    x, n = _batch_at_least_two(x)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        y = torch.mkldnn_convolution(x.contiguous(), weight, bias, [0], [stride], [dilation], 1)
+    else:
+        y = F.conv1d(x, weight, bias, stride=stride, dilation=dilation)
+    return y[:n]
 
 
-def batch_to_frames(y: torch.Tensor, batch: int) -> torch.Tensor:
-    """``[B*N, C, L]`` -> ``[B, C, N*L]`` (frames back to a continuous signal)."""
+def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for ``x`` ``[M, D]`` with rounding independent of ``M``.
+
+    A 1x1 convolution with one batch item per row: oneDNN computes each item the same way
+    whatever the batch size (unlike GEMM, whose blocking depends on ``M``).
+    """
+    return batch_invariant_conv1d(x[:, :, None], weight[:, :, None])[:, :, 0]
+
+
+def to_frames(x: torch.Tensor, frame_length: int) -> torch.Tensor:
+    """Continuous ``[B, C, N*L]`` -> frames-as-batch ``[B*N, C, L]``."""
+    b, c, t = x.shape
+    n = t // frame_length
+    return x.view(b, c, n, frame_length).permute(0, 2, 1, 3).reshape(b * n, c, frame_length)
+
+
+def from_frames(y: torch.Tensor, batch: int) -> torch.Tensor:
+    """Frames-as-batch ``[B*N, C, L]`` -> continuous ``[B, C, N*L]``."""
     bn, c, length = y.shape
     n = bn // batch
     return y.view(batch, n, c, length).permute(0, 2, 1, 3).reshape(batch, c, n * length)
+
+
+def with_context(x: torch.Tensor, previous: torch.Tensor, context: int, batch: int) -> torch.Tensor:
+    """Prepend to each frame the ``context`` samples before it (from earlier frames or the state).
+
+    ``x`` is ``[B*N, C, L]``, ``previous`` the last ``context`` samples of the stream so far
+    ``[B, C, context]``; returns windows ``[B*N, C, context + L]``.
+    """
+    bn, c, length = x.shape
+    n = bn // batch
+    frames = x.view(batch, n, c, length)
+    if context <= length:  # the context sits in the previous frame alone
+        tails = torch.cat([previous[:, None], frames[:, :-1, :, length - context:]], dim=1)
+        return torch.cat([tails, frames], dim=-1).view(bn, c, context + length)
+    stream = torch.cat([previous, from_frames(x, batch)], dim=-1)  # [B, C, context + N*L]
+    windows = stream.unfold(-1, context + length, length)  # [B, C, N, context + L]
+    return windows.permute(0, 2, 1, 3).reshape(bn, c, context + length)
+
+
+def last_samples(x: torch.Tensor, previous: torch.Tensor, count: int, batch: int) -> torch.Tensor:
+    """The last ``count`` samples of the stream after frames ``x`` ``[B*N, C, L]``: ``[B, C, count]``."""
+    bn, c, length = x.shape
+    frames = x.view(batch, bn // batch, c, length)
+    if count <= length:
+        return frames[:, -1, :, length - count:].contiguous()
+    stream = torch.cat([previous, from_frames(x, batch)], dim=-1)
+    return stream[..., stream.shape[-1] - count:].contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,20 +213,21 @@ class StreamingConv1d(StreamingModule):
         return self.norm(self.conv(x))
 
     def _forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: frames-as-batch ``[B*N, C_in, L]`` -> ``[B*N, C_out, L / stride]``."""
         state: _ConvState = self._streaming_state
-        batch, _, length = x.shape
+        batch = self._streaming_batch_size
         context = self.effective_kernel - self.stride
-        if state.previous is None:
-            state.previous = x.new_zeros(batch, x.shape[1], context)
-        hop = self.frame_length
-        n_frames = length // hop
-        if n_frames == 0:
-            return x.new_zeros(batch, self.conv.out_channels, 0)
-        xp = torch.cat([state.previous, x], dim=-1)
-        state.previous = xp[..., xp.shape[-1] - context:]
-        windows, n = _batch_at_least_two(frames_to_batch(xp, n_frames, context + hop, hop))
-        y = self.conv(windows)[:n]
-        return batch_to_frames(y, batch)
+        if x.shape[0] == 0:
+            return x.new_zeros(0, self.conv.out_channels, x.shape[-1] // self.stride)
+        if context == 0:
+            windows = x
+        else:
+            if state.previous is None:
+                state.previous = x.new_zeros(batch, x.shape[1], context)
+            windows = with_context(x, state.previous, context, batch)
+            state.previous = last_samples(x, state.previous, context, batch)
+        y = batch_invariant_conv1d(windows, self.conv.weight, self.conv.bias, self.stride, self.conv.dilation[0])
+        return self.norm(y)
 
 
 @dataclass
@@ -213,33 +270,33 @@ class StreamingConvTranspose1d(StreamingModule):
         return y[..., left: y.shape[-1] - right]
 
     def _forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: frames-as-batch ``[B*N, C_in, L]`` -> ``[B*N, C_out, L * stride]``."""
         state: _ConvTrState = self._streaming_state
-        batch, _, length = x.shape
+        batch = self._streaming_batch_size
         k, s = self.convtr.kernel_size[0], self.stride
         out_ch = self.convtr.out_channels
-        hop = self.frame_length
-        n_frames = length // hop
+        bn, _, length = x.shape
         reach = -(-k // s)  # input steps one step's output spans
         if state.tail is None:
             state.tail = x.new_zeros(batch, out_ch, (reach - 1) * s)
-        if n_frames == 0:
-            return x.new_zeros(batch, out_ch, 0)
+        if bn == 0:
+            return x.new_zeros(0, out_ch, length * s)
         # pointwise conv: every input step -> its k (padded to reach*s) output samples
         w = self.convtr.weight  # [in, out, k]
         w = F.pad(w, (0, reach * s - k)).permute(1, 2, 0).reshape(out_ch * reach * s, -1, 1)
-        items, n = _batch_at_least_two(frames_to_batch(x, n_frames, hop, hop))
-        z = F.conv1d(items, w)[:n].view(n, out_ch, reach, s, hop)
-        out = z.new_zeros(n, out_ch, hop + reach - 1, s)
+        z = batch_invariant_conv1d(x, w).view(bn, out_ch, reach, s, length)
+        out = z.new_zeros(bn, out_ch, length + reach - 1, s)
         for r in range(reach):  # fixed order: identical rounding in every chunking
-            out[:, :, r: r + hop] += z[:, :, r].transpose(-1, -2)
-        main = out[:, :, :hop].reshape(batch, n_frames, out_ch, hop * s)
-        tails = out[:, :, hop:].reshape(batch, n_frames, out_ch, (reach - 1) * s)
+            out[:, :, r: r + length] += z[:, :, r].transpose(-1, -2)
+        frames = bn // batch
+        main = out[:, :, :length].reshape(batch, frames, out_ch, length * s)
+        tails = out[:, :, length:].reshape(batch, frames, out_ch, (reach - 1) * s)
         prev = torch.cat([state.tail[:, None], tails[:, :-1]], dim=1)
         main[..., : prev.shape[-1]] += prev
         state.tail = tails[:, -1]
         if self.convtr.bias is not None:
             main = main + self.convtr.bias.view(1, 1, -1, 1)
-        return main.permute(0, 2, 1, 3).reshape(batch, out_ch, n_frames * hop * s)
+        return main.view(bn, out_ch, length * s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +305,9 @@ class StreamingConvTranspose1d(StreamingModule):
 class StreamingLSTM(StreamingModule):
     """Multi-layer LSTM with a skip connection over ``[B, C, T]`` (EnCodec's ``SLSTM``).
 
-    Streaming steps one time step per call of ``nn.LSTM`` so the numbers never depend on how many
-    steps came together; the hidden state carries across chunks.
+    Streaming runs the recurrence step by step with the hidden state carried across chunks;
+    the input projections of all steps are one batch-invariant pointwise product, so the
+    numbers never depend on how many steps came together.
     """
 
     def __init__(self, dim: int, num_layers: int = 2):
@@ -257,20 +315,37 @@ class StreamingLSTM(StreamingModule):
         self.lstm = nn.LSTM(dim, dim, num_layers)
 
     def _init_streaming_state(self, batch_size: int) -> dict:
-        return {"hc": None}
+        return {"hc": [None] * self.lstm.num_layers}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seq = x.permute(2, 0, 1)  # [T, B, C]
         if not self.is_streaming:
+            seq = x.permute(2, 0, 1)  # [T, B, C]
             return (self.lstm(seq)[0] + seq).permute(1, 2, 0)
-        state = self._streaming_state
-        outs = []
-        for t in range(seq.shape[0]):
-            y, state["hc"] = self.lstm(seq[t: t + 1], state["hc"])
-            outs.append(y)
-        if not outs:
+        # frames-as-batch [B*N, C, 1] at the frame rate: one step per frame
+        batch = self._streaming_batch_size
+        if x.shape[0] == 0:
             return x
-        return (torch.cat(outs, 0) + seq).permute(1, 2, 0)
+        if x.shape[-1] != 1:
+            raise ValueError("streaming LSTM expects one step per frame (place it at the frame rate)")
+        seq = x.view(batch, -1, x.shape[1]).transpose(0, 1)  # [N, B, C]
+        steps, _, dim = seq.shape
+        state = self._streaming_state["hc"]
+        layer_in = seq
+        for layer in range(self.lstm.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.lstm, f"{name}_l{layer}")
+                                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            proj = (rowwise_linear(layer_in.reshape(steps * batch, -1), w_ih) + (b_ih + b_hh)).view(steps, batch, -1)
+            h, c = state[layer] if state[layer] is not None else (seq.new_zeros(batch, dim), seq.new_zeros(batch, dim))
+            w_hh_t = w_hh.t()
+            outs = []
+            for t in range(steps):
+                i, f, g, o = torch.addmm(proj[t], h, w_hh_t).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outs.append(h)
+            state[layer] = (h, c)
+            layer_in = torch.stack(outs)
+        return (layer_in + seq).transpose(0, 1).reshape(batch * steps, dim, 1)
 
 
 class ResidualUnit(nn.Module):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrizations, parametrize
 
 from codeclm.codec.config import CodecConfig
-from codeclm.codec.layers import StreamingConv1d, StreamingConvTranspose1d
+from codeclm.codec.layers import StreamingConv1d, StreamingConvTranspose1d, from_frames, to_frames
 from codeclm.codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codeclm.codec.seanet import SEANetDecoder, SEANetEncoder
 from codeclm.errors import AudioError, CodesError, ConfigError
@@ -200,13 +200,15 @@ class Codec(StreamingModule):
         state["buffer"] = buf[..., usable:]
         if usable == 0:
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
-        return self.quantizer.encode(self.encoder(buf[..., :usable]), n_q)
+        latent = self.encoder(to_frames(buf[..., :usable], self.hop_length))  # [B*N, D, 1]
+        return self.quantizer.encode(from_frames(latent, wav.shape[0]), n_q)
 
     def _decode_stream(self, codes: torch.Tensor, _unused=None) -> torch.Tensor:
         self._check_stream_batch(codes.shape[0])
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], self.channels, 0, device=codes.device, dtype=self._dtype)
-        return self.decoder(self.quantizer.decode(codes))
+        audio = self.decoder(to_frames(self.quantizer.decode(codes), 1))  # [B*N, C, hop]
+        return from_frames(audio, codes.shape[0])
 
     def _frame_synchronous(self, x: torch.Tensor, step, n_q, samples_per_frame: int, batch: int) -> torch.Tensor:
         """Offline pass of a streamable model = one stream over the whole input, in blocks."""

@@ -15,19 +15,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from codeclm.codec.layers import rowwise_linear
+
 
 def nearest_code(x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
     """Index of the closest codebook vector for each row of ``x`` ``[M, D]``.
 
-    The dot products are a 1x1 convolution with one batch item per row (batch >= 2), whose
-    rounding does not depend on how many rows come together: streaming and offline agree.
+    The dot products use :func:`rowwise_linear`, whose rounding does not depend on how many rows
+    come together, so streaming and offline encoding pick the same codes.
     """
-    m = x.shape[0]
-    rows = x[:, :, None]
-    if m == 1:
-        rows = torch.cat([rows, rows], 0)
-    dots = F.conv1d(rows, embed[:, :, None])[:m, :, 0]  # [M, bins]
-    dist_ = embed.pow(2).sum(-1)[None] - 2 * dots  # |x|^2 does not change the argmin
+    dist_ = embed.pow(2).sum(-1)[None] - 2 * rowwise_linear(x, embed)  # |x|^2 does not change the argmin
     return dist_.argmin(dim=-1)
 
 
@@ -44,10 +41,15 @@ def _broadcast(t: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(samples: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Plain k-means (Lloyd) on ``[N, D]``; returns ``[k, D]`` centroids."""
+    """k-means on ``[N, D]`` with k-means++ seeding, then Lloyd iterations; returns ``[k, D]``."""
     n = samples.shape[0]
-    idx = torch.randint(0, n, (k,), generator=generator) if n < k else torch.randperm(n, generator=generator)[:k]
-    means = samples[idx.to(samples.device)].clone()
+    pick = lambda weights: int(torch.multinomial(weights, 1, generator=generator))  # noqa: E731
+    means = samples.new_empty(k, samples.shape[1])
+    means[0] = samples[pick(torch.ones(n))]
+    closest = (samples - means[0]).pow(2).sum(-1)
+    for i in range(1, k):  # each new centre far (in probability) from the ones chosen
+        means[i] = samples[pick(closest + 1e-12 if closest.sum() > 0 else torch.ones(n))]
+        closest = torch.minimum(closest, (samples - means[i]).pow(2).sum(-1))
     for _ in range(iters):
         assign = nearest_code(samples, means)
         counts = torch.bincount(assign, minlength=k)
