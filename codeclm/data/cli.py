@@ -1,0 +1,125 @@
+"""The ``codeclm data`` command group: build manifests from folders, synthesis and Debian packages.
+
+Wire it into the main parser with::
+
+    sub = parser.add_subparsers(dest="command")
+    add_data_commands(sub)
+    args = parser.parse_args(); sys.exit(args.func(args))
+
+Every handler returns an exit code: 0 on success, 1 after printing a one-line
+``codeclm data: error: ...`` for a :class:`CodecLMError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+from codeclm.errors import CodecLMError
+
+__all__ = ["add_data_commands"]
+
+
+def _handler(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except CodecLMError as exc:
+            print(f"codeclm data: error: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+@_handler
+def _scan(args: argparse.Namespace) -> int:
+    from codeclm.data.manifest import scan_folder, write_manifest
+
+    result = scan_folder(args.dir, sidecar=not args.no_sidecar, skip_errors=args.skip_errors)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(result.records, args.output)
+    print(f"{args.output}: {result.summary()}")
+    return 0
+
+
+@_handler
+def _synth_speech(args: argparse.Namespace) -> int:
+    from codeclm.data.synth_speech import synth_speech
+
+    records = synth_speech(args.out_dir, args.n, languages=tuple(args.languages), seed=args.seed)
+    speakers = len({r.speaker for r in records})
+    print(f"{Path(args.out_dir) / 'manifest.jsonl'}: {len(records)} utterances, {speakers} speakers, "
+          f"{sum(r.duration for r in records) / 60:.1f} min")
+    return 0
+
+
+@_handler
+def _synth_music(args: argparse.Namespace) -> int:
+    from codeclm.data.synth_music import synth_music
+
+    records = synth_music(args.out_dir, args.n, duration=args.duration, seed=args.seed,
+                          soundfont=args.soundfont, sample_rate=args.sample_rate)
+    print(f"{Path(args.out_dir) / 'manifest.jsonl'}: {len(records)} pieces, "
+          f"{sum(r.duration for r in records) / 60:.1f} min")
+    return 0
+
+
+def _real(source: str) -> Callable[[argparse.Namespace], int]:
+    @_handler
+    def run(args: argparse.Namespace) -> int:
+        from codeclm.data import real
+
+        records = real.asterisk_speech() if source == "speech" else real.wesnoth_music()
+        real.write_split_manifests(records, args.out_dir, fraction=args.held_out)
+        train, held = real.split_held_out(records, args.held_out)
+        print(f"{args.out_dir}: manifest.jsonl ({len(records)}), train.jsonl ({len(train)}), "
+              f"heldout.jsonl ({len(held)})")
+        return 0
+    return run
+
+
+def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``data`` with subcommands scan, synth-speech, synth-music, real-speech, real-music.
+
+    Each subcommand sets ``func`` to a handler taking the parsed args and returning an exit code.
+    Returns the ``data`` parser (others may add subcommands to ``parser.subcommands``).
+    """
+    data = subparsers.add_parser("data", help="build audio manifests (scan, synthesize, packaged recordings)")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+    data.subcommands = sub  # so other modules (e.g. tokenize) can add to the group
+
+    p = sub.add_parser("scan", help="write a manifest of the audio files below a folder")
+    p.add_argument("dir", help="folder to scan recursively (.wav .flac .ogg .mp3)")
+    p.add_argument("-o", "--output", required=True, help="manifest to write (JSON lines)")
+    p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of failing")
+    p.add_argument("--no-sidecar", action="store_true", help="ignore name.txt / name.caption.txt files")
+    p.set_defaults(func=_scan)
+
+    p = sub.add_parser("synth-speech", help="speak generated sentences with espeak-ng")
+    p.add_argument("out_dir")
+    p.add_argument("-n", type=int, required=True, help="number of utterances")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--languages", nargs="+", default=["en-us", "en-gb"],
+                   help="language codes (en-us en-gb de fr es it)")
+    p.set_defaults(func=_synth_speech)
+
+    p = sub.add_parser("synth-music", help="render generated MIDI pieces with fluidsynth, with captions")
+    p.add_argument("out_dir")
+    p.add_argument("-n", type=int, required=True, help="number of pieces")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per piece (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--soundfont", default=None, help="a .sf2 file (default: an installed GM soundfont)")
+    p.add_argument("--sample-rate", type=int, default=24000)
+    p.set_defaults(func=_synth_music)
+
+    for name, source, what in (("real-speech", "speech", "Asterisk English prompts (asterisk-core-sounds-en-wav)"),
+                               ("real-music", "music", "Wesnoth soundtrack (wesnoth-1.16-music)")):
+        p = sub.add_parser(name, help=f"manifests of the {what}, split into train/held-out")
+        p.add_argument("out_dir")
+        p.add_argument("--held-out", type=float, default=0.1, help="share held out by file-name hash")
+        p.set_defaults(func=_real(source))
+    return data

@@ -1,0 +1,135 @@
+"""Objective quality metrics comparing a reference waveform with a reconstruction.
+
+Inputs are ``[channels, samples]`` or ``[samples]`` tensors at the same sample rate; the longer
+one is trimmed to the shorter (codecs often pad a few samples). Multi-channel scores are the
+mean over channels. Everything runs without gradients and returns plain floats.
+
+=========  ==========================================================  ============
+name       metric                                                      better
+=========  ==========================================================  ============
+si_sdr     scale-invariant SDR in dB (Le Roux et al., 2019)            higher
+mel        multi-scale log-mel L1 (descript-audio-codec's eval)        lower
+stft       multi-scale log-magnitude L1 (windows 2048 and 512)         lower
+pesq       wideband PESQ at 16 kHz (``pip install pesq``)              higher, 1-4.6
+stoi       short-time objective intelligibility (``pip install pystoi``) higher, 0-1
+=========  ==========================================================  ============
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from codeclm.audio import resample
+from codeclm.errors import AudioError, CodecLMError
+from codeclm.training.losses import MultiScaleMelLoss, stft_magnitude
+
+__all__ = ["si_sdr", "mel_distance", "stft_distance", "pesq_score", "stoi_score", "evaluate_pair", "METRICS"]
+
+
+def _pair(ref: torch.Tensor, est: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as float64 ``[C, T]``, trimmed to the shorter length."""
+    ref, est = torch.as_tensor(ref).detach().cpu(), torch.as_tensor(est).detach().cpu()
+    ref, est = (ref[None] if ref.dim() == 1 else ref), (est[None] if est.dim() == 1 else est)
+    if ref.dim() != 2 or est.dim() != 2 or ref.shape[0] != est.shape[0]:
+        raise AudioError(f"reference {tuple(ref.shape)} and estimate {tuple(est.shape)} must both be "
+                         "[channels, samples] with the same number of channels")
+    n = min(ref.shape[-1], est.shape[-1])
+    if n == 0:
+        raise AudioError("cannot compare empty audio")
+    return ref[:, :n].double(), est[:, :n].double()
+
+
+@torch.no_grad()
+def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (zero-mean signals).
+
+    ``est`` is projected on ``ref``: ``target = <est, ref> / ||ref||^2 * ref``, and the score is
+    ``10 log10(||target||^2 / ||est - target||^2)``; rescaling ``est`` leaves it unchanged.
+    """
+    ref, est = _pair(ref, est)
+    ref = ref - ref.mean(dim=-1, keepdim=True)
+    est = est - est.mean(dim=-1, keepdim=True)
+    alpha = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)
+    target = alpha * ref
+    noise = est - target
+    ratio = (target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps)
+    return float((10 * torch.log10(ratio)).mean())
+
+
+@lru_cache(maxsize=8)
+def _mel_loss(sample_rate: int) -> MultiScaleMelLoss:
+    return MultiScaleMelLoss.dac(sample_rate).eval()
+
+
+@torch.no_grad()
+def mel_distance(ref: torch.Tensor, est: torch.Tensor, sample_rate: int) -> float:
+    """descript-audio-codec's mel distance: log10-mel L1 summed over windows 32..2048."""
+    ref, est = _pair(ref, est)
+    return float(_mel_loss(sample_rate)(est.float(), ref.float()))
+
+
+@torch.no_grad()
+def stft_distance(ref: torch.Tensor, est: torch.Tensor, windows: Sequence[int] = (2048, 512),
+                  floor: float = 1e-5) -> float:
+    """Log10-magnitude STFT L1 summed over ``windows`` (hop = window / 4), as DAC's eval."""
+    ref, est = _pair(ref, est)
+    total = 0.0
+    for w in windows:
+        window = torch.hann_window(w, dtype=torch.float64)
+        mr = stft_magnitude(ref, w, w // 4, window).clamp(min=floor).log10()
+        me = stft_magnitude(est, w, w // 4, window).clamp(min=floor).log10()
+        total += float((mr - me).abs().mean())
+    return total
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise CodecLMError(f"this metric needs the {module!r} package: pip install {module} "
+                           "(or pip install 'codeclm[eval]')") from None
+
+
+@torch.no_grad()
+def pesq_score(ref: torch.Tensor, est: torch.Tensor, sample_rate: int) -> float:
+    """Wideband PESQ (ITU-T P.862.2) after resampling both signals to 16 kHz."""
+    pesq = _require("pesq")
+    ref, est = _pair(ref, est)
+    ref, est = resample(ref, sample_rate, 16000).numpy(), resample(est, sample_rate, 16000).numpy()
+    try:
+        scores = [pesq.pesq(16000, r, e, "wb") for r, e in zip(ref, est)]
+    except Exception as exc:  # pesq raises its own error types, e.g. when it finds no speech
+        raise CodecLMError(f"PESQ failed: {exc}") from None
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def stoi_score(ref: torch.Tensor, est: torch.Tensor, sample_rate: int, extended: bool = False) -> float:
+    """STOI (or extended STOI) from ``pystoi``, which resamples to 10 kHz itself."""
+    pystoi = _require("pystoi")
+    ref, est = _pair(ref, est)
+    scores = [pystoi.stoi(r, e, sample_rate, extended=extended) for r, e in zip(ref.numpy(), est.numpy())]
+    return float(np.mean(scores))
+
+
+METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], float]] = {
+    "si_sdr": lambda ref, est, sr: si_sdr(ref, est),
+    "mel": mel_distance,
+    "stft": lambda ref, est, sr: stft_distance(ref, est),
+    "pesq": pesq_score,
+    "stoi": stoi_score,
+}
+
+
+def evaluate_pair(
+    ref: torch.Tensor, est: torch.Tensor, sample_rate: int, metrics: Sequence[str] = ("si_sdr", "mel", "stft")
+) -> dict[str, float]:
+    """Compute the named ``metrics`` (keys of :data:`METRICS`) for one reference/estimate pair."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise CodecLMError(f"unknown metric(s) {unknown}; choose from {sorted(METRICS)}")
+    return {name: METRICS[name](ref, est, sample_rate) for name in metrics}
