@@ -7,7 +7,6 @@ for models). Every failure becomes an :class:`~codeclm.errors.AudioError` naming
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import soxr
 import torch
 
 from codeclm.errors import AudioError
+from codeclm.fileio import atomic_output
 
 __all__ = ["load_audio", "save_audio", "resample", "convert_channels", "check_waveform", "audio_info"]
 
@@ -124,16 +124,12 @@ def save_audio(
     fmt = _format_for(path)
     if path.parent and not path.parent.exists():
         raise AudioError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent or "."))
-    os.close(fd)
     try:
-        sf.write(tmp, wav.numpy().T, sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            sf.write(str(tmp), wav.numpy().T, sample_rate, format=fmt, subtype=subtype)
+    except AudioError:
+        raise
     except Exception as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, AudioError):
-            raise
         raise AudioError(f"{path}: could not write audio ({_short(exc)})") from None
     return path
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from codeclm.audio import audio_info
+from codeclm.fileio import atomic_output
 from codeclm.errors import AudioError, CodecLMError
 
 __all__ = ["AudioRecord", "ScanResult", "read_manifest", "write_manifest", "scan_folder",
@@ -151,16 +151,9 @@ def write_manifest(records: Iterable[AudioRecord], path: str | os.PathLike) -> P
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CodecLMError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(folder))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec.to_dict(relative_to=folder), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec.to_dict(relative_to=folder), ensure_ascii=False) + "\n")
     return path
 
 
