@@ -17,7 +17,7 @@ import torch
 from codeclm.errors import AudioError
 from codeclm.fileio import atomic_output
 
-__all__ = ["load_audio", "save_audio", "resample", "convert_channels", "check_waveform", "audio_info"]
+__all__ = ["load_audio", "save_audio", "format_for_path", "resample", "convert_channels", "check_waveform", "audio_info"]
 
 
 def resample(wav: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
@@ -121,7 +121,7 @@ def save_audio(
     check_waveform(wav, str(path))
     if clip:
         wav = wav.clamp(-1.0, 1.0)
-    fmt = _format_for(path)
+    fmt = format_for_path(path)
     if path.parent and not path.parent.exists():
         raise AudioError(f"{path}: folder {path.parent} does not exist")
     try:
@@ -138,7 +138,8 @@ _FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".oga": "OGG", ".opus
             ".aiff": "AIFF", ".aif": "AIFF"}
 
 
-def _format_for(path: Path) -> str:
+def format_for_path(path: Path) -> str:
+    """soundfile format name for a file extension (AudioError if unknown)."""
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise AudioError(f"{path}: unknown audio extension {path.suffix!r} (use one of {', '.join(_FORMATS)})")

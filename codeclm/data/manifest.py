@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from codeclm.audio import audio_info
-from codeclm.fileio import atomic_output
 from codeclm.errors import AudioError, CodecLMError
+from codeclm.fileio import atomic_output
 
 __all__ = ["AudioRecord", "ScanResult", "read_manifest", "write_manifest", "scan_folder",
            "AUDIO_EXTENSIONS"]

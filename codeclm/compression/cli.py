@@ -1,0 +1,113 @@
+"""``codeclm compress``, ``codeclm decompress`` and ``codeclm info``.
+
+The top-level CLI calls :func:`add_compression_commands` on its subparsers; each subcommand sets
+``func`` to a handler returning an exit code. Handlers raise :class:`~codeclm.errors.CodecLMError`
+on failure; :func:`main` (also ``python -m codeclm.compression.cli``) prints them as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from codeclm.compression.api import STDIO, compress_file, decompress_file, read_info
+from codeclm.errors import CodecLMError
+
+__all__ = ["add_compression_commands", "main"]
+
+
+def add_compression_commands(subparsers) -> None:
+    """Register ``compress``, ``decompress`` and ``info`` on an argparse subparsers object."""
+    p = subparsers.add_parser("compress", help="compress an audio file to .cclm",
+                              description="Compress audio (wav/flac/ogg/...) with the codec and an entropy coder.")
+    p.add_argument("input", help="audio file, or - for stdin")
+    p.add_argument("output", help=".cclm file to write, or - for stdout")
+    p.add_argument("-b", "--bandwidth", type=float, default=6.0, help="codec bandwidth in kbps (default 6)")
+    p.add_argument("--model", default=None, help="codec folder (default: the shipped codec)")
+    p.add_argument("--chunk-seconds", type=float, default=5.0, help="seconds per checksummed chunk (default 5)")
+    _common(p)
+    p.set_defaults(func=_compress)
+
+    p = subparsers.add_parser("decompress", help="decompress a .cclm file to audio",
+                              description="Decode a .cclm file; the output format follows the extension.")
+    p.add_argument("input", help=".cclm file, or - for stdin")
+    p.add_argument("output", help="audio file (.wav/.flac/.ogg), or - for WAV on stdout")
+    p.add_argument("--model", default=None, help="codec folder: must be the one that compressed the file")
+    p.add_argument("--format", default=None, help="soundfile format (WAV, FLAC, OGG) instead of the extension")
+    p.add_argument("--subtype", default=None, help="soundfile subtype, e.g. PCM_16 (default), PCM_24, FLOAT")
+    _common(p)
+    p.set_defaults(func=_decompress)
+
+    p = subparsers.add_parser("info", help="print the header of a .cclm file",
+                              description="Print a .cclm file's header and check every chunk's CRC.")
+    p.add_argument("input", help=".cclm file, or - for stdin")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.add_argument("--no-verify", action="store_true", help="read the header only")
+    p.set_defaults(func=_info)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _compress(args) -> int:
+    if args.chunk_seconds <= 0:
+        raise CodecLMError(f"--chunk-seconds must be positive, got {args.chunk_seconds}")
+    stats = compress_file(args.input, args.output, model=args.model, bandwidth=args.bandwidth, force=args.force,
+                          quiet=args.quiet, chunk_seconds=args.chunk_seconds)
+    if not args.quiet:
+        print(f"{args.input} -> {args.output}: {stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def _decompress(args) -> int:
+    header = decompress_file(args.input, args.output, model=args.model, force=args.force, quiet=args.quiet,
+                             format=args.format, subtype=args.subtype)
+    if not args.quiet:
+        print(f"{args.input} -> {args.output}: {header.duration:.2f} s at {header.sample_rate} Hz, "
+              f"{header.channels} channel(s)", file=sys.stderr)
+    return 0
+
+
+def _info(args) -> int:
+    info = read_info(args.input, verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    bw = f"{info['bandwidth']} kbps" if info["bandwidth"] else "all codebooks"
+    lines = [
+        f"file:          {args.input if args.input != STDIO else '<stdin>'} ({info['file_bytes']} bytes)",
+        f"model:         {info['model_name']} (weights sha256 {info['model_sha256']})",
+        f"audio:         {info['sample_rate']} Hz, {info['channels']} channel(s), {info['num_samples']} samples "
+        f"({info['duration_s']:.3f} s)",
+        f"source:        {info['source_sample_rate']} Hz, {info['source_channels']} channel(s)",
+        f"codes:         {info['num_codebooks']} codebooks x {info['bins']} bins, hop {info['hop_length']}, "
+        f"{info['num_frames']} frames, bandwidth {bw}",
+        f"chunks:        {info.get('chunks', '?')} of up to {info['chunk_frames']} frames, entropy model "
+        f"{info['entropy_model']}",
+        f"bitrate:       {info['file_kbps']:.3f} kbps (raw codes {info['raw_kbps']:.3f} kbps, "
+        f"{100 * (1 - info['file_kbps'] / info['raw_kbps']):.1f}% smaller)",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m codeclm.compression.cli compress IN OUT ...``."""
+    parser = argparse.ArgumentParser(prog="codeclm", description="codeclm audio compression")
+    add_compression_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CodecLMError as exc:
+        print(f"codeclm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("codeclm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
