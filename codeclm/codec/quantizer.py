@@ -138,6 +138,7 @@ class ResidualVectorQuantizer(nn.Module):
 
     def encode(self, x: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """Latent ``[B, D, T]`` -> codes ``[B, n_q, T]`` (int64)."""
+        x = x.to(self.layers[0].embed.dtype)
         b, d, t = x.shape
         residual = x.transpose(1, 2).reshape(b * t, d)
         codes = []
@@ -156,7 +157,17 @@ class ResidualVectorQuantizer(nn.Module):
         return out.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, n_q: int | None = None) -> QuantizerOutput:
-        """Training/analysis pass: quantize with ``n_q`` codebooks, update EMA when training."""
+        """Training/analysis pass: quantize with ``n_q`` codebooks, update EMA when training.
+
+        Runs in float32 even under autocast (mixed-precision training): distances and EMA
+        statistics need the precision, and the codebooks are float32 buffers.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self._forward(x.float(), n_q)
+        out.quantized = out.quantized.to(x.dtype)
+        return out
+
+    def _forward(self, x: torch.Tensor, n_q: int | None) -> QuantizerOutput:
         n_q = n_q or self.n_q
         b, d, t = x.shape
         flat = x.transpose(1, 2).reshape(b * t, d)

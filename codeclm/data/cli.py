@@ -1,4 +1,5 @@
-"""The ``codeclm data`` command group: build manifests from folders, synthesis and Debian packages.
+"""The ``codeclm data`` command group: build manifests from folders, synthesis and Debian packages,
+and encode a manifest into a token cache (``tokenize``).
 
 Wire it into the main parser with::
 
@@ -81,8 +82,25 @@ def _real(source: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+@_handler
+def _tokenize(args: argparse.Namespace) -> int:
+    from codeclm.codec import Codec
+    from codeclm.data.tokens import tokenize_corpus
+
+    if args.shard_frames <= 0:
+        raise CodecLMError(f"--shard-frames must be positive, got {args.shard_frames}")
+    codec = Codec.from_pretrained(args.codec)
+    result = tokenize_corpus(args.manifest, codec, args.output, bandwidth=args.bandwidth,
+                             shard_frames=args.shard_frames, resume=not args.overwrite,
+                             progress=not args.quiet, fail_on_error=args.fail_on_error)
+    print(result.summary())
+    for _, message in result.errors:
+        print(f"codeclm data: skipped: {message}", file=sys.stderr)
+    return 0
+
+
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``data`` with subcommands scan, synth-speech, synth-music, real-speech, real-music.
+    """Add ``data`` with subcommands scan, synth-speech, synth-music, real-speech, real-music, tokenize.
 
     Each subcommand sets ``func`` to a handler taking the parsed args and returning an exit code.
     Returns the ``data`` parser (others may add subcommands to ``parser.subcommands``).
@@ -122,4 +140,17 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         p.add_argument("out_dir")
         p.add_argument("--held-out", type=float, default=0.1, help="share held out by file-name hash")
         p.set_defaults(func=_real(source))
+
+    p = sub.add_parser("tokenize", help="encode a manifest with the codec into a sharded token cache",
+                       description="Encode every record once into shard_*.safetensors + index.jsonl + meta.json; "
+                                   "rerunning resumes where a killed run stopped.")
+    p.add_argument("manifest", help="manifest to encode (JSON lines)")
+    p.add_argument("-o", "--output", required=True, help="cache folder")
+    p.add_argument("--codec", default=None, help="codec folder (default: the shipped checkpoints/codec)")
+    p.add_argument("-b", "--bandwidth", type=float, default=None, help="kbps (default: all codebooks)")
+    p.add_argument("--shard-frames", type=int, default=1 << 20, help="frames per shard (default 1048576)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing cache instead of resuming it")
+    p.add_argument("--fail-on-error", action="store_true", help="stop at the first unreadable audio file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_tokenize)
     return data

@@ -1,0 +1,265 @@
+"""Codec training (EnCodec recipe): the task the trainer runs for ``task: codec``.
+
+Per step: quantizer dropout picks the number of codebooks, the generator (a :class:`Codec` with
+weight norm) reconstructs the batch; the multi-scale STFT discriminator takes a hinge step on
+real vs. reconstructed audio; then the generator gets time-domain L1 + multi-scale mel +
+adversarial hinge + feature matching, combined by EnCodec's gradient balancer on the decoded
+waveform, plus the commitment loss added directly. ``disc_start_step`` trains without the
+adversary first (cheap on CPU); ``adv_weight = feat_weight = 0`` drops the discriminator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from codeclm.codec import Codec, CodecConfig
+from codeclm.data import AudioSegmentDataset, collate_audio, read_manifest, split_held_out
+from codeclm.errors import ConfigError
+from codeclm.training.balancer import Balancer
+from codeclm.training.config import TrainConfig
+from codeclm.training.discriminator import MultiScaleSTFTDiscriminator
+from codeclm.training.losses import (
+    MultiScaleMelLoss,
+    feature_matching_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class CodecTaskConfig:
+    """The ``codec:`` section of a recipe."""
+
+    l1_weight: float = 0.1
+    mel_weight: float = 2.0
+    adv_weight: float = 4.0  # adv_weight = feat_weight = 0: no discriminator at all
+    feat_weight: float = 4.0
+    commit_weight: float = 1.0  # added to the generator loss directly, outside the balancer
+    balancer: bool = True  # false: plain weighted sum of the losses
+    balancer_ema: float = 0.999
+    mel_loss: str = "encodec"  # encodec (linear L1 + log MSE, 64 mels) | dac (log L1)
+    quantizer_dropout: bool = True  # a random bandwidth per step; false: always every codebook
+    disc_filters: int = 32
+    disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512])
+    disc_start_step: int = 0  # generator-only warm-up steps
+    disc_prob: float = 1.0  # probability of a discriminator update per step
+    export_dtype: str | None = None  # float16 | bfloat16: also write out_dir/model_<dtype>
+    log_audio: int = 2  # validation clips sent to TensorBoard
+
+
+@dataclass
+class Recipe(TrainConfig):
+    model: CodecConfig = field(default_factory=CodecConfig)
+    codec: CodecTaskConfig = field(default_factory=CodecTaskConfig)
+
+    def validate_task(self) -> None:
+        c = self.codec
+        weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight)
+        if min(weights) < 0 or c.l1_weight + c.mel_weight <= 0:
+            raise ConfigError("recipe: codec loss weights must be >= 0 with l1_weight + mel_weight > 0")
+        if c.mel_loss not in ("encodec", "dac") or not 0 <= c.disc_prob <= 1 or not 0 <= c.balancer_ema < 1:
+            raise ConfigError("recipe: codec.mel_loss must be encodec or dac, disc_prob and balancer_ema in [0, 1]")
+        if c.export_dtype is not None and c.export_dtype not in _DTYPES:
+            raise ConfigError(f"recipe: codec.export_dtype must be null, float16 or bfloat16, got {c.export_dtype!r}")
+        samples = int(self.data.segment_seconds * self.model.sample_rate)
+        if (c.adv_weight or c.feat_weight) and samples < max(c.disc_n_ffts):
+            raise ConfigError(f"recipe: data.segment_seconds gives {samples} samples, fewer than the discriminator's "
+                              f"largest window {max(c.disc_n_ffts)}")
+
+
+class SyntheticAudio(Dataset):
+    """Harmonic tones with vibrato, decay and a little noise; item ``i`` depends only on (seed, i)."""
+
+    def __init__(self, n: int, sample_rate: int, channels: int, seconds: float, seed: int = 0):
+        self.n, self.sample_rate, self.channels = n, sample_rate, channels
+        self.samples, self.seed = int(seconds * sample_rate), seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        r = torch.rand(6, generator=g)
+        t = torch.arange(self.samples) / self.sample_rate
+        f0 = 80 + 600 * r[0]
+        phase = 2 * math.pi * torch.cumsum(f0 * (1 + 0.02 * torch.sin(2 * math.pi * (2 + 4 * r[1]) * t)), 0) / self.sample_rate
+        wav = sum(torch.sin(k * phase) / k for k in range(1, 2 + int(6 * r[2])))
+        wav = wav * torch.exp(-t * 3 * r[3]) + 0.02 * r[4] * torch.randn(self.samples, generator=g)
+        wav = (0.2 + 0.5 * r[5]) * wav / wav.abs().max()
+        return {"wav": wav.expand(self.channels, -1).clone(), "index": i}
+
+
+def build_datasets(cfg: Recipe) -> tuple[Dataset, Dataset | None]:
+    d, m = cfg.data, cfg.model
+    if not d.train_manifest:
+        valid = SyntheticAudio(d.valid_items, m.sample_rate, m.channels, d.segment_seconds, cfg.seed + 7919)
+        train = SyntheticAudio(d.synthetic_items, m.sample_rate, m.channels, d.segment_seconds, cfg.seed)
+        return train, (valid if d.valid_items else None)
+    records = read_manifest(d.train_manifest)
+    if d.valid_manifest:
+        held = read_manifest(d.valid_manifest)
+    else:
+        records, held = split_held_out(records, d.valid_fraction)
+    train = AudioSegmentDataset(records, m.sample_rate, m.channels, d.segment_seconds, random_crop=True, seed=cfg.seed)
+    held = held[: d.valid_items]
+    valid = AudioSegmentDataset(held, m.sample_rate, m.channels, d.segment_seconds, random_crop=False) if held else None
+    return train, valid
+
+
+class _JoinBackward(torch.autograd.Function):
+    """Identity on ``y`` whose backward scales the gradient by ``scale`` and sends ``scale`` to the
+    scalar ``extra``. The balancer's single ``y.backward(g)`` then also carries the commitment loss
+    (DDP allows one backward per forward) and the 1/grad_accum and fp16 loss scale that
+    ``accelerator.backward`` would have applied."""
+
+    @staticmethod
+    def forward(ctx, y, extra, scale):
+        ctx.scale, ctx.extra_dtype = scale, extra.dtype
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, torch.full((), ctx.scale, dtype=ctx.extra_dtype, device=grad.device), None
+
+
+class Task:
+    """Generator + discriminator, their optimizers, losses and data (see trainer.py for the protocol)."""
+
+    def __init__(self, cfg: Recipe, accelerator):
+        self.cfg, self.acc, c, o = cfg, accelerator, cfg.codec, cfg.optim
+        self.codec = Codec(cfg.model).apply_weight_norm().train()  # the quantizer keeps itself in fp32
+        self.models = {"generator": self.codec}
+        self.weights = {"l1": c.l1_weight, "mel": c.mel_weight}
+        if c.adv_weight or c.feat_weight:
+            self.models["discriminator"] = MultiScaleSTFTDiscriminator(
+                filters=c.disc_filters, in_channels=cfg.model.channels, n_ffts=c.disc_n_ffts)
+            self.weights.update(adv=c.adv_weight, feat=c.feat_weight)
+        self.weights = {k: w for k, w in self.weights.items() if w > 0}
+        self.ema_model = "generator"
+        self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                                   weight_decay=o.weight_decay) for name, m in self.models.items()}
+        sr = cfg.model.sample_rate
+        self.mel = (MultiScaleMelLoss.encodec(sr) if c.mel_loss == "encodec" else MultiScaleMelLoss.dac(sr))
+        self.mel_metric = MultiScaleMelLoss.dac(sr)  # validation's mel distance, whatever the training loss
+        self.balancer = Balancer(self.weights, ema_decay=c.balancer_ema)
+        # one generator on every process (same seed): same codebook count and same disc updates everywhere
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.train_set, self.valid_set = build_datasets(cfg)
+        self.collate = collate_audio
+        self._logged_originals = False
+
+    # -- setup / state ----------------------------------------------------------------------------
+    def prepare(self, accelerator) -> list[torch.nn.Module]:
+        names = list(self.models)
+        out = accelerator.prepare(*(self.models[n] for n in names), *(self.optimizers[n] for n in names))
+        self.wrapped = dict(zip(names, out[: len(names)]))
+        self.optimizers = dict(zip(names, out[len(names):]))
+        self.mel.to(accelerator.device)
+        self.mel_metric.to(accelerator.device)
+        return list(self.wrapped.values())
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.get_state(), "balancer": self.balancer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.set_state(state["rng"])
+        self.balancer.load_state_dict(state["balancer"])
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _optimizer_step(self, name: str) -> None:
+        if self.acc.sync_gradients and self.cfg.optim.grad_clip > 0:
+            self.acc.clip_grad_norm_(self.models[name].parameters(), self.cfg.optim.grad_clip)
+        self.optimizers[name].step()
+        self.optimizers[name].zero_grad(set_to_none=True)
+
+    def _discriminator_step(self, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.wrapped["discriminator"](torch.cat([x, fake]))  # one forward, one backward (DDP)
+        b = x.shape[0]
+        loss = hinge_discriminator_loss([z[:b] for z in logits], [z[b:] for z in logits])
+        self.acc.backward(loss)
+        self._optimizer_step("discriminator")
+        return loss.detach()
+
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        c, acc = self.cfg.codec, self.acc
+        x = batch["wav"].to(acc.device)
+        n_q = self.codec.sample_n_q(self.rng) if c.quantizer_dropout else None
+        out = self.wrapped["generator"](x, n_q=n_q)
+        logs = {"n_q": torch.tensor(float(out.n_q)), "commit": out.commitment_loss.detach()}
+        adversarial = "discriminator" in self.models and step >= c.disc_start_step
+        if adversarial and float(torch.rand((), generator=self.rng)) < c.disc_prob:
+            logs["disc"] = self._discriminator_step(x, out.audio.detach())
+
+        commit = c.commit_weight * out.commitment_loss
+        scale = 1.0 / acc.gradient_accumulation_steps * (acc.scaler.get_scale() if acc.scaler is not None else 1.0)
+        y = _JoinBackward.apply(out.audio, commit, scale) if c.balancer else out.audio
+        with acc.autocast():
+            losses = {"l1": F.l1_loss(y, x), "mel": self.mel(y, x)}
+            if adversarial:
+                disc = self.models["discriminator"]  # unwrapped: this pass sends no gradient to it
+                with torch.no_grad():
+                    _, real_feats = disc(x)
+                fake_logits, fake_feats = disc(y)
+                losses["adv"] = hinge_generator_loss(fake_logits)
+                losses["feat"] = feature_matching_loss(real_feats, fake_feats)
+        losses = {k: v for k, v in losses.items() if k in self.weights}
+        if c.balancer:
+            self.balancer.backward(losses, y)
+        else:
+            acc.backward(sum(self.weights[k] * v for k, v in losses.items()) + commit)
+        self._optimizer_step("generator")
+        return {**logs, **{k: v.detach() for k, v in losses.items()}}
+
+    # -- validation / export ----------------------------------------------------------------------
+    def _valid_batches(self, batch_size: int, rank: int, world: int):
+        indices = list(range(rank, len(self.valid_set) if self.valid_set is not None else 0, world))
+        for i in range(0, len(indices), batch_size):
+            yield self.collate([self.valid_set[j] for j in indices[i:i + batch_size]])
+
+    @torch.no_grad()
+    def validate(self, model: Codec, batch_size: int) -> dict[str, float]:
+        """Mel distance (DAC's multi-scale log-mel L1) and L1 at the top bandwidth, over the whole set."""
+        if self.valid_set is None:
+            return {}
+        acc = self.acc
+        sums = torch.zeros(3, dtype=torch.float64, device=acc.device)
+        model.eval()
+        for batch in self._valid_batches(batch_size, acc.process_index, acc.num_processes):
+            x = batch["wav"].to(acc.device)
+            y = model(x).audio.float()
+            sums += torch.tensor([self.mel_metric(y, x).item() * len(x), F.l1_loss(y, x).item() * len(x), len(x)],
+                                 dtype=torch.float64, device=acc.device)
+        model.train()
+        sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
+        n = max(float(sums[2]), 1.0)
+        return {"mel": float(sums[0]) / n, "l1": float(sums[1]) / n}
+
+    @torch.no_grad()
+    def log_audio(self, model: Codec, logger, step: int) -> None:
+        if self.valid_set is None or self.cfg.codec.log_audio <= 0:
+            return
+        n = min(self.cfg.codec.log_audio, len(self.valid_set))
+        x = self.collate([self.valid_set[i] for i in range(n)])["wav"].to(self.acc.device)
+        model.eval()
+        y = model(x).audio
+        model.train()
+        for i in range(n):
+            if not self._logged_originals:
+                logger.audio(f"audio/{i}/original", x[i], step, self.cfg.model.sample_rate)
+            logger.audio(f"audio/{i}/reconstruction", y[i], step, self.cfg.model.sample_rate)
+        self._logged_originals = True
+
+    def export(self, model: Codec, folder: Path) -> None:
+        """The released model folder: ``config.json`` + ``model.safetensors``, weight norm folded."""
+        model.save_pretrained(folder)
+        dtype = self.cfg.codec.export_dtype
+        if dtype is not None:
+            model.save_pretrained(folder.with_name(f"{folder.name}_{dtype}"), dtype=_DTYPES[dtype])
