@@ -99,6 +99,22 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+@_handler
+def _merge(args: argparse.Namespace) -> int:
+    """Concatenate manifests; ``a.jsonl*3`` repeats a manifest three times (to weight a corpus)."""
+    from codeclm.data.manifest import read_manifest, write_manifest
+
+    records = []
+    for spec in args.inputs:
+        path, _, times = spec.partition("*")
+        if times and not times.isdigit():
+            raise CodecLMError(f"{spec}: repeat count after '*' must be a whole number")
+        records += read_manifest(path) * int(times or 1)
+    write_manifest(records, args.output)
+    print(f"{args.output}: {len(records)} records from {len(args.inputs)} manifests", file=sys.stderr)
+    return 0
+
+
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``data`` with subcommands scan, synth-speech, synth-music, real-speech, real-music, tokenize.
 
@@ -140,6 +156,11 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         p.add_argument("out_dir")
         p.add_argument("--held-out", type=float, default=0.1, help="share held out by file-name hash")
         p.set_defaults(func=_real(source))
+
+    p = sub.add_parser("merge", help="concatenate manifests (MANIFEST*N repeats one N times to weight it)")
+    p.add_argument("inputs", nargs="+", metavar="MANIFEST[*N]")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_merge)
 
     p = sub.add_parser("tokenize", help="encode a manifest with the codec into a sharded token cache",
                        description="Encode every record once into shard_*.safetensors + index.jsonl + meta.json; "
