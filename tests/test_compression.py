@@ -17,7 +17,8 @@ from codeclm.audio import load_audio, save_audio
 from codeclm.codec import Codec, CodecConfig
 from codeclm.compression import (compress_file, compress_tensor, decompress_file, decompress_tensor, entropy,
                                  read_info)
-from codeclm.compression.cli import add_compression_commands, main
+from codeclm.cli import main
+from codeclm.compression.cli import add_compression_commands
 from codeclm.compression.entropy import AdaptiveCodeModel
 from codeclm.compression.format import MAGIC
 from codeclm.errors import BitstreamError
@@ -132,7 +133,7 @@ def test_resampled_stereo_file_matches_load_audio(codec, model_dir, tmp_path):
 
 def test_stdin_stdout_pipeline(codec, model_dir, tmp_path):
     src = save_audio(tmp_path / "in.wav", signal(10_000), SR)
-    cli = [sys.executable, "-m", "codeclm.compression.cli"]
+    cli = [sys.executable, "-m", "codeclm.cli"]
     coded = subprocess.run([*cli, "compress", "-", "-", "--model", str(model_dir)], input=src.read_bytes(),
                            capture_output=True, check=True).stdout
     assert coded[:4] == MAGIC

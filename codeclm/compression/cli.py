@@ -94,20 +94,7 @@ def _info(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m codeclm.compression.cli compress IN OUT ...``."""
-    parser = argparse.ArgumentParser(prog="codeclm", description="codeclm audio compression")
-    add_compression_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CodecLMError as exc:
-        print(f"codeclm: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("codeclm: interrupted", file=sys.stderr)
-        return 130
+if __name__ == "__main__":  # python -m codeclm.compression.cli ... == codeclm ...
+    from codeclm.cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())
