@@ -25,8 +25,8 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 def default_checkpoint(name: str) -> Path:
-    """Folder of a shipped default model (``checkpoints/NAME``), with a clear error if absent."""
-    folder = CHECKPOINTS_DIR / name
+    """Folder of a shipped default model: ``$CODECLM_CHECKPOINTS/NAME`` or the repo's ``checkpoints/NAME``."""
+    folder = Path(os.environ.get("CODECLM_CHECKPOINTS", CHECKPOINTS_DIR)) / name
     if not (folder / CONFIG_NAME).exists():
         raise ConfigError(f"{folder}: the shipped default model {name!r} is missing (pass a model folder)")
     return folder

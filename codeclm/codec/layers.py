@@ -98,20 +98,27 @@ def _batch_at_least_two(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return (torch.cat([x, x], 0), n) if n == 1 else (x, n)
 
 
+_THNN = getattr(torch._C._nn, "thnn_conv2d", None)
+
+
 def batch_invariant_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                            stride: int = 1, dilation: int = 1) -> torch.Tensor:
     """Conv1d whose result for one batch item never depends on the batch size.
 
     ``F.conv1d`` switches between oneDNN and a native kernel by batch size and thread count
-    (different rounding), and oneDNN itself treats a batch of one specially. So: always oneDNN
-    on CPU float32, and never a batch of one.
+    (different rounding), and oneDNN treats a batch of one specially. So on CPU float32 the
+    kernel is chosen by the layer's shape alone and a batch is never of size one: pointwise
+    (1x1) convolutions use the native kernel (one single-threaded GEMM per item, no weight
+    reordering: fast for the small batches of streaming), the others oneDNN.
     """
     x, n = _batch_at_least_two(x)
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        y = torch.mkldnn_convolution(x.contiguous(), weight, bias, [0], [stride], [dilation], 1)
-    else:
-        y = F.conv1d(x, weight, bias, stride=stride, dilation=dilation)
-    return y[:n]
+    if x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32:
+        if weight.shape[-1] == 1 and stride == 1 and _THNN is not None:
+            y = _THNN(x[:, :, None, :], weight[:, :, None, :], [1, 1], bias, [1, 1], [0, 0])[:, :, 0]
+            return y[:n]
+        if torch.backends.mkldnn.is_available():
+            return torch.mkldnn_convolution(x.contiguous(), weight, bias, [0], [stride], [dilation], 1)[:n]
+    return F.conv1d(x, weight, bias, stride=stride, dilation=dilation)[:n]
 
 
 def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -233,6 +240,7 @@ class StreamingConv1d(StreamingModule):
 @dataclass
 class _ConvTrState:
     tail: torch.Tensor | None = None  # overlap-add tail of the last frame, bias not yet added
+    pointwise: torch.Tensor | None = None  # the kernel as a 1x1 conv, built once per stream
 
 
 class StreamingConvTranspose1d(StreamingModule):
@@ -282,9 +290,10 @@ class StreamingConvTranspose1d(StreamingModule):
         if bn == 0:
             return x.new_zeros(0, out_ch, length * s)
         # pointwise conv: every input step -> its k (padded to reach*s) output samples
-        w = self.convtr.weight  # [in, out, k]
-        w = F.pad(w, (0, reach * s - k)).permute(1, 2, 0).reshape(out_ch * reach * s, -1, 1)
-        z = batch_invariant_conv1d(x, w).view(bn, out_ch, reach, s, length)
+        if state.pointwise is None:
+            w = self.convtr.weight  # [in, out, k]
+            state.pointwise = F.pad(w, (0, reach * s - k)).permute(1, 2, 0).reshape(out_ch * reach * s, -1, 1).contiguous()
+        z = batch_invariant_conv1d(x, state.pointwise).view(bn, out_ch, reach, s, length)
         out = z.new_zeros(bn, out_ch, length + reach - 1, s)
         for r in range(reach):  # fixed order: identical rounding in every chunking
             out[:, :, r: r + length] += z[:, :, r].transpose(-1, -2)
