@@ -112,3 +112,26 @@ def test_elu_exact_is_position_independent():
 
 def test_latency_reported(tiny_codec):
     assert tiny_codec.latency == pytest.approx(32 / 24000)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_streaming_exact_for_any_thread_count(threads):
+    """Kernel choice must not depend on batch size or threads (torch's own heuristics do)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        codec = Codec(tiny_codec_config(n_filters=8, dimension=64, ratios=[5, 4, 2], bins=128,
+                                        target_bandwidths=[8.4, 16.8], lstm_layers=2)).eval()
+        wav = 0.3 * torch.randn(1, 1, 40 * 90)
+        codes = codec.encode(wav)
+        audio = codec.decode(codes)
+        rng = random.Random(threads)
+        with codec.streaming(1):
+            parts = [codec.encode(wav[..., a:b]) for a, b in _chunks(wav.shape[-1], rng, 1, 500)]
+        assert torch.equal(torch.cat(parts, -1), codes)
+        with codec.streaming(1):
+            pieces = [codec.decode(codes[..., a:b]) for a, b in _chunks(codes.shape[-1], rng, 1, 4)]
+        assert torch.equal(torch.cat(pieces, -1), audio)
+    finally:
+        torch.set_num_threads(previous)
