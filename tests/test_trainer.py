@@ -48,7 +48,7 @@ def test_recipe_overrides_and_types():
     (["max_steps=abc"], "max_steps"),
     (["max_steps=0"], "max_steps"),
     (["model.bins=100"], "bins must be a power of two"),
-    (["task=lm"], "unknown task 'lm'"),
+    (["task=bogus"], "unknown task 'bogus'"),
     (["mixed_precision=fp8"], "mixed_precision"),
 ])
 def test_recipe_errors_are_one_line(overrides, expected):

@@ -283,6 +283,9 @@ class TokenLM(StreamingModule):
         if state is not None:
             state.cond, state.cond_mask = cond, cond_mask
         projected = self.cond_proj(cond) if self.cond_proj is not None else cond
+        # masked positions are zeroed after the projection (MusicGen does the same): a fully
+        # masked row (CFG's null condition) then attends to zero keys/values whatever the bias
+        projected = projected * mask[..., None].to(projected.dtype)
         return projected, mask
 
     # -- forward --------------------------------------------------------------------------------

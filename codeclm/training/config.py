@@ -4,7 +4,8 @@
 
 The schema is :class:`TrainConfig` (what every task shares: output folder, steps, seed, optimizer,
 schedule, data) extended by the task named in the recipe's ``task:`` key with its ``model:``
-section and its own options (``codeclm.training.codec_task.CodecRecipe`` for ``task: codec``).
+section and its own options (``codeclm.training.codec_task.Recipe`` for ``task: codec``,
+``codeclm.training.lm_task.Recipe`` for ``task: lm``).
 Every value has one visible source: the dataclass default, the YAML file, or the command line,
 merged in that order by OmegaConf. An unknown key, a value of the wrong type or an impossible
 setting raises :class:`codeclm.errors.ConfigError` with one line naming the key and the valid ones.
@@ -24,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from codeclm.errors import ConfigError
 
 # task name -> module defining `Recipe` (a TrainConfig subclass) and `Task` (see trainer.py)
-TASKS = {"codec": "codeclm.training.codec_task"}
+TASKS = {"codec": "codeclm.training.codec_task", "lm": "codeclm.training.lm_task"}
 
 
 @dataclass

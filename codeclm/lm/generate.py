@@ -1,0 +1,202 @@
+"""Autoregressive generation of codec codes with a :class:`TokenLM` and its KV cache.
+
+The pattern's step layout for ``n_frames`` frames is fixed up front (``frame_index [K, S]``).
+The LM is fed a start step of special tokens, then one step at a time; the logits of the step
+just fed choose the next step. At each step only the positions the pattern marks valid (and not
+forced by a prompt) take the sampled tokens; the others keep the special token. Everything per
+step is vectorised over the K codebooks and nothing is read back to the host.
+
+Classifier-free guidance runs the conditional and the null batch together (``2B`` rows, the
+conditioning cached once in the cross-attention layers) and mixes the logits with
+:func:`codeclm.lm.sampling.apply_cfg`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from codeclm.errors import CodecLMError, CodesError
+from codeclm.lm.patterns import Pattern
+from codeclm.lm.sampling import SamplingError, apply_cfg, sample_next
+from codeclm.lm.transformer import SelfAttention
+
+__all__ = ["generate_codes", "iter_codes"]
+
+
+def _pad_time(x: torch.Tensor, length: int, value=0) -> torch.Tensor:
+    """Pad dim 1 of ``x [B, T, ...]`` to ``length``."""
+    extra = length - x.shape[1]
+    if extra <= 0:
+        return x
+    pad = [0, 0] * (x.dim() - 2) + [0, extra]
+    return F.pad(x, pad, value=value)
+
+
+def _cfg_condition(cond, cond_mask, null_cond, null_mask):
+    """Concatenate the condition and the null condition on the batch axis (padded to one Tc)."""
+    if cond is None:
+        raise CodecLMError("classifier-free guidance needs a condition (cond)")
+    if cond_mask is None:
+        cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
+    if null_cond is None:
+        null_cond, null_mask = torch.zeros_like(cond), torch.zeros_like(cond_mask, dtype=torch.bool)
+    elif null_mask is None:
+        null_mask = torch.ones(null_cond.shape[:2], dtype=torch.bool, device=null_cond.device)
+    if null_cond.shape[0] != cond.shape[0] or null_cond.shape[2] != cond.shape[2]:
+        raise CodecLMError(f"null_cond must be [{cond.shape[0]}, Tc, {cond.shape[2]}], got {tuple(null_cond.shape)}")
+    T = max(cond.shape[1], null_cond.shape[1])
+    both = torch.cat([_pad_time(cond, T), _pad_time(null_cond.to(cond.dtype), T)], 0)
+    masks = torch.cat([_pad_time(cond_mask.bool(), T, False), _pad_time(null_mask.bool(), T, False)], 0)
+    return both, masks
+
+
+@contextmanager
+def _cache_length(lm, steps: int):
+    """Preallocate the KV caches to the ``steps`` this generation needs, not ``max_seq_len``."""
+    layers = [m for m in lm.modules() if isinstance(m, SelfAttention)]
+    saved = [m.max_seq_len for m in layers]
+    for m in layers:
+        m.max_seq_len = min(m.max_seq_len, max(1, steps))
+    try:
+        yield
+    finally:
+        for m, n in zip(layers, saved):
+            m.max_seq_len = n
+
+
+@torch.no_grad()
+def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tensor | None = None,
+               cond_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None,
+               null_mask: torch.Tensor | None = None, guidance_scale: float = 1.0, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 0.0, do_sample: bool = True,
+               generator: torch.Generator | None = None, prompt_codes: torch.Tensor | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
+    """:func:`generate_codes` as an iterator of newly completed frames ``[B, K, n]``, in order.
+
+    Runs under ``torch.no_grad()``; the chunks cover all ``n_frames``. Closing the iterator early
+    closes the LM's streaming block.
+    """
+    cfg = lm.config
+    K, special = cfg.n_q, cfg.card
+    if pattern.n_q != K:
+        raise CodecLMError(f"pattern is for {pattern.n_q} codebooks, the LM has {K}")
+    if batch < 1 or n_frames < 1:
+        raise CodecLMError(f"batch and n_frames must be >= 1, got {batch} and {n_frames}")
+    if guidance_scale < 0:
+        raise SamplingError(f"cfg scale must be >= 0, got {guidance_scale}")
+    device = next(lm.parameters()).device
+    frame_index, step_index = pattern.indices(n_frames, device)  # [K, S], [K, T]
+    S = frame_index.shape[1]
+    if S > cfg.max_seq_len:
+        raise CodecLMError(f"{n_frames} frames need {S} steps, more than the LM's max_seq_len={cfg.max_seq_len}")
+    valid = frame_index >= 0
+    seq = torch.full((batch, K, S), special, dtype=torch.long, device=device)
+
+    # -- prompt: force the pattern positions of its frames -----------------------------------
+    n_prompt = 0
+    free = valid
+    if prompt_codes is not None:
+        if prompt_codes.dim() != 3 or prompt_codes.shape[0] != batch or prompt_codes.shape[1] != K:
+            raise CodesError(f"prompt_codes must be [{batch}, {K}, P], got {tuple(prompt_codes.shape)}")
+        n_prompt = prompt_codes.shape[2]
+        if n_prompt > n_frames:
+            raise CodesError(f"prompt has {n_prompt} frames, more than n_frames={n_frames}")
+        if n_prompt and (int(prompt_codes.min()) < 0 or int(prompt_codes.max()) >= special):
+            raise CodesError(f"prompt_codes must be in [0, {special})")
+        if n_prompt:
+            forced = valid & (frame_index < n_prompt)
+            src = torch.gather(prompt_codes.to(device=device, dtype=torch.long), 2,
+                               frame_index.clamp(0, n_prompt - 1).expand(batch, K, S))
+            seq = torch.where(forced, src, seq)
+            free = valid & ~forced
+    free_any = free.any(dim=0).tolist()  # per step: does it sample anything (host list, once)
+    first = next((s for s, f in enumerate(free_any) if f), S)
+
+    # -- conditioning ---------------------------------------------------------------------------
+    use_cfg = guidance_scale != 1.0
+    if use_cfg:
+        cond_in, mask_in = _cfg_condition(cond, cond_mask, null_cond, null_mask)
+    else:
+        cond_in, mask_in = cond, cond_mask
+    rows = 2 * batch if use_cfg else batch
+    start = torch.full((rows, K, 1), special, dtype=torch.long, device=device)
+
+    def expand(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x], 0) if use_cfg else x
+
+    # -- frames as they complete ----------------------------------------------------------------
+    emitted = 0
+    prefix = pattern.prefix_stable
+    # frame t is complete after step max_k step_index[k, t] (host list, computed once)
+    done_after = step_index.max(dim=0).values.tolist() if prefix else None
+
+    def completed(upto_step: int) -> torch.Tensor | None:
+        nonlocal emitted
+        if prefix:
+            n = emitted
+            while n < n_frames and done_after[n] <= upto_step:
+                n += 1
+        else:
+            n = n_frames if upto_step >= S - 1 else emitted
+        if n <= emitted:
+            return None
+        out = torch.gather(seq, 2, step_index[:, emitted:n].expand(batch, K, n - emitted))
+        emitted = n
+        return out
+
+    if first > 0:
+        chunk = completed(first - 1)
+        if chunk is not None:
+            yield chunk
+    lm.eval()
+    with _cache_length(lm, S), lm.streaming(rows):
+        if first < S:
+            inp = torch.cat([start, expand(seq[:, :, :first])], 2)
+            logits = lm.step(inp, cond_in, mask_in)
+            for s in range(first, S):
+                logits = logits.float()
+                if use_cfg:
+                    logits = apply_cfg(logits[:batch], logits[batch:], guidance_scale)
+                tokens = sample_next(logits, temperature, top_k, top_p, do_sample, generator)
+                seq[:, :, s] = torch.where(free[:, s], tokens, seq[:, :, s])
+                if on_step is not None:
+                    on_step(s + 1 - first, S - first)
+                chunk = completed(s)
+                if chunk is not None:
+                    yield chunk
+                if s + 1 < S:
+                    logits = lm.step(expand(seq[:, :, s:s + 1]))
+    chunk = completed(S - 1)
+    if chunk is not None:
+        yield chunk
+
+
+@torch.no_grad()
+def generate_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tensor | None = None,
+                   cond_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None,
+                   null_mask: torch.Tensor | None = None, guidance_scale: float = 1.0, temperature: float = 1.0,
+                   top_k: int = 0, top_p: float = 0.0, do_sample: bool = True,
+                   generator: torch.Generator | None = None, prompt_codes: torch.Tensor | None = None,
+                   on_frames: Callable[[torch.Tensor], None] | None = None,
+                   on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Generate ``n_frames`` frames of codes ``[batch, K, n_frames]`` (long).
+
+    ``cond [B, Tc, D]`` / ``cond_mask [B, Tc]``: cross-attention conditioning (LMs with
+    ``cross_attention``). ``guidance_scale != 1`` enables classifier-free guidance against
+    ``null_cond`` / ``null_mask`` (default: zeros and an all-False mask, MusicGen's null).
+    ``prompt_codes [B, K, P]`` (P <= n_frames) are forced as the first P frames (continuation);
+    they are fed in one prefill call. ``on_frames(codes [B, K, n])`` is called with each run of
+    newly completed frames, in order, covering all ``n_frames`` (prompt frames included);
+    ``on_step(done, total)`` after every generated step (progress bars).
+    """
+    chunks = []
+    for chunk in iter_codes(lm, pattern, batch, n_frames, cond, cond_mask, null_cond, null_mask, guidance_scale,
+                            temperature, top_k, top_p, do_sample, generator, prompt_codes, on_step):
+        chunks.append(chunk)
+        if on_frames is not None:
+            on_frames(chunk)
+    return torch.cat(chunks, 2)

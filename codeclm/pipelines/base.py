@@ -1,0 +1,230 @@
+"""The loop every generation pipeline shares: conditions -> codes (token LM) -> audio (codec).
+
+A pipeline owns a :class:`TokenLM`, a :class:`Codec`, an optional :class:`TextConditioner` and
+the LM's codebook pattern. ``_generate_codes`` tokenizes and encodes the conditions, runs
+:func:`codeclm.lm.generate.iter_codes` (KV cache, CFG in one batch of 2B) with a
+``torch.Generator`` seeded per call, and ``stream`` decodes frames as they complete when the
+codec can stream exactly (causal, constant padding); otherwise audio is decoded at the end.
+
+Folder layout (``save_pretrained`` / ``from_pretrained``)::
+
+    pipeline.json    {"type": ..., "format": 1, ...}
+    lm/              config.json + model.safetensors
+    codec/           config.json + model.safetensors
+    text/            the conditioner's files (conditioner.json names its type)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from codeclm.codec import Codec
+from codeclm.errors import CodecLMError, ConfigError
+from codeclm.lm.conditioners import TextConditioner, load_conditioner
+from codeclm.lm.config import LMConfig
+from codeclm.lm.generate import iter_codes
+from codeclm.lm.patterns import Pattern
+from codeclm.lm.transformer import TokenLM
+from codeclm.pretrained import load_weights_into, read_config, read_weights, save_folder
+
+__all__ = ["GenerationPipeline", "load_lm", "save_lm"]
+
+PIPELINE_FILE = "pipeline.json"
+FORMAT = 1
+
+
+def save_lm(lm: TokenLM, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items()}
+    return save_folder(folder, lm.config.to_dict(), state, dtype)
+
+
+def load_lm(folder: str | os.PathLike) -> TokenLM:
+    folder = Path(folder)
+    config = LMConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
+    lm = TokenLM(config)
+    load_weights_into(lm, read_weights(folder), str(folder))
+    return lm.eval()
+
+
+class GenerationPipeline:
+    """Conditions -> codes -> audio, batched and seeded. Subclasses define the user-facing API."""
+
+    kind = "generation"
+    max_duration = 300.0  # seconds
+
+    def __init__(self, lm: TokenLM, codec: Codec, conditioner: TextConditioner | None = None,
+                 pattern: Pattern | None = None) -> None:
+        if codec.num_codebooks < lm.config.n_q:
+            raise ConfigError(f"the codec has {codec.num_codebooks} codebooks, the LM needs {lm.config.n_q}")
+        if codec.cardinality != lm.config.card:
+            raise ConfigError(f"codec codebooks have {codec.cardinality} entries, the LM predicts {lm.config.card}")
+        if lm.config.cross_attention and conditioner is None:
+            raise ConfigError("this LM is conditioned (cross-attention): pass a text conditioner")
+        if conditioner is not None and lm.config.cross_attention and conditioner.output_dim != lm.config.condition_dim:
+            raise ConfigError(f"conditioner gives width {conditioner.output_dim}, the LM expects "
+                              f"{lm.config.condition_dim}")
+        self.lm, self.codec, self.conditioner = lm.eval(), codec.eval(), conditioner
+        if conditioner is not None:
+            conditioner.eval()
+        self.pattern = pattern if pattern is not None else lm.config.get_pattern()
+        if self.pattern.n_q != lm.config.n_q:
+            raise ConfigError(f"pattern is for {self.pattern.n_q} codebooks, the LM has {lm.config.n_q}")
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def to(self, device: str | torch.device) -> GenerationPipeline:
+        self.lm.to(device)
+        self.codec.to(device)
+        if self.conditioner is not None:
+            self.conditioner.to(device)
+        return self
+
+    # -- input checks --------------------------------------------------------------------------
+    @staticmethod
+    def _prompts(prompts) -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if prompts is None or not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+            raise CodecLMError("prompts must be a non-empty list of strings")
+        if not all(isinstance(p, str) for p in prompts):
+            raise CodecLMError("prompts must be strings")
+        return list(prompts)
+
+    def _n_frames(self, duration: float) -> int:
+        try:
+            duration = float(duration)
+        except (TypeError, ValueError):
+            raise CodecLMError(f"duration must be a number of seconds, got {duration!r}") from None
+        if not duration > 0 or duration > self.max_duration:
+            raise CodecLMError(f"duration must be in (0, {self.max_duration:g}] seconds, got {duration:g}")
+        n = max(1, round(duration * self.frame_rate))
+        steps = self.pattern.num_steps(n)
+        if steps > self.lm.config.max_seq_len:
+            limit = self.pattern.frames_for_steps(self.lm.config.max_seq_len) / self.frame_rate
+            raise CodecLMError(f"duration {duration:g} s needs {steps} steps; this model handles at most "
+                               f"{limit:.2f} s")
+        return n
+
+    @staticmethod
+    def _check_sampling(guidance_scale: float, temperature: float, top_k: int, top_p: float) -> None:
+        if guidance_scale < 0:
+            raise CodecLMError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if temperature < 0:
+            raise CodecLMError(f"temperature must be >= 0, got {temperature}")
+        if top_k < 0:
+            raise CodecLMError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+        if not 0.0 <= top_p <= 1.0:
+            raise CodecLMError(f"top_p must be in [0, 1], got {top_p}")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _condition(self, prompts: list[str]):
+        if not self.lm.config.cross_attention:
+            return None, None
+        return self.conditioner.encode(prompts)
+
+    def _iter_codes(self, prompts: list[str], n_frames: int, seed: int | None, guidance_scale: float,
+                    temperature: float, top_k: int, top_p: float, do_sample: bool,
+                    prompt_codes: torch.Tensor | None = None, progress: bool = False) -> Iterator[torch.Tensor]:
+        self._check_sampling(guidance_scale, temperature, top_k, top_p)
+        emb, mask = self._condition(prompts)
+        if emb is None and guidance_scale != 1.0:
+            guidance_scale = 1.0  # nothing to guide with: an unconditional LM
+        generator = None
+        if do_sample and temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else int(seed))
+        bar = None
+        on_step = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.pattern.num_steps(n_frames), unit="step", desc=self.kind, leave=False)
+
+            def on_step(done, total):
+                bar.update(1)
+
+        try:
+            yield from iter_codes(self.lm, self.pattern, len(prompts), n_frames, emb, mask,
+                                  guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, do_sample=do_sample, generator=generator,
+                                  prompt_codes=prompt_codes, on_step=on_step)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _generate_codes(self, prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample,
+                        prompt_codes=None, progress=False) -> torch.Tensor:
+        chunks = list(self._iter_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p,
+                                       do_sample, prompt_codes, progress))
+        return torch.cat(chunks, 2)
+
+    @torch.no_grad()
+    def _decode(self, codes: torch.Tensor, n_samples: int | None = None) -> list[torch.Tensor]:
+        audio = self.codec.decode(codes)
+        if n_samples is not None:
+            audio = audio[..., :n_samples]
+        return [a.float().cpu() for a in audio]
+
+    def _stream_audio(self, chunks: Iterator[torch.Tensor], batch: int) -> Iterator[torch.Tensor]:
+        """Audio ``[B, C, n]`` per chunk of frames (exact streaming), or once at the end."""
+        if self.codec.streamable:
+            with torch.no_grad(), self.codec.streaming(batch):
+                for codes in chunks:
+                    yield self.codec.decode(codes).float().cpu()
+        else:
+            codes = torch.cat(list(chunks), 2)
+            with torch.no_grad():
+                yield self.codec.decode(codes).float().cpu()
+
+    # -- folders -------------------------------------------------------------------------------
+    def _pipeline_info(self) -> dict:
+        return {"type": self.kind, "format": FORMAT, "max_duration": self.max_duration}
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_lm(self.lm, folder / "lm")
+        self.codec.save_pretrained(folder / "codec")
+        if self.conditioner is not None:
+            self.conditioner.save_folder(folder / "text")
+        (folder / PIPELINE_FILE).write_text(json.dumps(self._pipeline_info(), indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def _load_parts(cls, folder: str | os.PathLike):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: no such model folder")
+        path = folder / PIPELINE_FILE
+        if not path.exists():
+            raise ConfigError(f"{folder}: not a {cls.kind} pipeline folder (missing {PIPELINE_FILE})")
+        try:
+            info = json.loads(path.read_text())
+            kind = info["type"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: invalid pipeline description ({exc})") from None
+        if kind != cls.kind:
+            raise ConfigError(f"{folder}: holds a {kind!r} pipeline, not {cls.kind!r}")
+        for sub in ("lm", "codec"):
+            if not (folder / sub).is_dir():
+                raise ConfigError(f"{folder}: missing {sub}/")
+        lm = load_lm(folder / "lm")
+        codec = Codec.from_pretrained(folder / "codec")
+        conditioner = load_conditioner(folder / "text") if (folder / "text").is_dir() else None
+        return info, lm, codec, conditioner

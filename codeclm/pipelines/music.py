@@ -1,0 +1,92 @@
+"""Text to music: a MusicGen-style pipeline (T5 or built-in text conditioner, token LM, codec).
+
+    pipe = TextToMusic.from_hf("facebook/musicgen-small folder", tokenizer)   # or from_pretrained
+    wavs = pipe.generate(["calm piano"], duration=8.0, seed=0)                # [C, samples] each
+    for chunk in pipe.stream("calm piano", duration=8.0): ...                 # [C, n] chunks
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from codeclm.errors import CodecLMError
+from codeclm.pipelines.base import GenerationPipeline
+from codeclm.pretrained import default_checkpoint
+
+__all__ = ["TextToMusic"]
+
+DEFAULT_MUSIC = "music"
+
+
+class TextToMusic(GenerationPipeline):
+    """Text prompts -> music. ``generate`` returns one float tensor ``[channels, samples]`` per prompt."""
+
+    kind = "text-to-music"
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu") -> TextToMusic:
+        """Load a pipeline folder; None loads the shipped default (``checkpoints/music``)."""
+        folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_MUSIC)
+        info, lm, codec, conditioner = cls._load_parts(folder)
+        pipe = cls(lm, codec, conditioner)
+        pipe.max_duration = float(info.get("max_duration", cls.max_duration))
+        return pipe.to(device)
+
+    @classmethod
+    def from_hf(cls, model_or_folder, tokenizer=None) -> TextToMusic:
+        """Convert a transformers ``MusicgenForConditionalGeneration`` (object or folder)."""
+        from codeclm.lm.hf import musicgen_from_hf
+
+        lm, codec, conditioner = musicgen_from_hf(model_or_folder, tokenizer)
+        return cls(lm, codec, conditioner)
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, prompts, duration: float = 8.0, seed: int | None = 0, melody=None,
+                 guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
+                 do_sample: bool = True, progress: bool = False) -> list[torch.Tensor]:
+        """One waveform ``[channels, round(duration * sample_rate)]`` (float32, CPU) per prompt.
+
+        Sampling is seeded per call (``seed``): the same call gives the same audio. ``do_sample``
+        False (or ``temperature`` 0) is greedy. ``guidance_scale`` 1 disables classifier-free
+        guidance.
+        """
+        prompts = self._prompts(prompts)
+        if melody is not None:
+            raise CodecLMError("melody conditioning not available for this model")
+        n_frames = self._n_frames(duration)
+        codes = self._generate_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p,
+                                     do_sample, progress=progress)
+        return self._decode(codes, round(float(duration) * self.sample_rate))
+
+    def generate_tokens(self, prompts, max_new_tokens: int = 256, do_sample: bool = False,
+                        guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int = 250,
+                        top_p: float = 0.0, seed: int | None = 0) -> torch.Tensor:
+        """Codes ``[batch, n_q, frames]`` after ``max_new_tokens`` LM steps (transformers' count:
+        with the delay pattern, ``frames = max_new_tokens - (n_q - 1)``). Greedy by default."""
+        prompts = self._prompts(prompts)
+        n_frames = self.pattern.frames_for_steps(int(max_new_tokens))
+        if n_frames < 1:
+            raise CodecLMError(f"max_new_tokens={max_new_tokens} gives no complete frame "
+                               f"(need > {self.pattern.num_steps(1) - 1})")
+        if self.pattern.num_steps(n_frames) > self.lm.config.max_seq_len:
+            raise CodecLMError(f"max_new_tokens={max_new_tokens} exceeds the LM's max_seq_len={self.lm.config.max_seq_len}")
+        return self._generate_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample)
+
+    def stream(self, prompt, duration: float = 8.0, seed: int | None = 0, guidance_scale: float = 3.0,
+               temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
+               do_sample: bool = True) -> Iterator[torch.Tensor]:
+        """Audio chunks ``[channels, n]`` as frames complete (a streamable codec), else one chunk at
+        the end. Concatenated, they equal ``generate`` with the same arguments (before trimming)."""
+        prompts = self._prompts(prompt)
+        if len(prompts) != 1:
+            raise CodecLMError("stream() takes one prompt")
+        n_frames = self._n_frames(duration)
+        chunks = self._iter_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample)
+        for audio in self._stream_audio(chunks, 1):
+            yield audio[0]

@@ -1,0 +1,315 @@
+"""Token LM training (MusicGen recipe): the task the trainer runs for ``task: lm``.
+
+Data: a token cache (``data.token_cache``, see :mod:`codeclm.data.tokens`) of captioned codes.
+Each item is a random crop of ``data.segment_frames`` frames (seeded by (seed, epoch, index), so
+a resumed run reads the same crops) of the first ``model.n_q`` codebooks; shorter records are
+padded and their padding is excluded from the loss.
+
+Per step: the codes are interleaved by the model's pattern (special token = ``card``), a start
+step of special tokens is put in front (teacher forcing: logits at step s predict step s + 1),
+the built-in text conditioner (trained jointly with the LM) encodes the captions, a fraction
+``lm.cond_dropout`` of them is replaced by the empty caption (CFG's null condition), and the
+loss is the cross-entropy over the pattern's valid positions, averaged over codebooks (each
+codebook's loss is logged too).
+
+``text.tokenizer: null`` trains a SentencePiece caption tokenizer on the training captions at
+the start (``out_dir/text_tokenizer``, reused on resume). Export (``out_dir/model``)::
+
+    lm/             config.json (LMConfig, model_type codeclm-lm) + model.safetensors
+    text/           the conditioner's save(): tokenizer.model/.json, config.json, model.safetensors
+    pipeline.json   {"pattern", "delays", "codec", "n_q", "bandwidth", "frame_rate", "sample_rate"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from codeclm.data.tokens import TokenCache
+from codeclm.errors import ConfigError
+from codeclm.fileio import atomic_output
+from codeclm.lm.config import LMConfig
+from codeclm.lm.text_encoder import BuiltinTextConditioner
+from codeclm.lm.transformer import TokenLM
+from codeclm.pretrained import fused_state_dict, save_folder
+from codeclm.tokenizers.text import PAD_ID, CaptionTokenizer, train_caption_tokenizer
+from codeclm.training.config import DataConfig, TrainConfig
+
+TOKENIZER_DIR = "text_tokenizer"
+
+
+@dataclass
+class LMDataConfig(DataConfig):
+    """The ``data:`` section for ``task: lm`` (the audio keys of DataConfig are unused)."""
+
+    token_cache: str | None = None  # folder made by tokenize_corpus (required)
+    valid_token_cache: str | None = None  # null: hold out valid_fraction of token_cache by path hash
+    segment_frames: int = 500  # frames per training crop
+
+
+@dataclass
+class TextConfig:
+    """The ``text:`` section: the built-in caption conditioner."""
+
+    tokenizer: str | None = None  # a CaptionTokenizer folder or .model file; null: train one on the captions
+    vocab_size: int = 1024  # when training the tokenizer (clamped for small corpora)
+    model_type: str = "unigram"  # unigram | bpe
+    dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    max_len: int = 64  # caption tokens kept
+
+
+@dataclass
+class LMTaskConfig:
+    """The ``lm:`` section."""
+
+    cond_dropout: float = 0.1  # fraction of captions replaced by "" (classifier-free guidance)
+    codec: str | None = None  # the codec folder written to pipeline.json (decoding generated codes)
+
+
+@dataclass
+class Recipe(TrainConfig):
+    task: str = "lm"
+    model: LMConfig = field(default_factory=lambda: LMConfig(cross_attention=True))
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    lm: LMTaskConfig = field(default_factory=LMTaskConfig)
+
+    def validate_task(self) -> None:
+        d, t = self.data, self.text
+        if not d.token_cache:
+            raise ConfigError("recipe: data.token_cache is required for task lm (a folder made by tokenize_corpus)")
+        if d.segment_frames < 1:
+            raise ConfigError(f"recipe: data.segment_frames must be >= 1, got {d.segment_frames}")
+        if not 0 <= self.lm.cond_dropout <= 1:
+            raise ConfigError(f"recipe: lm.cond_dropout must be in [0, 1], got {self.lm.cond_dropout}")
+        if not self.model.cross_attention:
+            raise ConfigError("recipe: model.cross_attention must be true (the LM is conditioned on captions)")
+        if t.model_type not in ("unigram", "bpe") or t.vocab_size < 3 or t.max_len < 1:
+            raise ConfigError("recipe: text.model_type must be unigram or bpe, vocab_size >= 3, max_len >= 1")
+        if t.dim % 2 or t.dim % t.num_heads or t.num_layers < 0:
+            raise ConfigError(f"recipe: text.dim ({t.dim}) must be even and divisible by text.num_heads ({t.num_heads})")
+        if self.model.cond_dim is not None and self.model.cond_dim != t.dim:
+            raise ConfigError(f"recipe: model.cond_dim ({self.model.cond_dim}) must be null or text.dim ({t.dim})")
+
+
+# -- data ----------------------------------------------------------------------------------------------
+def caption_of(entry: dict) -> str:
+    return entry.get("caption") or entry.get("text") or ""
+
+
+def _held_out(path: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
+    return h / 2 ** 64 < fraction
+
+
+class TokenSegments(Dataset):
+    """Crops of ``frames`` frames of the first ``n_q`` codebooks of some records of a token cache:
+    ``{"codes": [n_q, <= frames], "caption": str, "index": i}``. Random crops are seeded by
+    (seed, epoch, i); otherwise a record's first frames."""
+
+    def __init__(self, cache: TokenCache, records: list[int], frames: int, n_q: int,
+                 random_crop: bool, seed: int = 0):
+        self.cache, self.records, self.frames, self.n_q = cache, records, frames, n_q
+        self.random_crop, self.seed, self.epoch = random_crop, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def captions(self) -> list[str]:
+        return [caption_of(self.cache.entries[r]) for r in self.records]
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.cache[self.records[i]]
+        codes = item["codes"][: self.n_q]
+        start, total = 0, codes.shape[1]
+        if self.random_crop and total > self.frames:
+            start = int(np.random.default_rng([self.seed, self.epoch, i]).integers(0, total - self.frames + 1))
+        return {"codes": codes[:, start:start + self.frames], "caption": caption_of(item), "index": i}
+
+
+class Collate:
+    """Pads codes to the batch's longest crop (``frames`` counts the real ones) and tokenizes captions."""
+
+    def __init__(self, tokenizer: CaptionTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict]) -> dict:
+        T = max(it["codes"].shape[1] for it in items)
+        codes = torch.zeros(len(items), items[0]["codes"].shape[0], T, dtype=torch.long)
+        frames = torch.tensor([it["codes"].shape[1] for it in items])
+        for b, it in enumerate(items):
+            codes[b, :, : it["codes"].shape[1]] = it["codes"]
+        captions = [it["caption"] for it in items]
+        ids, mask = self.tokenizer.encode(captions)
+        return {"codes": codes, "frames": frames, "captions": captions, "input_ids": ids, "attention_mask": mask}
+
+
+def build_datasets(cfg: Recipe, n_q: int) -> tuple[TokenSegments, TokenSegments | None, TokenCache]:
+    d = cfg.data
+    cache = TokenCache(d.token_cache)
+    if d.valid_token_cache:
+        train_idx, vcache = list(range(len(cache))), TokenCache(d.valid_token_cache)
+        valid_idx = list(range(len(vcache)))
+    else:
+        held = [_held_out(e["path"], d.valid_fraction) for e in cache.entries]
+        train_idx = [i for i, h in enumerate(held) if not h]
+        valid_idx, vcache = [i for i, h in enumerate(held) if h], cache
+    if not train_idx:
+        raise ConfigError(f"data: {d.token_cache} leaves no training record (valid_fraction={d.valid_fraction})")
+    train = TokenSegments(cache, train_idx, d.segment_frames, n_q, random_crop=True, seed=cfg.seed)
+    valid_idx = valid_idx[: d.valid_items]
+    valid = TokenSegments(vcache, valid_idx, d.segment_frames, n_q, random_crop=False) if valid_idx else None
+    return train, valid, cache
+
+
+# -- the task ------------------------------------------------------------------------------------------
+def lm_loss(lm, codes: torch.Tensor, frames: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor,
+            pattern, special: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean CE over codebooks, per-codebook CE sums [K], valid counts [K])`` of ``codes [B, K, T]``
+    whose first ``frames[b]`` frames are real."""
+    B, K, T = codes.shape
+    seq, valid = pattern.build(codes, special)
+    real = (torch.arange(T, device=codes.device)[None, :] < frames.to(codes.device)[:, None]).long()
+    real_seq, _ = pattern.build(real[:, None, :].expand(B, K, T), 0)
+    loss_mask = valid[None] & (real_seq > 0)  # [B, K, S]
+    start = torch.full((B, K, 1), special, dtype=seq.dtype, device=seq.device)
+    logits = lm(torch.cat([start, seq[:, :, :-1]], dim=2), cond, cond_mask)  # [B, K, S, card]
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                         seq.clamp(max=logits.shape[-1] - 1).reshape(-1), reduction="none").view(B, K, -1)
+    ce = ce * loss_mask
+    sums, counts = ce.sum(dim=(0, 2)), loss_mask.sum(dim=(0, 2))
+    loss = (sums / counts.clamp(min=1)).mean()
+    return loss, sums.detach(), counts
+
+
+class Task:
+    """TokenLM + built-in text conditioner, one optimizer over both (see trainer.py for the protocol)."""
+
+    def __init__(self, cfg: Recipe, accelerator):
+        self.cfg, self.acc, o, t = cfg, accelerator, cfg.optim, cfg.text
+        meta = TokenCache(cfg.data.token_cache).meta
+        if cfg.model.n_q > meta["n_q"]:
+            raise ConfigError(f"recipe: model.n_q={cfg.model.n_q} but {cfg.data.token_cache} holds {meta['n_q']} codebooks")
+        if cfg.model.card != meta["bins"]:
+            raise ConfigError(f"recipe: model.card={cfg.model.card} but the cache's codebooks have {meta['bins']} bins")
+        self.meta = meta
+        self.lm_config = dataclasses.replace(cfg.model, cond_dim=t.dim)
+        self.pattern = self.lm_config.get_pattern()
+        self.train_set, self.valid_set, _ = build_datasets(cfg, cfg.model.n_q)
+        tokenizer = self._tokenizer()
+        self.lm = TokenLM(self.lm_config).train()
+        self.text = BuiltinTextConditioner(tokenizer, dim=t.dim, num_layers=t.num_layers, num_heads=t.num_heads,
+                                           max_len=t.max_len).train()
+        self.models = {"lm": self.lm, "text": self.text}
+        self.ema_model = "lm"
+        params = [p for m in self.models.values() for p in m.parameters()]
+        self.optimizers = {"lm": torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)}
+        self.collate = Collate(tokenizer)
+        self.rng = torch.Generator().manual_seed(cfg.seed)  # condition dropout: the same on every process
+
+    def _tokenizer(self) -> CaptionTokenizer:
+        t, acc = self.cfg.text, self.acc
+        if t.tokenizer:
+            path = Path(t.tokenizer)
+            tok = CaptionTokenizer.load(path) if path.is_dir() else CaptionTokenizer(path)
+            tok.max_len = t.max_len
+            return tok
+        folder = Path(self.cfg.out_dir) / TOKENIZER_DIR
+        if not (folder / "tokenizer.json").is_file():  # a fresh run (a resumed one reuses its tokenizer)
+            if acc.is_main_process:
+                model = train_caption_tokenizer(self.train_set.captions(), folder / "spm", vocab_size=t.vocab_size,
+                                                model_type=t.model_type, seed=self.cfg.seed)
+                CaptionTokenizer(model, max_len=t.max_len).save(folder)
+                model.unlink()
+            acc.wait_for_everyone()
+        return CaptionTokenizer.load(folder)
+
+    # -- setup / state ----------------------------------------------------------------------------
+    def prepare(self, accelerator) -> list[torch.nn.Module]:
+        lm, text, opt = accelerator.prepare(self.lm, self.text, self.optimizers["lm"])
+        self.wrapped = {"lm": lm, "text": text}
+        self.optimizers = {"lm": opt}
+        return [lm, text]
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.set_state(state["rng"])
+
+    # -- one step ---------------------------------------------------------------------------------
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        acc = self.acc
+        codes = batch["codes"].to(acc.device)
+        ids, mask = batch["input_ids"].clone(), batch["attention_mask"].clone()
+        drop = torch.rand(ids.shape[0], generator=self.rng) < self.cfg.lm.cond_dropout
+        ids[drop], mask[drop] = PAD_ID, False  # == the tokens of "" (the null condition)
+        with acc.autocast():
+            cond, cond_mask = self.wrapped["text"]({"input_ids": ids, "attention_mask": mask})
+            loss, sums, counts = lm_loss(self.wrapped["lm"], codes, batch["frames"], cond, cond_mask,
+                                         self.pattern, self.lm_config.special_token)
+        acc.backward(loss)
+        if acc.sync_gradients and self.cfg.optim.grad_clip > 0:
+            acc.clip_grad_norm_([p for m in self.models.values() for p in m.parameters()], self.cfg.optim.grad_clip)
+        self.optimizers["lm"].step()
+        self.optimizers["lm"].zero_grad(set_to_none=True)
+        logs = {"ce": loss.detach(), "cond_dropped": drop.float().mean()}
+        per = sums / counts.clamp(min=1)
+        logs.update({f"ce_q{k}": per[k] for k in range(per.shape[0])})
+        return logs
+
+    # -- validation / export ----------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, model: TokenLM, batch_size: int) -> dict[str, float]:
+        """Cross-entropy (nats per token) and perplexity over the validation crops, with captions."""
+        if self.valid_set is None:
+            return {}
+        acc, K = self.acc, self.lm_config.n_q
+        sums = torch.zeros(2 * K, dtype=torch.float64, device=acc.device)
+        text = self.models["text"]
+        model.eval()
+        text.eval()
+        indices = list(range(acc.process_index, len(self.valid_set), acc.num_processes))
+        for i in range(0, len(indices), batch_size):
+            batch = self.collate([self.valid_set[j] for j in indices[i:i + batch_size]])
+            cond, cond_mask = text({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+            _, s, c = lm_loss(model, batch["codes"].to(acc.device), batch["frames"], cond, cond_mask,
+                              self.pattern, self.lm_config.special_token)
+            sums += torch.cat([s.double(), c.double()])
+        model.train()
+        text.train()
+        sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
+        per = sums[:K] / sums[K:].clamp(min=1)
+        ce = float(per.mean())
+        return {"ce": ce, "ppl": math.exp(min(ce, 50.0)), **{f"ce_q{k}": float(per[k]) for k in range(K)}}
+
+    def log_audio(self, model, logger, step: int) -> None:
+        return None  # no codec in the loop: generation is the pipelines' business
+
+    def export(self, model: TokenLM, folder: Path) -> None:
+        """``folder/lm`` + ``folder/text`` + ``folder/pipeline.json`` (see the module docstring)."""
+        folder = Path(folder)
+        save_folder(folder / "lm", model.config.to_dict(), {k: v.detach().cpu() for k, v in fused_state_dict(model).items()})
+        text = self.models["text"]
+        (text.save_folder if hasattr(text, "save_folder") else text.save)(folder / "text")
+        m = self.meta
+        pipeline = {"pattern": self.lm_config.pattern, "delays": self.lm_config.delays, "codec": self.cfg.lm.codec,
+                    "n_q": self.lm_config.n_q, "bandwidth": m.get("bandwidth"), "frame_rate": m.get("frame_rate"),
+                    "sample_rate": m.get("sample_rate"), "channels": m.get("channels"),
+                    "codec_identity": m.get("codec")}
+        with atomic_output(folder / "pipeline.json") as tmp:
+            tmp.write_text(json.dumps(pipeline, indent=2) + "\n")
