@@ -1,0 +1,27 @@
+"""Generate audio with codeclm:  python generate.py music "PROMPT" --duration 8 -o out.wav
+
+    python generate.py music "calm lo-fi piano, 80 bpm" --duration 8 -o out.wav [--model FOLDER]
+        [--seed 0] [--guidance 3] [--temperature 1] [--top-k 250] [--top-p 0] [--continue clip.wav]
+    python generate.py music --prompts-file prompts.txt --out-dir out/ [--force] [--quiet]
+
+Several processes split a prompts file (the files are identical to a one-process run)::
+
+    accelerate launch --multi_gpu --num_processes 2 generate.py music --prompts-file p.txt --out-dir out/
+    torchrun --nproc_per_node 2 generate.py music --prompts-file p.txt --out-dir out/   # CPU-only hosts
+
+This is the ``codeclm music`` command (``codeclm/pipelines/cli.py``); ``--help`` lists every option.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from codeclm.pipelines.cli import main as generation_main
+
+    return generation_main(argv, prog="generate.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
