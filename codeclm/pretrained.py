@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -30,6 +32,35 @@ def default_checkpoint(name: str) -> Path:
     if not (folder / CONFIG_NAME).exists():
         raise ConfigError(f"{folder}: the shipped default model {name!r} is missing (pass a model folder)")
     return folder
+
+
+class SavedConfig:
+    """``to_dict``/``from_dict`` for config dataclasses stored as ``config.json``.
+
+    Subclasses (dataclasses) set ``model_type`` (written to the file and checked on load) and
+    ``kind`` (a word for messages). Unknown keys are refused with the list of valid ones.
+    """
+
+    model_type: ClassVar[str]
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        return {"model_type": self.model_type, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config"):
+        data = dict(data)
+        found = data.pop("model_type", cls.model_type)
+        if found != cls.model_type:
+            raise ConfigError(f"{source}: holds a {found!r} model, not a codeclm {cls.kind} ({cls.model_type!r})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown {cls.kind.lower()} config keys {unknown}; valid keys: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 def fused_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from codeclm.errors import ConfigError
+from codeclm.pretrained import SavedConfig
 
 MODEL_TYPE = "codeclm-codec"
 
 
 @dataclass
-class CodecConfig:
+class CodecConfig(SavedConfig):
     """SEANet encoder/decoder + residual vector quantizer, as in EnCodec/SoundStream.
 
     ``ratios`` are the decoder's upsampling ratios (the encoder uses them reversed); their
     product is the hop length (samples per code frame). ``target_bandwidths`` (kbps) define the
     number of codebooks: ``n_q = 1000 * max(bandwidths) / (frame_rate * log2(bins))``.
     """
+
+    model_type: ClassVar[str] = MODEL_TYPE
+    kind: ClassVar[str] = "codec"
 
     name: str = "codeclm-codec"
     sample_rate: int = 24_000
@@ -108,21 +113,3 @@ class CodecConfig:
         if not 0.0 <= self.trim_right_ratio <= 1.0 or (not self.causal and self.trim_right_ratio != 1.0):
             raise bad("trim_right_ratio must be in [0, 1] and 1.0 for non-causal models")
 
-    # -- (de)serialisation ---------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {"model_type": MODEL_TYPE, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "CodecConfig":
-        data = dict(data)
-        kind = data.pop("model_type", MODEL_TYPE)
-        if kind != MODEL_TYPE:
-            raise ConfigError(f"{source}: holds a {kind!r} model, not a codeclm codec ({MODEL_TYPE!r})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown codec config keys {unknown}; valid keys: {sorted(known)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: {exc}") from None

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
 from codeclm.errors import ConfigError
 from codeclm.lm.patterns import Pattern, get_pattern
+from codeclm.pretrained import SavedConfig
 
 MODEL_TYPE = "codeclm-lm"
 POSITIONAL = ("sinusoidal", "rope")
 
 
 @dataclass
-class LMConfig:
+class LMConfig(SavedConfig):
     """A decoder-only transformer over K parallel codebooks (MusicGen's LM shape).
 
     ``card`` is the codebook size; token id ``card`` is the special (start/pad) token, so each
@@ -22,6 +24,9 @@ class LMConfig:
     (:func:`codeclm.lm.patterns.get_pattern`). ``cond_dim`` is the width of the cross-attention
     conditioning; when it differs from ``dim`` the model owns a linear projection to ``dim``.
     """
+
+    model_type: ClassVar[str] = MODEL_TYPE
+    kind: ClassVar[str] = "LM"
 
     n_q: int = 4
     card: int = 1024
@@ -97,21 +102,3 @@ class LMConfig:
             raise bad(f"cond_dim must be >= 1, got {self.cond_dim}")
         self.get_pattern()  # raises ConfigError for an unknown pattern or bad delays
 
-    # -- (de)serialisation ---------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {"model_type": MODEL_TYPE, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> LMConfig:
-        data = dict(data)
-        kind = data.pop("model_type", MODEL_TYPE)
-        if kind != MODEL_TYPE:
-            raise ConfigError(f"{source}: holds a {kind!r} model, not a codeclm LM ({MODEL_TYPE!r})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown lm config keys {unknown}; valid keys: {sorted(known)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: {exc}") from None

@@ -207,19 +207,9 @@ def build_parser(prog: str = "generate.py") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "generate.py") -> int:
     """Entry point of ``generate.py``: the generation commands alone, errors as one line (exit 1)."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except CodecLMError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    from codeclm.cli import run
+
+    return run(build_parser(prog), argv)
 
 
 if __name__ == "__main__":
