@@ -171,3 +171,14 @@ def test_bad_config_values():
         tiny_codec_config(bins=100)
     with pytest.raises(ConfigError, match="pad_mode"):
         tiny_codec_config(pad_mode="zeros")
+
+
+def test_inference_only_folder_is_smaller_and_identical(tmp_path, tiny_codec):
+    wav = 0.3 * torch.randn(1, 1, 2000)
+    tiny_codec.save_pretrained(tmp_path / "full")
+    tiny_codec.save_pretrained(tmp_path / "small", inference_only=True)
+    size = lambda name: (tmp_path / name / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("small") < size("full")
+    small = Codec.from_pretrained(tmp_path / "small")
+    codes = tiny_codec.encode(wav)
+    assert torch.equal(small.encode(wav), codes) and torch.equal(small.decode(codes), tiny_codec.decode(codes))

@@ -30,6 +30,7 @@ from codeclm.pretrained import (default_checkpoint, fused_state_dict, load_weigh
 from codeclm.streaming import StreamingError, StreamingModule
 
 DEFAULT_CODEC = "codec"
+_EMA_STATS = (".embed_avg", ".cluster_size")
 _OFFLINE_BLOCK_FRAMES = 1500  # frames per block in offline frame-synchronous passes (bounds memory)
 
 
@@ -290,9 +291,17 @@ class Codec(StreamingModule):
         """Name and weight hash: what a compressed file records to refuse a different model."""
         return {"name": self.config.name, "sha256": weights_hash(self.state_dict_fused())}
 
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (fp16 with ``dtype=torch.float16``)."""
-        return save_folder(folder, self.config.to_dict(), self.state_dict_fused(), dtype)
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        inference_only: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (fp16 with ``dtype=torch.float16``).
+
+        ``inference_only`` leaves out the codebooks' EMA training statistics (``embed_avg``,
+        ``cluster_size``): half the quantizer's size; loading rebuilds them from the codebooks.
+        """
+        state = self.state_dict_fused()
+        if inference_only:
+            state = {k: v for k, v in state.items() if not k.endswith(_EMA_STATS)}
+        return save_folder(folder, self.config.to_dict(), state, dtype)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Codec":
@@ -300,7 +309,13 @@ class Codec(StreamingModule):
         folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_CODEC)
         config = CodecConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
         model = cls(config)
-        load_weights_into(model, read_weights(folder), str(folder))
+        weights = read_weights(folder)
+        for i, layer in enumerate(model.quantizer.layers):  # inference-only folders: rebuild EMA stats
+            embed = weights.get(f"quantizer.layers.{i}.embed")
+            if embed is not None and f"quantizer.layers.{i}.embed_avg" not in weights:
+                weights[f"quantizer.layers.{i}.embed_avg"] = embed.clone()
+                weights[f"quantizer.layers.{i}.cluster_size"] = torch.ones(embed.shape[0])
+        load_weights_into(model, weights, str(folder))
         return model.to(device).eval()
 
     @classmethod
