@@ -17,6 +17,11 @@ from codeclm.errors import CodecLMError
 __all__ = ["add_compression_commands", "main"]
 
 
+def _relative_size(kbps: float, raw_kbps: float) -> str:
+    change = 100 * (1 - kbps / raw_kbps)
+    return f"{change:.1f}% smaller" if change >= 0 else f"{-change:.1f}% larger: container overhead"
+
+
 def add_compression_commands(subparsers) -> None:
     """Register ``compress``, ``decompress`` and ``info`` on an argparse subparsers object."""
     p = subparsers.add_parser("compress", help="compress an audio file to .cclm",
@@ -88,7 +93,7 @@ def _info(args) -> int:
         f"chunks:        {info.get('chunks', '?')} of up to {info['chunk_frames']} frames, entropy model "
         f"{info['entropy_model']}",
         f"bitrate:       {info['file_kbps']:.3f} kbps (raw codes {info['raw_kbps']:.3f} kbps, "
-        f"{100 * (1 - info['file_kbps'] / info['raw_kbps']):.1f}% smaller)",
+        f"{_relative_size(info['file_kbps'], info['raw_kbps'])})",
     ]
     print("\n".join(lines))
     return 0
