@@ -137,3 +137,18 @@ def weights_hash(state: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def load_transformers_model(model_or_folder, class_name: str, what: str):
+    """A ``transformers`` model object as given, or loaded from a folder saved by ``save_pretrained``."""
+    if not isinstance(model_or_folder, (str, os.PathLike)):
+        return model_or_folder
+    folder = Path(model_or_folder)
+    if not (folder / CONFIG_NAME).exists():
+        raise ConfigError(f"{folder}: not a transformers model folder (no {CONFIG_NAME})")
+    import transformers
+
+    try:
+        return getattr(transformers, class_name).from_pretrained(str(folder))
+    except Exception as exc:  # transformers raises many kinds
+        raise ConfigError(f"{folder}: could not load as a transformers {what} ({exc})") from None

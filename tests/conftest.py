@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny random codecs that build and run in milliseconds."""
+"""Shared fixtures: tiny random codecs that build and run in milliseconds; a SIGKILL helper."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,3 +23,16 @@ def tiny_codec_config(**overrides) -> CodecConfig:
 def tiny_codec() -> Codec:
     torch.manual_seed(0)
     return Codec(tiny_codec_config()).eval()
+
+
+def kill_after_step(cmd: list[str], out_dir: Path, step: int, env: dict, timeout: float = 240) -> None:
+    """Start a training run and SIGKILL it as soon as ``metrics.jsonl`` logs ``step``."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        log = out_dir / "metrics.jsonl"
+        if log.is_file() and f'"step": {step},' in log.read_text():
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

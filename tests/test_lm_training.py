@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from codeclm.pretrained import load_weights_into, read_config, read_weights
 from codeclm.training import checkpoint as ckpt
 from codeclm.training.config import load_recipe
 from codeclm.training.trainer import train
+from conftest import kill_after_step
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "lm_music_tiny.yaml"
@@ -149,16 +148,7 @@ def test_kill_and_resume_equals_uninterrupted(cache, tmp_path):
 
     for attempt in range(3):  # a tiny run can finish before the kill lands: try again in a new folder
         killed = tmp_path / f"killed{attempt}"
-        proc = subprocess.Popen(_cmd(cache, killed, steps), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            log = killed / "metrics.jsonl"
-            if log.is_file() and f'"step": {kill_after},' in log.read_text():
-                break
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_after_step(_cmd(cache, killed, steps), killed, kill_after, env)
         latest = ckpt.latest_checkpoint(killed)
         if latest is not None and json.loads((latest / "meta.json").read_text())["step"] < steps:
             break

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from codeclm.errors import ConfigError
 from codeclm.training import checkpoint as ckpt
 from codeclm.training.config import load_recipe
 from codeclm.training.trainer import EpochBatches, ModelEMA, lr_lambda
+from conftest import kill_after_step
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "codec_tiny.yaml"
@@ -177,16 +176,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     subprocess.run(_train_cmd(straight, data, steps), check=True, env=env, capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, data, steps), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        log = killed / "metrics.jsonl"
-        if log.is_file() and f'"step": {kill_after},' in log.read_text():
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_step(_train_cmd(killed, data, steps), killed, kill_after, env)
     assert ckpt.latest_checkpoint(killed) is not None
     assert ckpt.Position(**{k: json.loads((ckpt.latest_checkpoint(killed) / "meta.json").read_text())[k]
                             for k in ("step", "epoch", "batch")}).step < steps

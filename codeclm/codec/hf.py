@@ -5,16 +5,14 @@ The SEANet layer lists match one to one, so the import folds weight norm and ren
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import torch
 
 from codeclm.codec.config import CodecConfig
 from codeclm.codec.model import Codec
 from codeclm.errors import ConfigError
-from codeclm.pretrained import fused_state_dict, load_weights_into
+from codeclm.pretrained import fused_state_dict, load_transformers_model, load_weights_into
 
 
 def config_from_hf(hf_config, name: str | None = None) -> CodecConfig:
@@ -45,18 +43,7 @@ def _hf_key(ours: str) -> str:
 
 def codec_from_hf(model_or_folder) -> Codec:
     """Convert an ``EncodecModel`` (object, or a folder saved by ``save_pretrained``) to a Codec."""
-    if isinstance(model_or_folder, (str, os.PathLike)):
-        folder = Path(model_or_folder)
-        if not (folder / "config.json").exists():
-            raise ConfigError(f"{folder}: not a transformers model folder (no config.json)")
-        from transformers import EncodecModel
-
-        try:
-            hf = EncodecModel.from_pretrained(str(folder))
-        except Exception as exc:  # transformers raises many kinds
-            raise ConfigError(f"{folder}: could not load as a transformers EncodecModel ({exc})") from None
-    else:
-        hf = model_or_folder
+    hf = load_transformers_model(model_or_folder, "EncodecModel", "EncodecModel")
     cfg = config_from_hf(hf.config)
     codec = Codec(cfg)
     theirs = fused_state_dict(hf)

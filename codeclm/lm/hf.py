@@ -15,7 +15,6 @@ Stereo MusicGen (interleaved left/right codebooks) is not supported.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -23,7 +22,7 @@ from codeclm.errors import ConfigError
 from codeclm.lm.conditioners import T5Conditioner
 from codeclm.lm.config import LMConfig
 from codeclm.lm.transformer import TokenLM
-from codeclm.pretrained import load_weights_into
+from codeclm.pretrained import load_transformers_model, load_weights_into
 
 __all__ = ["conditioner_from_hf", "lm_config_from_hf", "lm_from_hf", "load_hf_musicgen", "musicgen_from_hf"]
 
@@ -107,23 +106,14 @@ def conditioner_from_hf(model, tokenizer) -> T5Conditioner:
 
 def load_hf_musicgen(model_or_folder, tokenizer=None):
     """``(MusicgenForConditionalGeneration, tokenizer)`` from an object or a saved folder."""
-    if isinstance(model_or_folder, (str, os.PathLike)):
-        folder = Path(model_or_folder)
-        if not (folder / "config.json").exists():
-            raise ConfigError(f"{folder}: not a transformers model folder (no config.json)")
-        from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+    model = load_transformers_model(model_or_folder, "MusicgenForConditionalGeneration", "MusicGen")
+    if isinstance(model_or_folder, (str, os.PathLike)) and tokenizer is None:
+        from transformers import AutoTokenizer
 
         try:
-            model = MusicgenForConditionalGeneration.from_pretrained(str(folder))
-        except Exception as exc:  # transformers raises many kinds
-            raise ConfigError(f"{folder}: could not load as a transformers MusicGen ({exc})") from None
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            except Exception as exc:
-                raise ConfigError(f"{folder}: no tokenizer found, pass tokenizer= ({exc})") from None
-    else:
-        model = model_or_folder
+            tokenizer = AutoTokenizer.from_pretrained(str(model_or_folder))
+        except Exception as exc:
+            raise ConfigError(f"{model_or_folder}: no tokenizer found, pass tokenizer= ({exc})") from None
     if tokenizer is None:
         raise ConfigError("MusicGen import: pass the text tokenizer (tokenizer=...)")
     if getattr(model.config, "model_type", None) != "musicgen":
