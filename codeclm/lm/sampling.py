@@ -13,14 +13,14 @@ import torch
 
 from codeclm.errors import CodecLMError
 
-__all__ = ["SamplingError", "apply_cfg", "sample_next", "top_k_filter", "top_p_filter"]
+__all__ = ["SamplingError", "apply_cfg", "check_sampling_params", "sample_next", "top_k_filter", "top_p_filter"]
 
 
 class SamplingError(CodecLMError, ValueError):
     """Sampling parameters out of range (negative temperature, top_p outside [0, 1]...)."""
 
 
-def _check_params(temperature: float, top_k: int, top_p: float) -> None:
+def check_sampling_params(temperature: float, top_k: int, top_p: float) -> None:
     if temperature < 0:
         raise SamplingError(f"temperature must be >= 0, got {temperature}")
     if top_k < 0:
@@ -68,7 +68,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     divided by ``temperature``, filtered by top-k then top-p (0 disables either) and sampled;
     the same ``generator`` state gives the same tokens.
     """
-    _check_params(temperature, top_k, top_p)
+    check_sampling_params(temperature, top_k, top_p)
     if not do_sample or temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature

@@ -29,6 +29,7 @@ from codeclm.lm.conditioners import TextConditioner, load_conditioner
 from codeclm.lm.config import LMConfig
 from codeclm.lm.generate import iter_codes
 from codeclm.lm.patterns import Pattern
+from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import load_weights_into, read_config, read_weights, save_folder
 
@@ -106,13 +107,18 @@ class GenerationPipeline:
             raise CodecLMError("prompts must be strings")
         return list(prompts)
 
-    def _n_frames(self, duration: float) -> int:
+    def check_duration(self, duration) -> float:
+        """``duration`` as seconds in ``(0, max_duration]``, else a one-line CodecLMError."""
         try:
             duration = float(duration)
         except (TypeError, ValueError):
             raise CodecLMError(f"duration must be a number of seconds, got {duration!r}") from None
         if not duration > 0 or duration > self.max_duration:
             raise CodecLMError(f"duration must be in (0, {self.max_duration:g}] seconds, got {duration:g}")
+        return duration
+
+    def _n_frames(self, duration: float) -> int:
+        duration = self.check_duration(duration)
         n = max(1, round(duration * self.frame_rate))
         steps = self.pattern.num_steps(n)
         if steps > self.lm.config.max_seq_len:
@@ -125,12 +131,7 @@ class GenerationPipeline:
     def _check_sampling(guidance_scale: float, temperature: float, top_k: int, top_p: float) -> None:
         if guidance_scale < 0:
             raise CodecLMError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if temperature < 0:
-            raise CodecLMError(f"temperature must be >= 0, got {temperature}")
-        if top_k < 0:
-            raise CodecLMError(f"top_k must be >= 0 (0 disables it), got {top_k}")
-        if not 0.0 <= top_p <= 1.0:
-            raise CodecLMError(f"top_p must be in [0, 1], got {top_p}")
+        check_sampling_params(temperature, top_k, top_p)
 
     # -- the loop ------------------------------------------------------------------------------
     def _condition(self, prompts: list[str]):

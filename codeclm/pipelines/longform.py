@@ -94,12 +94,7 @@ def generate_long(pipe, prompt: str, duration: float, window_seconds: float | No
     """
     if not isinstance(prompt, str):
         raise CodecLMError("prompt must be a string")
-    try:
-        duration = float(duration)
-    except (TypeError, ValueError):
-        raise CodecLMError(f"duration must be a number of seconds, got {duration!r}") from None
-    if not duration > 0 or duration > pipe.max_duration:
-        raise CodecLMError(f"duration must be in (0, {pipe.max_duration:g}] seconds, got {duration:g}")
+    duration = pipe.check_duration(duration)
     total = max(1, round(duration * pipe.frame_rate))
     limit = context_frames(pipe)
     window = limit if window_seconds is None else _frames(pipe, window_seconds, "window")
