@@ -76,17 +76,22 @@ def fused_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def read_config(folder: str | os.PathLike) -> dict:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: no such model folder")
-    path = folder / CONFIG_NAME
-    if not path.exists():
-        raise ConfigError(f"{folder}: missing {CONFIG_NAME}")
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """A folder's JSON description; one-line ConfigError if it is missing or not valid JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path.parent}: not a {what} folder (missing {path.name})")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such model folder")
+    return read_json(folder / CONFIG_NAME, "model")
 
 
 def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

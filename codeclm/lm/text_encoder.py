@@ -14,7 +14,6 @@ Files (``save(folder)`` / ``load(folder)``): ``tokenizer.model`` + ``tokenizer.j
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from codeclm.lm.transformer import sinusoidal_embedding
 from codeclm.pretrained import (
     fused_state_dict,
     load_weights_into,
+    read_json,
     read_weights,
     save_folder,
 )
@@ -102,13 +102,7 @@ class BuiltinTextConditioner(TextConditioner):
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> BuiltinTextConditioner:
         folder = Path(folder)
-        path = folder / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"{folder}: not a text conditioner folder (no config.json)")
-        try:
-            cfg = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+        cfg = read_json(folder / "config.json", "text conditioner")
         if cfg.get("model_type") != MODEL_TYPE:
             raise ConfigError(f"{folder}: holds a {cfg.get('model_type')!r} model, not {MODEL_TYPE!r}")
         tok = CaptionTokenizer.load(folder)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from codeclm.errors import ConfigError
+from codeclm.pretrained import read_json
 
 __all__ = ["PAD_ID", "UNK_ID", "CaptionTokenizer", "normalize_text", "train_caption_tokenizer"]
 
@@ -187,13 +188,7 @@ class CaptionTokenizer:
     @classmethod
     def load(cls, folder: str | os.PathLike) -> CaptionTokenizer:
         folder = Path(folder)
-        path = folder / CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{folder}: not a caption tokenizer folder (no {CONFIG_NAME})")
-        try:
-            cfg = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+        cfg = read_json(folder / CONFIG_NAME, "caption tokenizer")
         return cls(folder / cfg.get("model_file", MODEL_NAME), max_len=int(cfg.get("max_len", 64)),
                    lowercase=bool(cfg.get("lowercase", True)))
 
