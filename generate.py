@@ -1,4 +1,7 @@
-"""Generate audio with codeclm:  python generate.py music "PROMPT" --duration 8 -o out.wav
+"""Generate audio with codeclm:  python generate.py music|clone|say ...
+
+    python generate.py clone --ref ref.wav --ref-text "what ref.wav says" --text "new sentence" -o out.wav
+    python generate.py say "Hello there." --voice allison -o hello.wav   (--list-voices)
 
     python generate.py music "calm lo-fi piano, 80 bpm" --duration 8 -o out.wav [--model FOLDER]
         [--seed 0] [--guidance 3] [--temperature 1] [--top-k 250] [--top-p 0] [--continue clip.wav]
@@ -9,7 +12,8 @@ Several processes split a prompts file (the files are identical to a one-process
     accelerate launch --multi_gpu --num_processes 2 generate.py music --prompts-file p.txt --out-dir out/
     torchrun --nproc_per_node 2 generate.py music --prompts-file p.txt --out-dir out/   # CPU-only hosts
 
-This is the ``codeclm music`` command (``codeclm/pipelines/cli.py``); ``--help`` lists every option.
+These are the ``codeclm music|clone|say`` commands (``codeclm/pipelines/cli.py`` and
+``clone_cli.py``); ``--help`` lists every option.
 """
 
 from __future__ import annotations

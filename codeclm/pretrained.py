@@ -29,7 +29,7 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 def default_checkpoint(name: str) -> Path:
     """Folder of a shipped default model: ``$CODECLM_CHECKPOINTS/NAME`` or the repo's ``checkpoints/NAME``."""
     folder = Path(os.environ.get("CODECLM_CHECKPOINTS", CHECKPOINTS_DIR)) / name
-    if not (folder / CONFIG_NAME).exists():
+    if not (folder / CONFIG_NAME).exists() and not (folder / "pipeline.json").exists():
         raise ConfigError(f"{folder}: the shipped default model {name!r} is missing (pass a model folder)")
     return folder
 

@@ -92,7 +92,8 @@ def _tokenize(args: argparse.Namespace) -> int:
     codec = Codec.from_pretrained(args.codec)
     result = tokenize_corpus(args.manifest, codec, args.output, bandwidth=args.bandwidth,
                              shard_frames=args.shard_frames, resume=not args.overwrite,
-                             progress=not args.quiet, fail_on_error=args.fail_on_error)
+                             progress=not args.quiet, fail_on_error=args.fail_on_error,
+                             chroma=args.chroma)
     print(result.summary())
     for _, message in result.errors:
         print(f"codeclm data: skipped: {message}", file=sys.stderr)
@@ -172,6 +173,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--shard-frames", type=int, default=1 << 20, help="frames per shard (default 1048576)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing cache instead of resuming it")
     p.add_argument("--fail-on-error", action="store_true", help="stop at the first unreadable audio file")
+    p.add_argument("--chroma", action="store_true",
+                   help="also store each frame's dominant pitch class (for melody-conditioned music LMs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_tokenize)
     return data

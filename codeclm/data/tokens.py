@@ -12,6 +12,9 @@ Layout of ``out_dir``:
 * ``shard_00000.safetensors``, ...: one tensor ``codes`` ``[n_q, total_frames]`` per shard, the
   codes of several records concatenated along time (int16 when ``bins <= 32768``, else int32).
   A shard is closed once it holds ``shard_frames`` frames; a longer record gets a shard alone.
+* With ``chroma=True`` each shard also holds ``chroma`` ``[1, total_frames]`` (uint8): the dominant
+  pitch class of each frame (:func:`codeclm.lm.melody.chroma_indices`, 12 = silent), for melody
+  conditioning; ``meta.json`` then says ``"chroma": true``.
 * ``index.jsonl``: one line per record: ``path``, ``duration``, ``text``, ``caption``,
   ``speaker``, ``language``, ``shard``, ``offset`` and ``n_frames`` (frames, along time).
 
@@ -76,9 +79,9 @@ class TokenizeResult:
         return line
 
 
-def _codec_meta(codec, bandwidth: float | None) -> dict:
+def _codec_meta(codec, bandwidth: float | None, chroma: bool = False) -> dict:
     n_q = codec.num_codebooks_for(bandwidth)
-    return {"format": FORMAT, "version": VERSION, "codec": codec.identity(), "n_q": n_q, "bandwidth": bandwidth,
+    return {"chroma": bool(chroma), "format": FORMAT, "version": VERSION, "codec": codec.identity(), "n_q": n_q, "bandwidth": bandwidth,
             "frame_rate": codec.frame_rate, "bins": codec.cardinality, "sample_rate": codec.sample_rate,
             "channels": codec.channels, "hop_length": codec.hop_length,
             "dtype": "int16" if codec.cardinality <= 32768 else "int32"}
@@ -138,7 +141,9 @@ def _open_cache(out_dir: Path, meta: dict, resume: bool) -> list[dict]:
         _write_json(out_dir / META, meta)
         return []
     old = _read_meta(out_dir)
-    for key, what in (("codec", "codec"), ("n_q", "number of codebooks"), ("bins", "codebook size")):
+    old.setdefault("chroma", False)
+    for key, what in (("codec", "codec"), ("n_q", "number of codebooks"), ("bins", "codebook size"),
+                      ("chroma", "chroma setting")):
         if old.get(key) != meta[key]:
             raise CodecLMError(f"{out_dir}: cache made with a different {what} ({old.get(key)} vs {meta[key]}); "
                                "use another folder or pass resume=False (--overwrite) to start over")
@@ -155,12 +160,14 @@ def tokenize_corpus(
     progress: bool = True,
     fail_on_error: bool = False,
     on_commit: Callable[[int], None] | None = None,
+    chroma: bool = False,
 ) -> TokenizeResult:
     """Encode every record of ``manifest`` (a path or records) once into a cache in ``out_dir``.
 
     ``bandwidth`` (kbps, None: all codebooks) fixes ``n_q``. ``resume=False`` deletes an existing
     cache in ``out_dir`` first. Unreadable audio files are skipped and listed in the result
-    (``fail_on_error``: raise :class:`AudioError` instead). ``on_commit(shard)`` is called after
+    (``fail_on_error``: raise :class:`AudioError` instead). ``chroma`` also stores each frame's
+    dominant pitch class (melody conditioning). ``on_commit(shard)`` is called after
     each shard and its index lines are committed (progress hooks, tests).
     """
     if shard_frames <= 0:
@@ -170,20 +177,24 @@ def tokenize_corpus(
                           "the token cache stores codes only")
     records = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     out_dir = Path(out_dir)
-    meta = _codec_meta(codec, bandwidth)
+    meta = _codec_meta(codec, bandwidth, chroma)
     entries = _open_cache(out_dir, meta, resume)
     done = {e["path"] for e in entries}
     result = TokenizeResult(out_dir)
     dtype = torch.int16 if meta["dtype"] == "int16" else torch.int32
     shard = max((e["shard"] for e in entries), default=-1) + 1
     pending: list[torch.Tensor] = []
+    pending_chroma: list[torch.Tensor] = []
     lines: list[str] = []
     filled = 0
 
     def commit() -> None:
-        nonlocal shard, pending, lines, filled
+        nonlocal shard, pending, pending_chroma, lines, filled
+        tensors = {"codes": torch.cat(pending, dim=1).contiguous()}
+        if chroma:
+            tensors["chroma"] = torch.cat(pending_chroma, dim=1).contiguous()
         with atomic_output(out_dir / shard_name(shard)) as tmp:
-            save_file({"codes": torch.cat(pending, dim=1).contiguous()}, str(tmp), metadata={"format": FORMAT})
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
         with open(out_dir / INDEX, "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
@@ -191,7 +202,7 @@ def tokenize_corpus(
         result.shards += 1
         if on_commit is not None:
             on_commit(shard)
-        shard, pending, lines, filled = shard + 1, [], [], 0
+        shard, pending, pending_chroma, lines, filled = shard + 1, [], [], [], 0
 
     for rec in tqdm(records, desc="tokenize", unit="file", disable=not progress, dynamic_ncols=True):
         if rec.path in done:
@@ -211,6 +222,11 @@ def tokenize_corpus(
                  **{k: getattr(rec, k) for k in _FIELDS}, "shard": shard, "offset": filled,
                  "n_frames": codes.shape[-1]}
         pending.append(codes)
+        if chroma:
+            from codeclm.lm.melody import chroma_indices
+
+            pending_chroma.append(chroma_indices(wav[None], codec.sample_rate, codec.hop_length,
+                                                 n_frames=codes.shape[-1]).to(torch.uint8))
         lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
         filled += codes.shape[-1]
         result.encoded += 1
@@ -247,6 +263,8 @@ class TokenCache:
         codes = self._shard(entry["shard"]).get_slice("codes")[:, start: start + entry["n_frames"]]
         item = {k: v for k, v in entry.items() if k not in ("shard", "offset")}
         item["codes"] = codes.long()
+        if self.meta.get("chroma"):
+            item["chroma"] = self._shard(entry["shard"]).get_slice("chroma")[:, start: start + entry["n_frames"]][0].long()
         return item
 
     def _shard(self, i: int):

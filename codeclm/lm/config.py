@@ -40,6 +40,7 @@ class LMConfig(SavedConfig):
     max_period: float = 10_000.0  # of the sinusoidal / rotary frequencies
     max_seq_len: int = 2048
     cross_attention: bool = False
+    causal: bool = True  # False: bidirectional self-attention (VALL-E's NAR stage; no streaming)
     cond_dim: int | None = None  # None: dim
     norm_first: bool = True  # pre-norm blocks (+ a final norm); False: post-norm
     norm_eps: float = 1e-5

@@ -32,33 +32,63 @@ from codeclm.pretrained import (
 )
 from codeclm.tokenizers.text import CaptionTokenizer
 
-__all__ = ["MODEL_TYPE", "BuiltinTextConditioner"]
+__all__ = ["MODEL_TYPE", "BuiltinTextConditioner", "TokenEncoder"]
 
 MODEL_TYPE = "codeclm-text-builtin"
 
 
-@register_conditioner("builtin")
-class BuiltinTextConditioner(TextConditioner):
-    """``tokenize(texts) -> {"input_ids", "attention_mask"}``, ``forward(tokens) -> (emb [B, T, D], mask [B, T])``."""
+class TokenEncoder(nn.Module):
+    """Token ids ``[B, T]`` + mask -> states ``[B, T, dim]``: embedding * sqrt(dim) + sinusoidal
+    positions, ``num_layers`` pre-norm transformer encoder layers, LayerNorm; padded positions are
+    zeros. Shared by the caption conditioner and the phoneme encoders of the TTS models."""
 
-    def __init__(self, tokenizer: CaptionTokenizer, dim: int = 128, num_layers: int = 2, num_heads: int = 4,
-                 max_len: int = 64, ffn_dim: int | None = None, dropout: float = 0.0):
-        nn.Module.__init__(self)
-        if dim < 2 or dim % 2 or dim % num_heads or num_layers < 0 or max_len < 1:
-            raise ConfigError(f"text conditioner: dim must be even and divisible by num_heads, num_layers >= 0, "
-                              f"max_len >= 1 (got dim={dim}, num_heads={num_heads}, num_layers={num_layers}, "
-                              f"max_len={max_len})")
-        self.tokenizer = tokenizer
-        self.tokenizer.max_len = int(max_len)
-        self.dim, self.num_layers, self.num_heads, self.max_len = int(dim), int(num_layers), int(num_heads), int(max_len)
+    def __init__(self, vocab_size: int, dim: int = 128, num_layers: int = 2, num_heads: int = 4,
+                 ffn_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        if dim < 2 or dim % 2 or dim % num_heads or num_layers < 0 or vocab_size < 1:
+            raise ConfigError(f"token encoder: dim must be even and divisible by num_heads, num_layers >= 0, "
+                              f"vocab_size >= 1 (got dim={dim}, num_heads={num_heads}, num_layers={num_layers}, "
+                              f"vocab_size={vocab_size})")
+        self.dim, self.num_layers, self.num_heads = int(dim), int(num_layers), int(num_heads)
         self.ffn_dim, self.dropout = int(ffn_dim or 4 * dim), float(dropout)
         self.output_dim = self.dim
-        self.emb = nn.Embedding(tokenizer.vocab_size, dim)
+        self.emb = nn.Embedding(vocab_size, dim)
         layer = nn.TransformerEncoderLayer(dim, num_heads, self.ffn_dim, dropout=dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False) if num_layers else None
         self.norm = nn.LayerNorm(dim)
         nn.init.normal_(self.emb.weight, std=0.02)
+
+    def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.emb.weight.device
+        ids = ids.to(device)
+        mask = mask.to(device=device, dtype=torch.bool)
+        if ids.dim() != 2 or ids.shape != mask.shape:
+            raise ConfigError(f"token encoder: ids and mask must be [B, T], got "
+                              f"{tuple(ids.shape)} and {tuple(mask.shape)}")
+        x = self.emb(ids) * self.dim ** 0.5
+        x = x + sinusoidal_embedding(torch.arange(ids.shape[1], device=device), self.dim).to(x.dtype)
+        if self.encoder is not None:
+            # a row with no token (empty caption) attends to its padding instead of nothing (no NaN);
+            # its output is zeroed below anyway
+            attend = mask | ~mask.any(dim=1, keepdim=True)
+            x = self.encoder(x, src_key_padding_mask=~attend)
+        x = self.norm(x) * mask[..., None].to(x.dtype)
+        return x, mask
+
+
+@register_conditioner("builtin")
+class BuiltinTextConditioner(TextConditioner, TokenEncoder):
+    """``tokenize(texts) -> {"input_ids", "attention_mask"}``, ``forward(tokens) -> (emb [B, T, D], mask [B, T])``."""
+
+    def __init__(self, tokenizer: CaptionTokenizer, dim: int = 128, num_layers: int = 2, num_heads: int = 4,
+                 max_len: int = 64, ffn_dim: int | None = None, dropout: float = 0.0):
+        if max_len < 1:
+            raise ConfigError(f"text conditioner: max_len must be >= 1, got {max_len}")
+        TokenEncoder.__init__(self, tokenizer.vocab_size, dim, num_layers, num_heads, ffn_dim, dropout)
+        self.tokenizer = tokenizer
+        self.tokenizer.max_len = int(max_len)
+        self.max_len = int(max_len)
 
     # -- protocol -----------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -66,21 +96,7 @@ class BuiltinTextConditioner(TextConditioner):
         return {"input_ids": ids, "attention_mask": mask}
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.emb.weight.device
-        ids = tokens["input_ids"].to(device)
-        mask = tokens["attention_mask"].to(device=device, dtype=torch.bool)
-        if ids.dim() != 2 or ids.shape != mask.shape:
-            raise ConfigError(f"text conditioner: input_ids and attention_mask must be [B, T], got "
-                              f"{tuple(ids.shape)} and {tuple(mask.shape)}")
-        x = self.emb(ids) * self.dim ** 0.5
-        x = x + sinusoidal_embedding(torch.arange(ids.shape[1], device=device), self.dim).to(x.dtype)
-        if self.encoder is not None:
-            # a text with no token (empty caption) attends to its padding instead of nothing (no NaN);
-            # its output is zeroed below anyway
-            attend = mask | ~mask.any(dim=1, keepdim=True)
-            x = self.encoder(x, src_key_padding_mask=~attend)
-        x = self.norm(x) * mask[..., None].to(x.dtype)
-        return x, mask
+        return self.encode_ids(tokens["input_ids"], tokens["attention_mask"])
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokenize`` + ``forward`` under no_grad (inference)."""

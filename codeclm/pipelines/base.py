@@ -12,6 +12,7 @@ Folder layout (``save_pretrained`` / ``from_pretrained``)::
     lm/              config.json + model.safetensors
     codec/           config.json + model.safetensors
     text/            the conditioner's files (conditioner.json names its type)
+    melody/          optional: a chroma conditioner (codeclm.lm.melody), appended to text/'s states
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from codeclm.errors import CodecLMError, ConfigError
 from codeclm.lm.conditioners import TextConditioner, load_conditioner
 from codeclm.lm.config import LMConfig
 from codeclm.lm.generate import iter_codes
+from codeclm.lm.melody import MelodyConditioner
 from codeclm.lm.patterns import Pattern
 from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import load_weights_into, read_config, read_weights, save_folder
 
-__all__ = ["GenerationPipeline", "load_lm", "save_lm"]
+__all__ = ["GenerationPipeline", "load_lm", "read_pipeline_info", "save_lm"]
 
 PIPELINE_FILE = "pipeline.json"
 FORMAT = 1
@@ -52,6 +54,27 @@ def load_lm(folder: str | os.PathLike) -> TokenLM:
     return lm.eval()
 
 
+def read_pipeline_info(folder: Path, kind: str, parts: tuple[str, ...]) -> dict:
+    """``pipeline.json`` of a pipeline folder of type ``kind`` holding the sub-folders ``parts``;
+    one-line ConfigError otherwise."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such model folder")
+    path = folder / PIPELINE_FILE
+    if not path.exists():
+        raise ConfigError(f"{folder}: not a {kind} pipeline folder (missing {PIPELINE_FILE})")
+    try:
+        info = json.loads(path.read_text())
+        found = info["type"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: invalid pipeline description ({exc})") from None
+    if found != kind:
+        raise ConfigError(f"{folder}: holds a {found!r} pipeline, not {kind!r}")
+    for sub in parts:
+        if not (folder / sub).is_dir():
+            raise ConfigError(f"{folder}: missing {sub}/")
+    return info
+
+
 class GenerationPipeline:
     """Conditions -> codes -> audio, batched and seeded. Subclasses define the user-facing API."""
 
@@ -59,7 +82,7 @@ class GenerationPipeline:
     max_duration = 300.0  # seconds
 
     def __init__(self, lm: TokenLM, codec: Codec, conditioner: TextConditioner | None = None,
-                 pattern: Pattern | None = None) -> None:
+                 pattern: Pattern | None = None, melody: MelodyConditioner | None = None) -> None:
         if codec.num_codebooks < lm.config.n_q:
             raise ConfigError(f"the codec has {codec.num_codebooks} codebooks, the LM needs {lm.config.n_q}")
         if codec.cardinality != lm.config.card:
@@ -69,7 +92,10 @@ class GenerationPipeline:
         if conditioner is not None and lm.config.cross_attention and conditioner.output_dim != lm.config.condition_dim:
             raise ConfigError(f"conditioner gives width {conditioner.output_dim}, the LM expects "
                               f"{lm.config.condition_dim}")
+        if melody is not None and (conditioner is None or melody.output_dim != conditioner.output_dim):
+            raise ConfigError("a melody conditioner needs a text conditioner of the same width")
         self.lm, self.codec, self.conditioner = lm.eval(), codec.eval(), conditioner
+        self.melody_conditioner = melody.eval() if melody is not None else None
         if conditioner is not None:
             conditioner.eval()
         self.pattern = pattern if pattern is not None else lm.config.get_pattern()
@@ -92,8 +118,9 @@ class GenerationPipeline:
     def to(self, device: str | torch.device) -> GenerationPipeline:
         self.lm.to(device)
         self.codec.to(device)
-        if self.conditioner is not None:
-            self.conditioner.to(device)
+        for m in (self.conditioner, self.melody_conditioner):
+            if m is not None:
+                m.to(device)
         return self
 
     # -- input checks --------------------------------------------------------------------------
@@ -134,16 +161,29 @@ class GenerationPipeline:
         check_sampling_params(temperature, top_k, top_p)
 
     # -- the loop ------------------------------------------------------------------------------
-    def _condition(self, prompts: list[str]):
+    def _condition(self, prompts: list[str], melody: torch.Tensor | None = None):
+        """Cross-attention input ``(emb, mask)``; ``melody [B, T]`` chroma indices (-1: none) are
+        appended after the text when the pipeline has a melody conditioner."""
         if not self.lm.config.cross_attention:
             return None, None
-        return self.conditioner.encode(prompts)
+        emb, mask = self.conditioner.encode(prompts)
+        if self.melody_conditioner is not None:
+            if melody is None:
+                melody = self.melody_conditioner.null(len(prompts), 1)
+            with torch.no_grad():
+                m, m_mask = self.melody_conditioner(melody)
+            emb = torch.cat([emb, m.to(device=emb.device, dtype=emb.dtype)], 1)
+            mask = torch.cat([mask, m_mask.to(mask.device)], 1)
+        elif melody is not None:
+            raise CodecLMError("this model has no melody conditioning (no melody/ in its folder)")
+        return emb, mask
 
     def _iter_codes(self, prompts: list[str], n_frames: int, seed: int | None, guidance_scale: float,
                     temperature: float, top_k: int, top_p: float, do_sample: bool,
-                    prompt_codes: torch.Tensor | None = None, progress: bool = False) -> Iterator[torch.Tensor]:
+                    prompt_codes: torch.Tensor | None = None, progress: bool = False,
+                    melody: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         self._check_sampling(guidance_scale, temperature, top_k, top_p)
-        emb, mask = self._condition(prompts)
+        emb, mask = self._condition(prompts, melody)
         if emb is None and guidance_scale != 1.0:
             guidance_scale = 1.0  # nothing to guide with: an unconditional LM
         generator = None
@@ -170,9 +210,9 @@ class GenerationPipeline:
                 bar.close()
 
     def _generate_codes(self, prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample,
-                        prompt_codes=None, progress=False) -> torch.Tensor:
+                        prompt_codes=None, progress=False, melody=None) -> torch.Tensor:
         chunks = list(self._iter_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p,
-                                       do_sample, prompt_codes, progress))
+                                       do_sample, prompt_codes, progress, melody))
         return torch.cat(chunks, 2)
 
     @torch.no_grad()
@@ -204,28 +244,17 @@ class GenerationPipeline:
         self.codec.save_pretrained(folder / "codec")
         if self.conditioner is not None:
             self.conditioner.save_folder(folder / "text")
+        if self.melody_conditioner is not None:
+            self.melody_conditioner.save_folder(folder / "melody")
         (folder / PIPELINE_FILE).write_text(json.dumps(self._pipeline_info(), indent=2) + "\n")
         return folder
 
     @classmethod
     def _load_parts(cls, folder: str | os.PathLike):
         folder = Path(folder)
-        if not folder.is_dir():
-            raise ConfigError(f"{folder}: no such model folder")
-        path = folder / PIPELINE_FILE
-        if not path.exists():
-            raise ConfigError(f"{folder}: not a {cls.kind} pipeline folder (missing {PIPELINE_FILE})")
-        try:
-            info = json.loads(path.read_text())
-            kind = info["type"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}: invalid pipeline description ({exc})") from None
-        if kind != cls.kind:
-            raise ConfigError(f"{folder}: holds a {kind!r} pipeline, not {cls.kind!r}")
-        for sub in ("lm", "codec"):
-            if not (folder / sub).is_dir():
-                raise ConfigError(f"{folder}: missing {sub}/")
+        info = read_pipeline_info(folder, cls.kind, ("lm", "codec"))
         lm = load_lm(folder / "lm")
         codec = Codec.from_pretrained(folder / "codec")
         conditioner = load_conditioner(folder / "text") if (folder / "text").is_dir() else None
-        return info, lm, codec, conditioner
+        melody = MelodyConditioner.load(folder / "melody") if (folder / "melody").is_dir() else None
+        return info, lm, codec, conditioner, melody

@@ -1,6 +1,7 @@
 """``codeclm music`` (and ``python generate.py music``): text to music from the command line.
 
     codeclm music "calm lo-fi piano, 80 bpm" --duration 8 -o out.wav
+    codeclm music "slow strings" --melody hum.wav --duration 10 -o follow.wav  # follows the tune
     codeclm music "calm piano" --continue intro.wav --duration 20 -o more.wav   # starts with the clip
     codeclm music --prompts-file prompts.txt --out-dir out/ --duration 10      # one file per prompt
     torchrun --nproc_per_node 2 generate.py music --prompts-file prompts.txt --out-dir out/
@@ -29,7 +30,7 @@ EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 def add_generation_commands(subparsers) -> None:
-    """Register ``music`` on an argparse subparsers object."""
+    """Register ``music``, ``clone`` and ``say`` on an argparse subparsers object."""
     p = subparsers.add_parser("music", help="generate music from a text prompt",
                               description="Generate music from a text prompt with a text-to-music pipeline.")
     p.add_argument("prompt", nargs="?", default=None, help="text prompt (or --prompts-file)")
@@ -45,6 +46,8 @@ def add_generation_commands(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
     p.add_argument("--top-k", type=int, default=250, help="top-k sampling (0: off)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0: off)")
+    p.add_argument("--melody", default=None, metavar="CLIP",
+                   help="audio clip whose melody (chromagram) the music follows (a melody model)")
     p.add_argument("--continue", dest="continue_from", default=None, metavar="CLIP",
                    help="audio clip to continue: the output starts with it")
     p.add_argument("--window", type=float, default=None,
@@ -55,6 +58,10 @@ def add_generation_commands(subparsers) -> None:
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=run_music)
+
+    from codeclm.pipelines.clone_cli import add_clone_commands
+
+    add_clone_commands(subparsers)
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -138,6 +145,10 @@ def run_music(args) -> int:
         from codeclm.audio import audio_info
 
         audio_info(clip_path)  # unreadable clip: fail before loading the model
+    if args.melody is not None:
+        from codeclm.audio import audio_info
+
+        audio_info(args.melody)
     shard = process_shard(jobs, args.device)
     try:
         mine = shard.items
@@ -159,6 +170,8 @@ def run_music(args) -> int:
             raise CodecLMError(f"--duration must be at most {pipe.max_duration:g} seconds for this model, "
                                f"got {args.duration:g}")
         clip = encode_clip(pipe, clip_path) if clip_path is not None else None
+        if args.melody is not None and not pipe.has_melody:
+            raise CodecLMError(f"{args.model or 'the default model'}: has no melody conditioning; drop --melody")
         if args.out_dir is not None:
             Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         show = not args.quiet
@@ -167,7 +180,8 @@ def run_music(args) -> int:
                 audio = generate_long(pipe, prompt, args.duration, args.window, args.overlap,
                                       seed=job_seed(args.seed, index), guidance_scale=args.guidance,
                                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                      prompt_codes=clip, progress=show and shard.world == 1)
+                                      prompt_codes=clip, progress=show and shard.world == 1,
+                                      melody=args.melody)
             save_audio(out, audio, pipe.sample_rate)
             if show:
                 where = f" [process {shard.rank}/{shard.world}]" if shard.world > 1 else ""

@@ -81,7 +81,7 @@ def generate_long(pipe, prompt: str, duration: float, window_seconds: float | No
                   temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0, do_sample: bool = True,
                   prompt_codes: torch.Tensor | None = None, progress: bool = False,
                   on_window: Callable[[int, torch.Tensor], None] | None = None,
-                  return_codes: bool = False):
+                  return_codes: bool = False, melody=None):
     """Audio ``[C, round(duration * sample_rate)]`` for one prompt, of any length up to the
     pipeline's ``max_duration``, generated window by window.
 
@@ -91,6 +91,8 @@ def generate_long(pipe, prompt: str, duration: float, window_seconds: float | No
     :func:`encode_clip`) start the output: ``duration`` counts them. ``on_window(j, codes)``
     receives each window's codes (its prompt frames included). ``return_codes``: return
     ``(audio, codes [1, K, F], windows)`` instead, ``windows`` being the list passed to on_window.
+    ``melody`` (a melody model): an audio path or tensor, as for ``TextToMusic.generate``; each
+    window is conditioned on the chroma of the span of the output it covers.
     """
     if not isinstance(prompt, str):
         raise CodecLMError("prompt must be a string")
@@ -118,13 +120,16 @@ def generate_long(pipe, prompt: str, duration: float, window_seconds: float | No
         if codes.shape[2] >= total:
             raise CodecLMError(f"the clip ({codes.shape[2] / pipe.frame_rate:.2f} s) is not shorter than the "
                                f"requested duration ({duration:g} s): nothing to generate")
+    chroma = pipe.melody_indices(melody, 1, total) if melody is not None else None
     windows: list[torch.Tensor] = []
     while codes.shape[2] < total:
         new = min(window - overlap, total - codes.shape[2]) if codes.shape[2] else min(window, total)
         ctx = min(codes.shape[2], window - new)  # as much context as fits, at least `overlap`
         context = codes[:, :, codes.shape[2] - ctx:] if ctx else None
         out = pipe._generate_codes([prompt], ctx + new, window_seed(seed, len(windows)), guidance_scale,
-                                   temperature, top_k, top_p, do_sample, prompt_codes=context, progress=progress)
+                                   temperature, top_k, top_p, do_sample, prompt_codes=context, progress=progress,
+                                   melody=None if chroma is None else
+                                   chroma[:, codes.shape[2] - ctx: codes.shape[2] + new])
         windows.append(out)
         if on_window is not None:
             on_window(len(windows) - 1, out)

@@ -33,8 +33,8 @@ class TextToMusic(GenerationPipeline):
                         device: str | torch.device = "cpu") -> TextToMusic:
         """Load a pipeline folder; None loads the shipped default (``checkpoints/music``)."""
         folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_MUSIC)
-        info, lm, codec, conditioner = cls._load_parts(folder)
-        pipe = cls(lm, codec, conditioner)
+        info, lm, codec, conditioner, melody = cls._load_parts(folder)
+        pipe = cls(lm, codec, conditioner, melody=melody)
         pipe.max_duration = float(info.get("max_duration", cls.max_duration))
         return pipe.to(device)
 
@@ -55,14 +55,58 @@ class TextToMusic(GenerationPipeline):
         Sampling is seeded per call (``seed``): the same call gives the same audio. ``do_sample``
         False (or ``temperature`` 0) is greedy. ``guidance_scale`` 1 disables classifier-free
         guidance.
+
+        ``melody`` (a model with melody conditioning): an audio file path or a float tensor
+        ``[channels, samples]`` at ``sample_rate`` (or ``(tensor, rate)``), or one such per prompt
+        (None entries: no melody). Its chromagram's dominant pitch classes, one per codec frame,
+        condition the LM (MusicGen-melody); a clip shorter than ``duration`` conditions only the
+        start.
         """
         prompts = self._prompts(prompts)
-        if melody is not None:
-            raise CodecLMError("melody conditioning not available for this model")
+        if melody is not None and not self.has_melody:
+            raise CodecLMError("this model has no melody conditioning (no melody/ in its folder); "
+                               "drop --melody or use a melody model")
         n_frames = self._n_frames(duration)
+        chroma = self.melody_indices(melody, len(prompts), n_frames) if melody is not None else None
         codes = self._generate_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p,
-                                     do_sample, progress=progress)
+                                     do_sample, progress=progress, melody=chroma)
         return self._decode(codes, round(float(duration) * self.sample_rate))
+
+    @property
+    def has_melody(self) -> bool:
+        return self.melody_conditioner is not None
+
+    def melody_indices(self, melody, batch: int, n_frames: int) -> torch.Tensor:
+        """``[batch, n_frames]`` chroma indices (-1: no melody) of one melody or one per prompt."""
+        from codeclm.audio import load_audio
+        from codeclm.lm.melody import chroma_indices
+
+        if not self.has_melody:
+            raise CodecLMError("this model has no melody conditioning (no melody/ in its folder); "
+                               "drop --melody or use a melody model")
+        items = list(melody) if isinstance(melody, (list, tuple)) and not (
+            len(melody) == 2 and torch.is_tensor(melody[0]) and isinstance(melody[1], int)) else [melody] * batch
+        if len(items) != batch:
+            raise CodecLMError(f"got {len(items)} melodies for {batch} prompts")
+        rows = []
+        for item in items:
+            if item is None:
+                rows.append(torch.full((n_frames,), -1, dtype=torch.long))
+                continue
+            if isinstance(item, (str, os.PathLike)):
+                wav, _ = load_audio(item, self.sample_rate)
+            else:
+                wav, rate = item if isinstance(item, tuple) else (item, self.sample_rate)
+                if not torch.is_tensor(wav) or not wav.is_floating_point() or wav.dim() not in (1, 2):
+                    raise CodecLMError("melody must be an audio path or a float tensor [channels, samples]")
+                if int(rate) != self.sample_rate:
+                    from codeclm.audio import resample
+
+                    wav = resample(wav, int(rate), self.sample_rate)
+            if wav.shape[-1] < self.codec.hop_length:
+                raise CodecLMError(f"melody clip is too short ({wav.shape[-1]} samples)")
+            rows.append(chroma_indices(wav, self.sample_rate, self.codec.hop_length, n_frames=n_frames)[0])
+        return torch.stack(rows).to(self.device)
 
     def generate_tokens(self, prompts, max_new_tokens: int = 256, do_sample: bool = False,
                         guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int = 250,

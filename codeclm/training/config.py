@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from codeclm.errors import ConfigError
 
 # task name -> module defining `Recipe` (a TrainConfig subclass) and `Task` (see trainer.py)
-TASKS = {"codec": "codeclm.training.codec_task", "lm": "codeclm.training.lm_task"}
+TASKS = {"codec": "codeclm.training.codec_task", "lm": "codeclm.training.lm_task",
+         "valle": "codeclm.training.valle_task"}
 
 
 @dataclass

@@ -17,7 +17,18 @@ the start (``out_dir/text_tokenizer``, reused on resume). Export (``out_dir/mode
 
     lm/             config.json (LMConfig, model_type codeclm-lm) + model.safetensors
     text/           the conditioner's save(): tokenizer.model/.json, config.json, model.safetensors
-    pipeline.json   {"pattern", "delays", "codec", "n_q", "bandwidth", "frame_rate", "sample_rate"}
+    melody/         with ``lm.melody``: the chroma conditioner (codeclm.lm.melody)
+    codec/          a copy of the codec folder ``lm.codec`` (when set)
+    pipeline.json   {"type": "text-to-music", "format", "pattern", "delays", "codec", "n_q", "bandwidth", ...}
+
+so ``TextToMusic.from_pretrained(out_dir/model)`` loads it directly.
+
+Melody (``lm.melody: true``, MusicGen-melody style): the token cache must hold per-frame chroma
+(``codeclm data tokenize --chroma``); the crop's dominant-pitch-class indices are embedded by a
+:class:`~codeclm.lm.melody.MelodyConditioner` and appended to the caption's states along the
+cross-attention axis. The melody is dropped (all masked) for a fraction ``lm.melody_dropout`` of
+the items, and whenever the caption is dropped for CFG, so one model serves text-only and
+text+melody prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +50,7 @@ from codeclm.data.tokens import TokenCache
 from codeclm.errors import ConfigError
 from codeclm.fileio import atomic_output
 from codeclm.lm.config import LMConfig
+from codeclm.lm.melody import MelodyConditioner
 from codeclm.lm.text_encoder import BuiltinTextConditioner
 from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import fused_state_dict, save_folder
@@ -75,6 +88,8 @@ class LMTaskConfig:
 
     cond_dropout: float = 0.1  # fraction of captions replaced by "" (classifier-free guidance)
     codec: str | None = None  # the codec folder written to pipeline.json (decoding generated codes)
+    melody: bool = False  # chroma (melody) conditioning; needs a cache tokenized with --chroma
+    melody_dropout: float = 0.5  # fraction of items trained without their melody
 
 
 @dataclass
@@ -91,6 +106,8 @@ class Recipe(TrainConfig):
             raise ConfigError("recipe: data.token_cache is required for task lm (a folder made by tokenize_corpus)")
         if d.segment_frames < 1:
             raise ConfigError(f"recipe: data.segment_frames must be >= 1, got {d.segment_frames}")
+        if not 0 <= self.lm.melody_dropout <= 1:
+            raise ConfigError(f"recipe: lm.melody_dropout must be in [0, 1], got {self.lm.melody_dropout}")
         if not 0 <= self.lm.cond_dropout <= 1:
             raise ConfigError(f"recipe: lm.cond_dropout must be in [0, 1], got {self.lm.cond_dropout}")
         if not self.model.cross_attention:
@@ -138,7 +155,10 @@ class TokenSegments(Dataset):
         start, total = 0, codes.shape[1]
         if self.random_crop and total > self.frames:
             start = int(np.random.default_rng([self.seed, self.epoch, i]).integers(0, total - self.frames + 1))
-        return {"codes": codes[:, start:start + self.frames], "caption": caption_of(item), "index": i}
+        out = {"codes": codes[:, start:start + self.frames], "caption": caption_of(item), "index": i}
+        if "chroma" in item:
+            out["chroma"] = item["chroma"][start:start + self.frames]
+        return out
 
 
 class Collate:
@@ -155,7 +175,13 @@ class Collate:
             codes[b, :, : it["codes"].shape[1]] = it["codes"]
         captions = [it["caption"] for it in items]
         ids, mask = self.tokenizer.encode(captions)
-        return {"codes": codes, "frames": frames, "captions": captions, "input_ids": ids, "attention_mask": mask}
+        out = {"codes": codes, "frames": frames, "captions": captions, "input_ids": ids, "attention_mask": mask}
+        if "chroma" in items[0]:
+            chroma = torch.full((len(items), T), -1, dtype=torch.long)  # -1: padding (masked)
+            for b, it in enumerate(items):
+                chroma[b, : it["chroma"].shape[0]] = it["chroma"]
+            out["chroma"] = chroma
+        return out
 
 
 def build_datasets(cfg: Recipe, n_q: int) -> tuple[TokenSegments, TokenSegments | None, TokenCache]:
@@ -206,6 +232,9 @@ class Task:
             raise ConfigError(f"recipe: model.n_q={cfg.model.n_q} but {cfg.data.token_cache} holds {meta['n_q']} codebooks")
         if cfg.model.card != meta["bins"]:
             raise ConfigError(f"recipe: model.card={cfg.model.card} but the cache's codebooks have {meta['bins']} bins")
+        if cfg.lm.melody and not meta.get("chroma"):
+            raise ConfigError(f"recipe: lm.melody needs a token cache with chroma; {cfg.data.token_cache} has none "
+                              "(make it with: codeclm data tokenize --chroma ...)")
         self.meta = meta
         self.lm_config = dataclasses.replace(cfg.model, cond_dim=t.dim)
         self.pattern = self.lm_config.get_pattern()
@@ -215,6 +244,8 @@ class Task:
         self.text = BuiltinTextConditioner(tokenizer, dim=t.dim, num_layers=t.num_layers, num_heads=t.num_heads,
                                            max_len=t.max_len).train()
         self.models = {"lm": self.lm, "text": self.text}
+        if cfg.lm.melody:
+            self.models["melody"] = MelodyConditioner(dim=t.dim).train()
         self.ema_model = "lm"
         params = [p for m in self.models.values() for p in m.parameters()]
         self.optimizers = {"lm": torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)}
@@ -240,10 +271,11 @@ class Task:
 
     # -- setup / state ----------------------------------------------------------------------------
     def prepare(self, accelerator) -> list[torch.nn.Module]:
-        lm, text, opt = accelerator.prepare(self.lm, self.text, self.optimizers["lm"])
-        self.wrapped = {"lm": lm, "text": text}
+        names = list(self.models)
+        *prepared, opt = accelerator.prepare(*[self.models[n] for n in names], self.optimizers["lm"])
+        self.wrapped = dict(zip(names, prepared))
         self.optimizers = {"lm": opt}
-        return [lm, text]
+        return prepared
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.get_state()}
@@ -258,8 +290,13 @@ class Task:
         ids, mask = batch["input_ids"].clone(), batch["attention_mask"].clone()
         drop = torch.rand(ids.shape[0], generator=self.rng) < self.cfg.lm.cond_dropout
         ids[drop], mask[drop] = PAD_ID, False  # == the tokens of "" (the null condition)
+        chroma = None
+        if "melody" in self.wrapped:
+            chroma = batch["chroma"].clone()
+            drop_melody = drop | (torch.rand(ids.shape[0], generator=self.rng) < self.cfg.lm.melody_dropout)
+            chroma[drop_melody] = -1
         with acc.autocast():
-            cond, cond_mask = self.wrapped["text"]({"input_ids": ids, "attention_mask": mask})
+            cond, cond_mask = self._condition(self.wrapped, ids, mask, chroma)
             loss, sums, counts = lm_loss(self.wrapped["lm"], codes, batch["frames"], cond, cond_mask,
                                          self.pattern, self.lm_config.special_token)
         acc.backward(loss)
@@ -272,6 +309,15 @@ class Task:
         logs.update({f"ce_q{k}": per[k] for k in range(per.shape[0])})
         return logs
 
+    @staticmethod
+    def _condition(models: dict, ids, mask, chroma) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption states, with the melody's appended along the cross-attention axis."""
+        cond, cond_mask = models["text"]({"input_ids": ids, "attention_mask": mask})
+        if chroma is not None:
+            m, m_mask = models["melody"](chroma)
+            cond, cond_mask = torch.cat([cond, m.to(cond.dtype)], 1), torch.cat([cond_mask, m_mask.to(cond_mask.device)], 1)
+        return cond, cond_mask
+
     # -- validation / export ----------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, model: TokenLM, batch_size: int) -> dict[str, float]:
@@ -280,18 +326,21 @@ class Task:
             return {}
         acc, K = self.acc, self.lm_config.n_q
         sums = torch.zeros(2 * K, dtype=torch.float64, device=acc.device)
-        text = self.models["text"]
+        conds = {k: v for k, v in self.models.items() if k != "lm"}
+        for m in conds.values():
+            m.eval()
         model.eval()
-        text.eval()
         indices = list(range(acc.process_index, len(self.valid_set), acc.num_processes))
         for i in range(0, len(indices), batch_size):
             batch = self.collate([self.valid_set[j] for j in indices[i:i + batch_size]])
-            cond, cond_mask = text({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+            cond, cond_mask = self._condition(conds, batch["input_ids"], batch["attention_mask"], batch.get("chroma")
+                                              if "melody" in conds else None)
             _, s, c = lm_loss(model, batch["codes"].to(acc.device), batch["frames"], cond, cond_mask,
                               self.pattern, self.lm_config.special_token)
             sums += torch.cat([s.double(), c.double()])
         model.train()
-        text.train()
+        for m in conds.values():
+            m.train()
         sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
         per = sums[:K] / sums[K:].clamp(min=1)
         ce = float(per.mean())
@@ -306,8 +355,14 @@ class Task:
         save_folder(folder / "lm", model.config.to_dict(), {k: v.detach().cpu() for k, v in fused_state_dict(model).items()})
         text = self.models["text"]
         (text.save_folder if hasattr(text, "save_folder") else text.save)(folder / "text")
+        if "melody" in self.models:
+            self.models["melody"].save_folder(folder / "melody")
+        if self.cfg.lm.codec:
+            if (folder / "codec").exists():
+                shutil.rmtree(folder / "codec")
+            shutil.copytree(self.cfg.lm.codec, folder / "codec")
         m = self.meta
-        pipeline = {"pattern": self.lm_config.pattern, "delays": self.lm_config.delays, "codec": self.cfg.lm.codec,
+        pipeline = {"type": "text-to-music", "format": 1, "pattern": self.lm_config.pattern, "delays": self.lm_config.delays, "codec": self.cfg.lm.codec,
                     "n_q": self.lm_config.n_q, "bandwidth": m.get("bandwidth"), "frame_rate": m.get("frame_rate"),
                     "sample_rate": m.get("sample_rate"), "channels": m.get("channels"),
                     "codec_identity": m.get("codec")}

@@ -1,0 +1,209 @@
+"""``codeclm clone`` / ``codeclm say`` (and ``python generate.py clone|say``): speech from text.
+
+    codeclm clone --ref ref.wav --ref-text "what the reference says" --text "new sentence" -o out.wav
+    codeclm clone --ref ref.wav --text "new sentence" -o out.wav          # transcribes ref.wav offline
+    codeclm clone --jobs-file jobs.jsonl --out-dir out/                  # {"text", "ref", "ref_text", "language"}
+    torchrun --nproc_per_node 2 generate.py clone --jobs-file jobs.jsonl --out-dir out/
+    codeclm say "Hello there." --voice allison -o hello.wav               # built-in named voices
+    codeclm say --list-voices
+
+Job ``i`` of a jobs file (from 0) uses seed ``--seed + i`` and writes ``OUT_DIR/{i:03d}_{slug}.wav``;
+under a launcher the jobs are split across processes and the files are the same as with one.
+Paths in a jobs file are relative to the file's folder. Notes from the pipeline (a transcribed
+or cropped reference) go to stderr unless ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from codeclm.errors import CodecLMError, ConfigError
+from codeclm.pipelines.cli import EXTENSIONS, output_name
+
+__all__ = ["add_clone_commands", "read_jobs"]
+
+
+def _common(p) -> None:
+    p.add_argument("--model", default=None, help="voice-clone folder (default: the shipped checkpoints/voice)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed; job i of a jobs file uses seed + i")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-k", type=int, default=50, help="top-k sampling (0: off)")
+    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0: off)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
+
+
+def add_clone_commands(subparsers) -> None:
+    p = subparsers.add_parser("clone", help="speak text in the voice of a short reference clip (zero-shot)",
+                              description="Zero-shot voice cloning (VALL-E): --text in the voice of --ref.")
+    p.add_argument("--ref", default=None, help="reference audio of the voice (about 3 s; longer is cropped)")
+    p.add_argument("--ref-text", default=None, help="what the reference says (default: transcribed offline)")
+    p.add_argument("--text", default=None, help="the text to speak")
+    p.add_argument("--language", default="en", help="language of the texts (en, de, ...; default en)")
+    p.add_argument("-o", "--output", default=None, help="audio file to write (.wav/.flac/.ogg)")
+    p.add_argument("--jobs-file", default=None, help="JSON lines {text, ref, ref_text?, language?}; one file each")
+    p.add_argument("--out-dir", default=None, help="folder for --jobs-file outputs")
+    _common(p)
+    p.set_defaults(func=run_clone)
+
+    p = subparsers.add_parser("say", help="text to speech with a built-in named voice",
+                              description="Text to speech with one of the model's named voices.")
+    p.add_argument("text", nargs="?", default=None, help="the text to speak")
+    p.add_argument("--voice", default=None, help="named voice (default: the model's first; see --list-voices)")
+    p.add_argument("--list-voices", action="store_true", help="print the named voices and exit")
+    p.add_argument("-o", "--output", default=None, help="audio file to write (.wav/.flac/.ogg)")
+    _common(p)
+    p.set_defaults(func=run_say)
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+def read_jobs(path: str | Path) -> list[dict]:
+    """Jobs of a JSON-lines file: ``text`` and ``ref`` required; ``ref`` relative to the file."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CodecLMError(f"{path}: no such jobs file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CodecLMError(f"{path}: cannot read jobs ({exc})") from None
+    jobs = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            job = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CodecLMError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(job, dict) or not isinstance(job.get("text"), str) or not isinstance(job.get("ref"), str):
+            raise CodecLMError(f"{path}:{lineno}: a job needs string fields 'text' and 'ref'")
+        ref = Path(job["ref"])
+        jobs.append({"text": job["text"], "ref": str(ref if ref.is_absolute() else path.parent / ref),
+                     "ref_text": job.get("ref_text"), "language": job.get("language", "en")})
+    if not jobs:
+        raise CodecLMError(f"{path}: no jobs (one JSON object per line)")
+    return jobs
+
+
+def _output(path: str | None) -> Path:
+    if path is None:
+        raise CodecLMError("give the output file with -o/--output")
+    out = Path(path)
+    if out.suffix.lower() not in EXTENSIONS:
+        raise CodecLMError(f"{out}: unknown audio extension {out.suffix!r} (use one of {', '.join(EXTENSIONS)})")
+    if out.is_dir():
+        raise CodecLMError(f"{out}: is a folder")
+    if not out.parent.is_dir():
+        raise CodecLMError(f"{out}: folder {out.parent} does not exist")
+    return out
+
+
+def _clone_jobs(args) -> list[tuple[dict, Path]]:
+    if args.jobs_file is not None:
+        if any(v is not None for v in (args.ref, args.text, args.output, args.ref_text)):
+            raise CodecLMError("give either --ref/--text/-o, or --jobs-file with --out-dir, not both")
+        if args.out_dir is None:
+            raise CodecLMError("--jobs-file needs --out-dir")
+        jobs = read_jobs(args.jobs_file)
+        out_dir = Path(args.out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise CodecLMError(f"{out_dir}: not a folder")
+        return [(j, out_dir / output_name(i, j["text"], len(jobs))) for i, j in enumerate(jobs)]
+    if args.ref is None:
+        raise CodecLMError("give the reference voice with --ref (or --jobs-file)")
+    if args.text is None or not args.text.strip():
+        raise CodecLMError("the text is empty (give --text)")
+    return [({"text": args.text, "ref": args.ref, "ref_text": args.ref_text, "language": args.language},
+             _output(args.output))]
+
+
+def _check_model_arg(args) -> None:
+    if args.model is not None and not Path(args.model).is_dir():
+        raise ConfigError(f"{args.model}: no such model folder")
+    from codeclm.lm.sampling import check_sampling_params
+
+    check_sampling_params(args.temperature, args.top_k, args.top_p)
+
+
+def _generate(pipe, job: dict, seed: int, args) -> object:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        audio = pipe.generate(job["text"], job["ref"], job.get("ref_text"), seed=seed,
+                              language=job.get("language", "en"), temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, progress=not args.quiet)
+    if not args.quiet:
+        for w in caught:
+            print(f"codeclm {args.command}: note: {w.message}", file=sys.stderr)
+    return audio
+
+
+def run_clone(args) -> int:
+    from codeclm.audio import audio_info
+    from codeclm.pipelines.sharding import job_seed, process_shard
+
+    _check_model_arg(args)
+    jobs = _clone_jobs(args)
+    for job, _ in jobs:  # unreadable references: fail before loading the model
+        audio_info(job["ref"])
+    shard = process_shard(jobs, args.device)
+    try:
+        mine = shard.items
+        if not args.force:
+            for _, (_, out) in mine:
+                if out.exists():
+                    raise CodecLMError(f"{out}: exists (use --force to overwrite)")
+        if not mine:
+            return 0
+        import torch
+
+        from codeclm.audio import save_audio
+        from codeclm.pipelines import VoiceClone
+
+        pipe = VoiceClone.from_pretrained(args.model, device=shard.device)
+        if args.out_dir is not None:
+            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        for index, (job, out) in mine:
+            seed = job_seed(args.seed, index)
+            with torch.inference_mode():
+                audio = _generate(pipe, job, seed, args)
+            save_audio(out, audio, pipe.sample_rate)
+            if not args.quiet:
+                where = f" [process {shard.rank}/{shard.world}]" if shard.world > 1 else ""
+                print(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, seed {seed}, voice of {job['ref']}{where}",
+                      file=sys.stderr)
+        return 0
+    finally:
+        shard.close()
+
+
+def run_say(args) -> int:
+    _check_model_arg(args)
+    if not args.list_voices:
+        if args.text is None or not args.text.strip():
+            raise CodecLMError("the text is empty")
+        out = _output(args.output)
+        if out.exists() and not args.force:
+            raise CodecLMError(f"{out}: exists (use --force to overwrite)")
+    import torch
+
+    from codeclm.audio import save_audio
+    from codeclm.pipelines import VoiceClone
+
+    device = None if args.device == "auto" else args.device
+    pipe = VoiceClone.from_pretrained(args.model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.list_voices:
+        for name, v in pipe.voices.items():
+            print(f"{name}\t{v.get('language', 'en')}\t{v.get('speaker', '')}\t{v['text']}")
+        return 0
+    path, ref_text, language = pipe.voice(args.voice) if args.voice else pipe.voice(next(iter(pipe.voices), ""))
+    job = {"text": args.text, "ref": str(path), "ref_text": ref_text, "language": language}
+    with torch.inference_mode():
+        audio = _generate(pipe, job, args.seed, args)
+    save_audio(out, audio, pipe.sample_rate)
+    if not args.quiet:
+        print(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, voice {args.voice or next(iter(pipe.voices))}",
+              file=sys.stderr)
+    return 0
