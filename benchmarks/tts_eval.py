@@ -1,0 +1,133 @@
+"""Zero-shot voice cloning quality and speed of a VoiceClone model, as one JSON line.
+
+    python benchmarks/tts_eval.py                          # shipped default model, built-in pairs
+    python benchmarks/tts_eval.py --model runs/clone/model --pairs pairs.jsonl
+    python benchmarks/tts_eval.py --tiny                   # CI: 2 pairs, short texts
+
+Each pair is a reference clip (the voice to clone, with its transcript) and a different target
+text; :func:`codeclm.evaluation.clone_eval.evaluate_clone` generates every pair and measures
+
+* ``wer``: corpus WER of pocketsphinx on the outputs against the target texts; ``ref_wer`` is the
+  same recogniser on the references themselves (its own floor: pocketsphinx is weak on espeak-ng
+  and 8 kHz telephone speech, so read ``wer`` relative to it);
+* ``sim_own`` / ``sim_other``: Resemblyzer cosine of each output to its own reference and to the
+  references of the other speakers; ``sim_margin`` = the difference (about 0 when the model
+  ignores the reference);
+* ``rtf``: generation seconds / generated audio seconds (one untimed warm-up generation first).
+
+Without ``--pairs`` the pairs are built here: references from the held-out Asterisk prompts
+(``data/speech_real/heldout.jsonl``, from ``codeclm data real-speech``, when present; one speaker,
+so at most a third of the pairs) and espeak-ng utterances of distinct synthetic speakers made with
+:func:`codeclm.data.synth_speech.synth_speech` in a temporary folder; target texts come from
+:func:`~codeclm.data.synth_speech.make_sentence`. Everything depends on ``--seed`` only.
+Needs pocketsphinx, resemblyzer (``pip install resemblyzer --no-deps webrtcvad-wheels librosa``)
+and espeak-ng.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HELDOUT = REPO / "data" / "speech_real" / "heldout.jsonl"
+TINY_TEXTS = ("Thank you very much.", "Please call me today.")
+
+
+def build_pairs(n: int, workdir: Path, seed: int = 0, tiny: bool = False, heldout: Path = HELDOUT) -> list:
+    """``n`` :class:`ClonePair` s: Asterisk held-out references (when present) and synthetic voices."""
+    import numpy as np
+
+    from codeclm.data.manifest import read_manifest
+    from codeclm.data.synth_speech import make_sentence, synth_speech
+    from codeclm.evaluation.clone_eval import ClonePair
+
+    real = []
+    if heldout.is_file():
+        real = [r for r in read_manifest(heldout)
+                if r.text and 1.5 <= r.duration <= 8.0 and Path(r.path).is_file()]
+    n_real = min(len(real), max(1, n // 3), n - 1) if real and n > 1 else 0
+    refs = []  # (path, transcript, speaker)
+    for i in range(n_real):  # evenly spread over the held-out prompts
+        rec = real[i * len(real) // n_real]
+        refs.append((rec.path, rec.text, rec.speaker or "asterisk"))
+    n_synth = n - n_real
+    if n_synth:
+        records = synth_speech(workdir, 4 * n_synth, languages=("en-us",), seed=seed, progress=False)
+        seen = set()
+        for rec in records:  # distinct synthetic speakers first, then repeats if there are too few
+            if rec.speaker not in seen:
+                seen.add(rec.speaker)
+                refs.append((rec.path, rec.text, rec.speaker))
+                if len(refs) == n:
+                    break
+        for rec in records:
+            if len(refs) == n:
+                break
+            if all(rec.path != r[0] for r in refs):
+                refs.append((rec.path, rec.text, rec.speaker))
+    pairs = []
+    for i, (path, text, speaker) in enumerate(refs):
+        target = TINY_TEXTS[i % len(TINY_TEXTS)] if tiny else make_sentence("en-us", np.random.default_rng([seed, 1, i]))
+        pairs.append(ClonePair(str(path), text, target, "en", speaker))
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="VoiceClone model folder (default: the shipped one)")
+    parser.add_argument("--pairs", default=None,
+                        help="JSON-lines pairs file (ref, text, ref_text, language); default: built here")
+    parser.add_argument("--n", type=int, default=6, help="number of built-in pairs (default 6)")
+    parser.add_argument("--tiny", action="store_true", help="2 built-in pairs with short texts (CI)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="torch device for the model (default: cuda if available)")
+    parser.add_argument("--no-warmup", action="store_true", help="time the first generation too")
+    parser.add_argument("--details", action="store_true", help="include per-pair results")
+    args = parser.parse_args()
+
+    import torch
+
+    from codeclm.errors import CodecLMError
+    from codeclm.evaluation.clone_eval import check_dependencies, evaluate_clone, read_pairs
+
+    try:
+        n = 2 if args.tiny else args.n
+        if n < 1:
+            raise CodecLMError(f"--n must be at least 1, got {n}")
+        check_dependencies()
+        with tempfile.TemporaryDirectory(prefix="codeclm-tts-eval-") as tmp:
+            pairs = read_pairs(args.pairs) if args.pairs else build_pairs(n, Path(tmp), args.seed, args.tiny)
+            try:
+                from codeclm.pipelines.clone import VoiceClone
+            except ModuleNotFoundError as exc:
+                if exc.name and "codeclm.pipelines.clone".startswith(exc.name):
+                    raise CodecLMError("the voice cloning pipeline (codeclm.pipelines.clone) is not available") from None
+                raise
+            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            pipe = VoiceClone.from_pretrained(args.model)
+            if hasattr(pipe, "to"):
+                pipe = pipe.to(device) or pipe
+            result = evaluate_clone(pipe, pairs, seed=args.seed, progress=True, warmup=not args.no_warmup,
+                                    details=args.details)
+    except CodecLMError as exc:
+        sys.exit(f"tts_eval.py: error: {exc}")
+    dev = getattr(pipe, "device", device)
+    print(json.dumps({
+        **result,
+        "device": str(dev) if not str(dev).startswith("cuda") or not torch.cuda.is_available()
+        else f"{dev} ({torch.cuda.get_device_name()})",
+        "model": str(args.model) if args.model else "default",
+        "pairs": str(args.pairs) if args.pairs else ("built-in tiny" if args.tiny else "built-in"),
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
