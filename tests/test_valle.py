@@ -295,3 +295,25 @@ def test_clone_and_say_command_lines(trained, tmp_path):
         r = _cli(*args)
         assert r.returncode == 1 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "a.wav").exists() and not (tmp_path / "b.wav").exists()
+
+
+def test_export_for_shipping(trained, tmp_path):
+    from codeclm.pipelines import VoiceClone
+    from codeclm.pipelines.export import export, main
+
+    root, records = trained
+    src = root / "run" / "model"
+    ref = records[1]
+    same = VoiceClone.from_pretrained(export(src, tmp_path / "fp32", dtype="float32"))
+    expect = VoiceClone.from_pretrained(src).generate("Hi there.", ref.path, ref.text, seed=1)
+    assert torch.equal(same.generate("Hi there.", ref.path, ref.text, seed=1), expect)
+    assert main([str(src), str(tmp_path / "fp16")]) == 0
+    half = tmp_path / "fp16"
+    from safetensors import safe_open
+
+    with safe_open(str(half / "valle" / "model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys() if f.get_tensor(k).is_floating_point())
+    assert sorted(p.name for p in (half / "voices").iterdir()) == ["first.wav", "voices.json"]
+    assert VoiceClone.from_pretrained(half).say("Hello.").shape[1] > 0
+    assert main([str(src), str(half)]) == 1  # exists: refused without --force
+    assert main([str(tmp_path), str(tmp_path / "x")]) == 1  # not a pipeline folder

@@ -237,11 +237,12 @@ class GenerationPipeline:
     def _pipeline_info(self) -> dict:
         return {"type": self.kind, "format": FORMAT, "max_duration": self.max_duration}
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write the folder; ``dtype=torch.float16`` halves the LM and codec weights (shipping)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_lm(self.lm, folder / "lm")
-        self.codec.save_pretrained(folder / "codec")
+        save_lm(self.lm, folder / "lm", dtype)
+        self.codec.save_pretrained(folder / "codec", dtype, inference_only=True)
         if self.conditioner is not None:
             self.conditioner.save_folder(folder / "text")
         if self.melody_conditioner is not None:

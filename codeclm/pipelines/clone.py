@@ -102,9 +102,10 @@ class VoiceClone:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder / "valle", dtype)
-        self.codec.save_pretrained(folder / "codec")
+        self.codec.save_pretrained(folder / "codec", dtype, inference_only=True)
         self.vocab.save(folder / "phonemes" / "phoneme_vocab.json")
-        if self.voices_dir is not None and self.voices_dir.resolve() != (folder / "voices").resolve():
+        if (self.voices_dir is not None and self.voices_dir.is_dir()
+                and self.voices_dir.resolve() != (folder / "voices").resolve()):
             shutil.copytree(self.voices_dir, folder / "voices", dirs_exist_ok=True)
         info = {"type": self.kind, "format": 1, "languages": list(self.vocab.languages)}
         (folder / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")

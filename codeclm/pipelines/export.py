@@ -1,0 +1,73 @@
+"""Ship a trained pipeline folder: ``python -m codeclm.pipelines.export SRC DST [--dtype float16]``.
+
+Reads the folder a training run exports (``runs/lm_music/model``: text-to-music,
+``runs/valle/model``: voice-clone), loads it as its pipeline (so a broken export fails here, not
+for users) and writes it again with the LM/VALL-E and codec weights in ``--dtype`` (fp16 by
+default: half the size; they are computed in fp32 on load). DST is written to a temporary folder
+beside it and renamed, so an interrupted export leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from codeclm.errors import CodecLMError, ConfigError
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
+
+
+def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool = False) -> Path:
+    src, dst = Path(src), Path(dst)
+    try:
+        kind = json.loads((src / "pipeline.json").read_text())["type"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{src}: not a pipeline folder ({exc})") from None
+    if dst.exists() and not force:
+        raise CodecLMError(f"{dst}: exists (use --force to replace it)")
+    from codeclm.pipelines import TextToMusic, VoiceClone
+
+    classes = {TextToMusic.kind: TextToMusic, VoiceClone.kind: VoiceClone}
+    if kind not in classes:
+        raise ConfigError(f"{src}: unknown pipeline type {kind!r} (known: {', '.join(classes)})")
+    pipe = classes[kind].from_pretrained(src)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp, DTYPES[dtype])
+        if kind == TextToMusic.kind:  # keep the training run's description (pattern, bandwidth, ...)
+            info = {**json.loads((src / "pipeline.json").read_text()), **json.loads((tmp / "pipeline.json").read_text())}
+            (tmp / "pipeline.json").write_text(json.dumps(info, indent=2) + "\n")
+        classes[kind].from_pretrained(tmp)  # loads back
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m codeclm.pipelines.export", description=__doc__.splitlines()[0])
+    p.add_argument("src", help="pipeline folder written by a training run (RUN/model)")
+    p.add_argument("dst", help="folder to write (e.g. checkpoints/music)")
+    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing DST")
+    args = p.parse_args(argv)
+    try:
+        out = export(args.src, args.dst, args.dtype, args.force)
+    except CodecLMError as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 1
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"{out}: {size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
