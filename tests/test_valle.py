@@ -317,3 +317,33 @@ def test_export_for_shipping(trained, tmp_path):
     assert VoiceClone.from_pretrained(half).say("Hello.").shape[1] > 0
     assert main([str(src), str(half)]) == 1  # exists: refused without --force
     assert main([str(tmp_path), str(tmp_path / "x")]) == 1  # not a pipeline folder
+
+
+def test_two_processes_clone_the_same_files(trained, tmp_path):
+    """torchrun with 2 CPU processes splits a jobs file and writes exactly the one-process files."""
+    import numpy as np
+
+    from test_sharding import _free_port
+
+    root, records = trained
+    jobs = tmp_path / "jobs.jsonl"
+    rows = [{"text": t, "ref": r.path, "ref_text": r.text, "language": "en"}
+            for t, r in zip(["One.", "Two words.", "Three more words."], records[1:4])]
+    jobs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    args = [str(REPO / "generate.py"), "clone", "--jobs-file", str(jobs), "--model", str(root / "run" / "model"),
+            "--seed", "3", "--device", "cpu"]
+    outs = {}
+    for name, launcher in [("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                    "--master_port", str(_free_port())])]:
+        run = subprocess.run(launcher + args + ["--out-dir", str(tmp_path / name)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outs[name] = run.stderr
+    assert "[process 0/2]" in outs["two"] and "[process 1/2]" in outs["two"]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len(names) == 3 and names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for n in names:
+        assert np.array_equal(sf.read(tmp_path / "one" / n)[0], sf.read(tmp_path / "two" / n)[0]), n
