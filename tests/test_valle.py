@@ -347,3 +347,25 @@ def test_two_processes_clone_the_same_files(trained, tmp_path):
     assert len(names) == 3 and names == sorted(p.name for p in (tmp_path / "two").iterdir())
     for n in names:
         assert np.array_equal(sf.read(tmp_path / "one" / n)[0], sf.read(tmp_path / "two" / n)[0]), n
+
+
+def test_tts_eval_benchmark_runs_on_a_tiny_case(trained, tmp_path):
+    """The evaluation CI runs: benchmarks/tts_eval.py --tiny and codeclm eval clone on the tiny model."""
+    pytest.importorskip("pocketsphinx")
+    pytest.importorskip("resemblyzer")
+    model = str(trained[0] / "run" / "model")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tts_eval.py"), "--model", model, "--tiny"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["n"] == 2 and 0 <= result["wer"] and result["rtf"] > 0
+    assert -1 <= result["sim_own"] <= 1 and -1 <= result["sim_other"] <= 1
+    ref = trained[1][1]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"ref": ref.path, "ref_text": ref.text, "text": "Hello there."}) + "\n" +
+                     json.dumps({"ref": trained[1][2].path, "ref_text": trained[1][2].text, "text": "Good day."}) + "\n")
+    r = _cli("eval", "clone", "--model", model, str(pairs), "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["n"] == 2 and {"wer", "sim_own", "sim_other", "rtf"} <= set(out)
