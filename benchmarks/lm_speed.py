@@ -5,7 +5,20 @@ guidance (batch 2B, as MusicGen runs), only the LM steps timed (audio decoding s
 transformers, not run in codeclm). Each implementation runs in its own subprocess so their
 memory peaks are measured separately. Prints one JSON line::
 
-    python benchmarks/lm_speed.py [--steps 200] [--dim 512] [--layers 8] [--threads 1]
+    python benchmarks/lm_speed.py [--steps 200] [--dim 512] [--layers 8] [--threads 1] [--repeats 3] [--no-compile]
+
+codeclm runs three ways: the default streaming decoder, ``static=True`` (fixed-shape cache, eager)
+and ``compile=True`` (the static step through ``torch.compile``); each is warmed up on a run of
+the same length bucket first (for ``compile`` that run includes the compilation:
+``compile_seconds``), then timed ``--repeats`` times, the fastest run counting (the same for
+transformers). ``*_same_codes``: the variant produced exactly the codes of the reference
+(transformers for the default decoder, the default decoder for the others).
+
+The machine may be shared: ``*_cpu_time`` ratios use the process CPU time (one thread) instead of
+the wall clock, which other processes' load inflates. ``matmul_floor_steps_per_s``: the weight
+matmuls of a step alone, run back to back (a bound for any fp32 implementation; at small batch
+the step reads every weight once, so the bound is memory traffic); ``max_speedup_vs_transformers_cpu_time``
+is that bound over transformers' CPU-time rate.
 
 ``late_step_cost_ratio``: median cost of the last 5 steps / of steps 10-14 in codeclm (1.0 means
 a step costs the same however long the sequence is: the preallocated KV cache).
@@ -24,10 +37,12 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from types import SimpleNamespace
 
 import torch
 
+IMPLS = ("codeclm", "codeclm-static", "codeclm-compiled", "transformers")
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -81,10 +96,32 @@ def build(args):
     return model, input_ids
 
 
+def _matmul_floor(lm, rows: int, steps: int, repeats: int) -> float:
+    """CPU seconds of the weight matmuls alone for ``steps`` steps (every linear layer of a step,
+    heads included, on ``rows`` rows; the cross-attention keys/values are computed once): a lower
+    bound on the step cost of any fp32 implementation of this model."""
+    import torch.nn.functional as F
+
+    weights = [m.weight for name, m in lm.named_modules()
+               if isinstance(m, torch.nn.Linear) and "cross.kv" not in name and name != "cond_proj"]
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    best = None
+    with torch.no_grad():
+        for _ in range(repeats):
+            c0 = time.process_time()
+            for _ in range(steps):
+                for w in weights:
+                    F.linear(inputs[w.shape[1]], w)
+            cpu = time.process_time() - c0
+            best = cpu if best is None else min(best, cpu)
+    return best
+
+
 def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     model, input_ids = build(args)
     mask = torch.ones_like(input_ids)
+    stamps: list[float] = []  # per-step times (codeclm's on_step)
     if args.impl == "transformers":
         captured = {}
 
@@ -107,25 +144,44 @@ def worker(args) -> dict:
             states = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
         del model
         pattern = lm.config.get_pattern()
-        stamps: list[float] = []
+        mode = {"static": args.impl == "codeclm-static", "compile": args.impl == "codeclm-compiled"}
 
         def run(steps):
             stamps.clear()
             return generate_codes(lm, pattern, input_ids.shape[0], pattern.frames_for_steps(steps), states,
                                   mask.bool(), guidance_scale=args.cfg, do_sample=False,
-                                  on_step=lambda done, total: stamps.append(time.perf_counter()))
+                                  on_step=lambda done, total: stamps.append(time.perf_counter()), **mode)
 
-    run(12)  # warm-up
-    _reset_peak()
-    before = _rss_mb()
-    t0 = time.perf_counter()
-    codes = run(args.steps)
-    elapsed = time.perf_counter() - t0
-    out = {"steps_per_s": args.steps / elapsed, "seconds": elapsed,
-           "peak_mem_mb": max(0.0, _maxrss_mb() - before),
-           "codes_sha": hashlib.sha256(codes.contiguous().numpy().tobytes()).hexdigest()[:16]}
-    if args.impl == "codeclm" and len(stamps) > 20:
-        costs = [b - a for a, b in itertools.pairwise(stamps)]
+    # warm-up; the static variants on a run of the same 64-step length bucket (the shapes they compile for)
+    warm = 12 if args.impl in ("codeclm", "transformers") else max(12, (args.steps - 1) // 64 * 64 + 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        t0 = time.perf_counter()
+        run(warm)
+        warm_s = time.perf_counter() - t0
+    out = {}
+    if args.impl == "codeclm-compiled":
+        out["compile_seconds"] = warm_s
+        out["compile_fell_back"] = any("torch.compile" in str(w.message) for w in caught)
+    peak, best, best_cpu, costs = 0.0, None, None, []
+    for _ in range(args.repeats):
+        _reset_peak()
+        before = _rss_mb()
+        t0, c0 = time.perf_counter(), time.process_time()
+        codes = run(args.steps)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        peak = max(peak, _maxrss_mb() - before)
+        best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
+        if best is None or elapsed < best:
+            best = elapsed
+            costs = [b - a for a, b in itertools.pairwise(stamps)]
+    if args.impl == "codeclm":
+        out["floor_steps_per_s"] = args.steps / _matmul_floor(lm, 2 * input_ids.shape[0] if args.cfg != 1 else
+                                                              input_ids.shape[0], args.steps, args.repeats)
+    out.update({"steps_per_s": args.steps / best, "cpu_steps_per_s": args.steps / best_cpu, "seconds": best,
+                "peak_mem_mb": max(0.0, peak),
+                "codes_sha": hashlib.sha256(codes.contiguous().numpy().tobytes()).hexdigest()[:16]})
+    if len(costs) > 20:
         out["late_step_cost_ratio"] = statistics.median(costs[-5:]) / statistics.median(costs[9:14])
     return out
 
@@ -141,31 +197,55 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--impl", choices=["codeclm", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (the fastest counts)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.impl:
         print(json.dumps(worker(args)))
         return
     results = {}
-    for impl in ("codeclm", "transformers"):
+    for impl in IMPLS:
+        if impl == "codeclm-compiled" and args.no_compile:
+            continue
         cmd = [sys.executable, __file__, "--impl", impl] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "impl"]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("impl", "no_compile")]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         if proc.returncode:
             sys.exit(f"{impl} worker failed:\n{proc.stderr[-2000:]}")
         results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
     ours, theirs = results["codeclm"], results["transformers"]
-    print(json.dumps({
+    out = {
         "config": {"dim": args.dim, "layers": args.layers, "heads": args.heads, "n_q": args.n_q, "card": args.card,
                    "batch": args.batch, "cfg": args.cfg, "steps": args.steps, "threads": args.threads},
         "codeclm_steps_per_s": round(ours["steps_per_s"], 1),
         "transformers_steps_per_s": round(theirs["steps_per_s"], 1),
         "speedup_vs_transformers": round(ours["steps_per_s"] / theirs["steps_per_s"], 2),
+        "speedup_vs_transformers_cpu_time": round(ours["cpu_steps_per_s"] / theirs["cpu_steps_per_s"], 2),
+        "matmul_floor_steps_per_s": round(ours["floor_steps_per_s"], 1),
+        "max_speedup_vs_transformers_cpu_time": round(ours["floor_steps_per_s"] / theirs["cpu_steps_per_s"], 2),
         "late_step_cost_ratio": round(ours.get("late_step_cost_ratio", float("nan")), 2),
         "codeclm_peak_mem_mb": round(ours["peak_mem_mb"], 1),
         "transformers_peak_mem_mb": round(theirs["peak_mem_mb"], 1),
         "same_codes": ours["codes_sha"] == theirs["codes_sha"],
-    }))
+    }
+    for impl, key in (("codeclm-static", "static"), ("codeclm-compiled", "compiled")):
+        if impl not in results:
+            continue
+        r = results[impl]
+        out.update({
+            f"codeclm_{key}_steps_per_s": round(r["steps_per_s"], 1),
+            f"{key}_speedup_vs_transformers": round(r["steps_per_s"] / theirs["steps_per_s"], 2),
+            f"{key}_speedup_vs_transformers_cpu_time": round(r["cpu_steps_per_s"] / theirs["cpu_steps_per_s"], 2),
+            f"{key}_vs_eager": round(r["steps_per_s"] / ours["steps_per_s"], 2),
+            f"{key}_late_step_cost_ratio": round(r.get("late_step_cost_ratio", float("nan")), 2),
+            f"codeclm_{key}_peak_mem_mb": round(r["peak_mem_mb"], 1),
+            f"{key}_same_codes": r["codes_sha"] == ours["codes_sha"],
+        })
+        if "compile_seconds" in r:
+            out["compile_seconds"] = round(r["compile_seconds"], 1)
+            out["compile_fell_back"] = r["compile_fell_back"]
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

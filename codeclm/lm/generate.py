@@ -9,12 +9,29 @@ step is vectorised over the K codebooks and nothing is read back to the host.
 Classifier-free guidance runs the conditional and the null batch together (``2B`` rows, the
 conditioning cached once in the cross-attention layers) and mixes the logits with
 :func:`codeclm.lm.sampling.apply_cfg`.
+
+Two decoders give the same tokens (their logits agree up to float rounding in the attention
+sums, so only a near-tie could ever tell them apart):
+
+* the default, eager one: a streaming block whose preallocated KV caches are filled one step
+  per call, attention reading the filled part only (:meth:`TokenLM.step`);
+* ``static=True``: a :class:`codeclm.lm.transformer.StaticCache` whose shapes do not depend on
+  the position (the length is rounded up to a multiple of 64, the conditioning to a multiple of
+  16, masked); each step attends over the whole cache with a mask built from the position,
+  which is a tensor. ``compile=True`` (implies ``static``) wraps that step in
+  ``torch.compile(dynamic=False)``: compiled once per model / batch / length bucket, then reused
+  for every step and every later call with the same shapes (past ``torch._dynamo``'s recompile
+  limit, new shapes run the step eagerly). If compiling fails (no C++
+  compiler, unsupported backend...) a ``RuntimeWarning`` says why and the eager static step is
+  used instead (and for the rest of the process, without retrying): the tokens are the same,
+  only slower.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +40,10 @@ from codeclm.errors import CodecLMError, CodesError
 from codeclm.lm.patterns import Pattern
 from codeclm.lm.sampling import SamplingError, apply_cfg, sample_next
 from codeclm.lm.transformer import SelfAttention
+
+_LENGTH_BUCKET = 64  # static cache length: steps rounded up to this (fewer distinct compiled shapes)
+_COND_BUCKET = 16  # static cache: conditioning length rounded up to this (padding is masked)
+_COMPILED: dict[type, Callable | BaseException] = {}  # compiled static_step per TokenLM class, or why not
 
 __all__ = ["generate_codes", "iter_codes"]
 
@@ -54,6 +75,93 @@ def _cfg_condition(cond, cond_mask, null_cond, null_mask):
     return both, masks
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad_condition(cond, cond_mask, multiple: int):
+    """Pad the conditioning (zeros) and its mask (False) to a multiple of ``multiple`` positions.
+
+    Equivalent for the LM: masked positions are zeroed after the projection and excluded from
+    attention, and a row with no valid position attends uniformly to identical keys/values."""
+    if cond is None:
+        return cond, cond_mask
+    if cond_mask is None:
+        cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
+    T = _round_up(cond.shape[1], multiple)
+    return _pad_time(cond, T), _pad_time(cond_mask.to(device=cond.device, dtype=torch.bool), T, False)
+
+
+def _warn_no_compile(exc: BaseException) -> None:
+    msg = str(exc).strip().splitlines()
+    warnings.warn(f"torch.compile of the LM step failed ({type(exc).__name__}: {msg[0] if msg else ''}); "
+                  "falling back to the eager static-cache step (same tokens, slower)", RuntimeWarning, stacklevel=4)
+
+
+def _compiled_step(lm) -> Callable:
+    """``step(seq_new, positions, cache)``: the compiled :meth:`TokenLM.static_step` of ``lm``,
+    or the eager one (with a ``RuntimeWarning``) when compiling fails."""
+    eager, cls = lm.static_step, type(lm)
+    fn = _COMPILED.get(cls)
+    if isinstance(fn, BaseException):  # failed before in this process: do not pay for it again
+        _warn_no_compile(fn)
+        return eager
+    if fn is None:
+        try:
+            fn = torch.compile(cls.static_step, dynamic=False)
+        except Exception as exc:  # noqa: BLE001 -- e.g. torch.compile unsupported on this Python / platform
+            _COMPILED[cls] = exc
+            _warn_no_compile(exc)
+            return eager
+        _COMPILED[cls] = fn
+    checked = False
+
+    def step(seq_new, positions, cache):
+        nonlocal fn, checked
+        if checked:
+            return fn(lm, seq_new, positions, cache)
+        try:  # the first call compiles (lazily): a failure here means no compiled step
+            out = fn(lm, seq_new, positions, cache)
+        except Exception as exc:  # noqa: BLE001 -- a compiler failure, unless the eager step fails too
+            # the eager step rewrites the same cache slots (idempotent); if it raises as well, the
+            # problem is the call, not the compiler: that error propagates and nothing is recorded
+            out = cls.static_step(lm, seq_new, positions, cache)
+            _COMPILED[cls] = exc
+            _warn_no_compile(exc)
+            fn = cls.static_step
+        checked = True
+        return out
+
+    return step
+
+
+class _StaticDecoder:
+    """Prefill + one-step calls over a :class:`StaticCache`; the position lives in a tensor."""
+
+    def __init__(self, lm, rows: int, steps: int, cond, cond_mask, compile: bool) -> None:
+        length = min(lm.config.max_seq_len, _round_up(steps, _LENGTH_BUCKET))
+        cond, cond_mask = _pad_condition(cond, cond_mask, _COND_BUCKET)
+        self.lm = lm
+        self.cache = lm.new_static_cache(rows, length, cond, cond_mask)
+        self.pos = torch.zeros(1, dtype=torch.long, device=self.cache.arange.device)
+        self.step_fn = _compiled_step(lm) if compile else lm.static_step
+
+    def prefill(self, inp: torch.Tensor) -> torch.Tensor:
+        inp = inp.contiguous()  # fixed strides whatever the sequence length (no recompilation)
+        n = inp.shape[2]
+        if n == 1:  # the start step alone: the same shapes as a decoding step
+            out = self.step_fn(inp, self.pos, self.cache)
+        else:
+            out = self.lm.static_step(inp, self.cache.arange[:n], self.cache)
+        self.pos.fill_(n)
+        return out
+
+    def step(self, inp: torch.Tensor) -> torch.Tensor:
+        out = self.step_fn(inp.contiguous(), self.pos, self.cache)
+        self.pos.add_(1)  # in place: no new tensor, no host value
+        return out
+
+
 @contextmanager
 def _cache_length(lm, steps: int):
     """Preallocate the KV caches to the ``steps`` this generation needs, not ``max_seq_len``."""
@@ -74,11 +182,13 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
                null_mask: torch.Tensor | None = None, guidance_scale: float = 1.0, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 0.0, do_sample: bool = True,
                generator: torch.Generator | None = None, prompt_codes: torch.Tensor | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
+               on_step: Callable[[int, int], None] | None = None, *, static: bool = False,
+               compile: bool = False) -> Iterator[torch.Tensor]:
     """:func:`generate_codes` as an iterator of newly completed frames ``[B, K, n]``, in order.
 
     Runs under ``torch.no_grad()``; the chunks cover all ``n_frames``. Closing the iterator early
-    closes the LM's streaming block.
+    closes the LM's streaming block. ``static`` / ``compile``: the static-cache decoder, eager or
+    compiled (see the module docstring); the default is the streaming one.
     """
     cfg = lm.config
     K, special = cfg.n_q, cfg.card
@@ -153,10 +263,16 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
         if chunk is not None:
             yield chunk
     lm.eval()
-    with _cache_length(lm, S), lm.streaming(rows):
+    with ExitStack() as stack:
+        if first < S and (static or compile):
+            decoder = _StaticDecoder(lm, rows, S, cond_in, mask_in, compile)
+            prefill, step = decoder.prefill, decoder.step
+        else:
+            stack.enter_context(_cache_length(lm, S))
+            stack.enter_context(lm.streaming(rows))
+            prefill, step = (lambda inp: lm.step(inp, cond_in, mask_in)), lm.step
         if first < S:
-            inp = torch.cat([start, expand(seq[:, :, :first])], 2)
-            logits = lm.step(inp, cond_in, mask_in)
+            logits = prefill(torch.cat([start, expand(seq[:, :, :first])], 2))
             for s in range(first, S):
                 logits = logits.float()
                 if use_cfg:
@@ -169,7 +285,7 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
                 if chunk is not None:
                     yield chunk
                 if s + 1 < S:
-                    logits = lm.step(expand(seq[:, :, s:s + 1]))
+                    logits = step(expand(seq[:, :, s:s + 1]))
     chunk = completed(S - 1)
     if chunk is not None:
         yield chunk
@@ -182,7 +298,8 @@ def generate_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.
                    top_k: int = 0, top_p: float = 0.0, do_sample: bool = True,
                    generator: torch.Generator | None = None, prompt_codes: torch.Tensor | None = None,
                    on_frames: Callable[[torch.Tensor], None] | None = None,
-                   on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                   on_step: Callable[[int, int], None] | None = None, *, static: bool = False,
+                   compile: bool = False) -> torch.Tensor:
     """Generate ``n_frames`` frames of codes ``[batch, K, n_frames]`` (long).
 
     ``cond [B, Tc, D]`` / ``cond_mask [B, Tc]``: cross-attention conditioning (LMs with
@@ -192,10 +309,14 @@ def generate_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.
     they are fed in one prefill call. ``on_frames(codes [B, K, n])`` is called with each run of
     newly completed frames, in order, covering all ``n_frames`` (prompt frames included);
     ``on_step(done, total)`` after every generated step (progress bars).
+    ``static=True`` decodes with a fixed-shape cache, ``compile=True`` also compiles its step
+    with ``torch.compile`` (falling back to the eager static step with a ``RuntimeWarning`` if
+    that fails); both give the tokens of the default decoder.
     """
     chunks = []
     for chunk in iter_codes(lm, pattern, batch, n_frames, cond, cond_mask, null_cond, null_mask, guidance_scale,
-                            temperature, top_k, top_p, do_sample, generator, prompt_codes, on_step):
+                            temperature, top_k, top_p, do_sample, generator, prompt_codes, on_step,
+                            static=static, compile=compile):
         chunks.append(chunk)
         if on_frames is not None:
             on_frames(chunk)

@@ -14,12 +14,25 @@ processes only the NEW steps. Each self-attention layer owns a KV cache prealloc
 ``max_seq_len`` steps (``[B, H, max_seq_len, head_dim]`` for keys and for values) and writes the
 new steps in place at its offset, so a step costs the same however long the stream is. The
 cross-attention keys/values of the conditioning are computed once and cached as well.
+
+Per decoding step nothing loops over the K codebooks in Python: the K embedding tables (and the
+K head weights / biases) are kept as consecutive slices of one tensor each (the parameters keep
+their names ``emb.{k}.weight`` / ``heads.{k}.weight``), so under ``torch.no_grad()`` the K
+lookups are one ``embedding_bag`` with per-codebook offsets and the K heads one matmul. With
+gradients enabled (training) the per-codebook modules are used as such.
+
+Static cache (:meth:`TokenLM.new_static_cache`, :meth:`TokenLM.static_step`): an alternative to
+streaming whose tensor shapes do not depend on the position. Each step writes its keys/values
+at ``positions`` (a tensor) and attends over the whole preallocated cache with a mask built from
+those positions, so the step can be wrapped by ``torch.compile(dynamic=False)`` once and reused
+for every step (:func:`codeclm.lm.generate.iter_codes` with ``static=True`` / ``compile=True``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +45,7 @@ from codeclm.streaming import StreamingError, StreamingModule
 __all__ = [
     "CrossAttention",
     "SelfAttention",
+    "StaticCache",
     "TokenLM",
     "TransformerBlock",
     "apply_rope",
@@ -86,22 +100,34 @@ class SelfAttention(StreamingModule):
         super().__init__()
         self.num_heads, self.head_dim, self.max_seq_len = config.num_heads, config.head_dim, config.max_seq_len
         self.dropout = config.dropout
+        self.causal = config.causal
         self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=config.bias_attn)
         self.out = nn.Linear(config.dim, config.dim, bias=config.bias_attn)
 
     def _init_streaming_state(self, batch_size: int) -> KVCache:
         return KVCache(max_len=self.max_seq_len)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+                static_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``static_kv = (k_cache, v_cache, positions [S], mask [S, L])``: the static-cache step
+        (see :class:`StaticCache`): the new keys/values are written at ``positions`` and the
+        queries attend over the whole cache through ``mask``; no shape depends on the position."""
         B, S, D = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         dropout = self.dropout if self.training else 0.0
         cache: KVCache | None = self._streaming_state
-        if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        if static_kv is not None:
+            k_cache, v_cache, positions, mask = static_kv
+            k_cache.index_copy_(2, positions, k.to(k_cache.dtype))  # in place, fixed shapes
+            v_cache.index_copy_(2, positions, v.to(v_cache.dtype))
+            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, dropout_p=dropout)
+        elif cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=dropout)
         else:
+            if not self.causal:
+                raise StreamingError("a bidirectional (causal=False) transformer cannot decode step by step")
             self._check_stream_batch(B)
             start, end = cache.offset, cache.offset + S
             if end > cache.max_len:
@@ -150,10 +176,15 @@ class CrossAttention(StreamingModule):
         mask = cond_mask | ~cond_mask.any(dim=-1, keepdim=True)
         return {"k": k, "v": v, "mask": mask[:, None, None, :]}  # mask [B, 1, 1, Tc]
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, cond_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, cond_mask: torch.Tensor | None, *,
+                static_kv: dict | None = None) -> torch.Tensor:
+        """``static_kv``: precomputed keys/values/mask (:meth:`_keys_values`) used instead of
+        ``cond`` and of the streaming cache (the static-cache step)."""
         B, S, D = x.shape
         state = self._streaming_state
-        if cond is not None:
+        if static_kv is not None:
+            kv = static_kv
+        elif cond is not None:
             kv = self._keys_values(cond, cond_mask)
             if state is not None:
                 state.update(kv)
@@ -187,16 +218,47 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope=None, cond: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cond_mask: torch.Tensor | None = None, *, static_kv=None, static_cross=None) -> torch.Tensor:
+        """``static_kv`` / ``static_cross``: this layer's part of a :class:`StaticCache`."""
         if self.norm_first:
-            x = x + self.drop(self.attn(self.norm_attn(x), rope))
+            x = x + self.drop(self.attn(self.norm_attn(x), rope, static_kv=static_kv))
             if self.cross is not None:
-                x = x + self.drop(self.cross(self.norm_cross(x), cond, cond_mask))
+                x = x + self.drop(self.cross(self.norm_cross(x), cond, cond_mask, static_kv=static_cross))
             return x + self.drop(self.ffn(self.norm_ffn(x)))
-        x = self.norm_attn(x + self.drop(self.attn(x, rope)))
+        x = self.norm_attn(x + self.drop(self.attn(x, rope, static_kv=static_kv)))
         if self.cross is not None:
-            x = self.norm_cross(x + self.drop(self.cross(x, cond, cond_mask)))
+            x = self.norm_cross(x + self.drop(self.cross(x, cond, cond_mask, static_kv=static_cross)))
         return self.norm_ffn(x + self.drop(self.ffn(x)))
+
+
+# -- the K codebooks as one tensor ------------------------------------------------------------------
+def _stacked_view(params: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """A detached ``[K, *shape]`` view over K same-shaped tensors that are consecutive slices of
+    one storage (what :meth:`TokenLM._stack_codebook_params` arranges), else None."""
+    first = params[0]
+    if first is None or first.device.type == "meta" or not first.is_contiguous():
+        return None
+    n, size, base = first.numel(), first.element_size(), first.data_ptr()
+    storage = first.untyped_storage().data_ptr()
+    for k, p in enumerate(params):
+        if (p is None or p.shape != first.shape or p.dtype != first.dtype or p.device != first.device
+                or not p.is_contiguous() or p.data_ptr() != base + k * n * size
+                or p.untyped_storage().data_ptr() != storage):
+            return None
+    return first.detach().as_strided((len(params), *first.shape), (n, *first.stride()))
+
+
+class _CodebookTables(NamedTuple):
+    """Flat views used by the fused (no-grad) paths; a None field falls back to the K modules."""
+
+    emb: torch.Tensor | None  # [K * (card + 1), dim]
+    offsets: torch.Tensor | None  # [K, 1]: k * (card + 1)
+    head_w: torch.Tensor | None  # [K * card, dim]
+    head_b: torch.Tensor | None  # [K * card] (bias_heads) or None
+
+
+def _restack_after_load(module: TokenLM, incompatible_keys) -> None:
+    module._stack_codebook_params()  # load_state_dict(assign=True) replaces the parameters
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -205,6 +267,29 @@ class _LMStreamState:
     offset: int = 0  # steps already processed: the position of the next step
     cond: torch.Tensor | None = None  # the conditioning the layers' caches were built from
     cond_mask: torch.Tensor | None = None
+    tables: _CodebookTables | None = None  # stacked views, looked up once per stream (no grad)
+
+
+@dataclass
+class StaticCache:
+    """Fixed-shape decoding state for :meth:`TokenLM.static_step` (made by
+    :meth:`TokenLM.new_static_cache`; no streaming block is involved).
+
+    ``keys`` / ``values``: per layer ``[B, H, length, head_dim]``, zero-initialised and written
+    in place at the fed positions; ``cross``: per layer the conditioning's keys, values and mask
+    (None without cross-attention); ``tables``: the stacked embedding / head views;
+    ``arange``: ``[length]`` positions, compared with the fed positions to build the mask.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    cross: list[dict] | None
+    tables: _CodebookTables
+    arange: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.arange.shape[0])
 
 
 class TokenLM(StreamingModule):
@@ -214,6 +299,11 @@ class TokenLM(StreamingModule):
     ``s`` predict step ``s + 1``. With ``config.cross_attention`` every call takes
     ``cond [B, Tc, cond_dim]`` (and optionally ``cond_mask [B, Tc]``, True = valid); while
     streaming, the first call's conditioning is cached and later calls may omit it.
+
+    The K embedding tables (and the K head weights / biases) live in one tensor each, as
+    consecutive slices; the parameters keep their names and shapes. This layout is restored
+    after ``.to()`` / ``.half()``, ``copy.deepcopy``, unpickling and ``load_state_dict(assign=True)``;
+    if it is broken some other way the per-codebook modules are used (same results, slower).
     """
 
     def __init__(self, config: LMConfig) -> None:
@@ -227,6 +317,8 @@ class TokenLM(StreamingModule):
         self.heads = nn.ModuleList(nn.Linear(config.dim, config.card, bias=config.bias_heads)
                                    for _ in range(config.n_q))
         self.apply(self._init_weights)
+        self._stack_codebook_params()
+        self.register_load_state_dict_post_hook(_restack_after_load)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -234,6 +326,61 @@ class TokenLM(StreamingModule):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    # -- stacked per-codebook parameters ---------------------------------------------------------
+    @torch.no_grad()
+    def _stack_codebook_params(self) -> None:
+        """Make the K embedding weights (and the K head weights, biases) consecutive slices of one
+        tensor each, so the fused paths read them without a copy. Values are unchanged."""
+        groups = [[m.weight for m in self.emb], [m.weight for m in self.heads]]
+        if self.config.bias_heads:
+            groups.append([m.bias for m in self.heads])
+        for params in groups:
+            if _stacked_view(params) is not None:
+                continue
+            if any(p.device.type == "meta" or p.device != params[0].device or p.dtype != params[0].dtype
+                   for p in params):
+                continue  # nothing to stack (meta) or split across devices: keep the modules' path
+            stack = torch.stack([p.detach() for p in params])
+            for p, view in zip(params, stack.unbind(0)):
+                p.data = view
+
+    def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda()... convert each parameter alone
+        out = super()._apply(fn, recurse)
+        self._stack_codebook_params()
+        return out
+
+    def __setstate__(self, state) -> None:  # copy.deepcopy and unpickling copy each parameter alone
+        super().__setstate__(state)
+        self._stack_codebook_params()
+
+    def _codebook_tables(self) -> _CodebookTables | None:
+        """Flat views of the stacked parameters for the fused paths; None while gradients are
+        enabled (training goes through the K modules so that every parameter gets its gradient)."""
+        if torch.is_grad_enabled():
+            return None
+        cfg = self.config
+        emb = _stacked_view([m.weight for m in self.emb])
+        head_w = _stacked_view([m.weight for m in self.heads])
+        head_b = _stacked_view([m.bias for m in self.heads]) if cfg.bias_heads else None
+        if cfg.bias_heads and head_b is None:
+            head_w = None
+        offsets = None
+        if emb is not None:
+            offsets = torch.arange(cfg.n_q, device=emb.device).mul_(cfg.card + 1).view(cfg.n_q, 1)
+        return _CodebookTables(
+            emb=None if emb is None else emb.flatten(0, 1), offsets=offsets,
+            head_w=None if head_w is None else head_w.flatten(0, 1),
+            head_b=None if head_b is None else head_b.flatten(0, 1))
+
+    def _tables(self) -> _CodebookTables | None:
+        """:meth:`_codebook_tables`, looked up once per streaming block."""
+        state: _LMStreamState | None = self._streaming_state
+        if state is None or torch.is_grad_enabled():
+            return self._codebook_tables()
+        if state.tables is None:
+            state.tables = self._codebook_tables()
+        return state.tables
 
     @property
     def special_token(self) -> int:
@@ -259,16 +406,9 @@ class TokenLM(StreamingModule):
         if seq.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
             raise CodesError(f"lm input must hold integer token ids, got {seq.dtype}")
 
-    def _condition(self, cond: torch.Tensor | None, cond_mask: torch.Tensor | None,
-                   batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Projected conditioning and bool mask for the layers; (None, None) = use their caches."""
-        if not self.config.cross_attention:
-            if cond is not None:
-                raise CodecLMError("this LM has no cross-attention (config.cross_attention=False), but cond was given")
-            return None, None
-        state: _LMStreamState | None = self._streaming_state
-        if state is not None and state.cond is not None and (cond is None or (cond is state.cond and cond_mask is state.cond_mask)):
-            return None, None  # same conditioning as the cached one
+    def _project_condition(self, cond: torch.Tensor | None, cond_mask: torch.Tensor | None,
+                           batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked, projected conditioning ``[B, Tc, dim]`` (masked positions zeroed) and bool mask."""
         if cond is None:
             raise CodecLMError("this LM has cross-attention: pass cond [B, Tc, cond_dim]")
         dim = self.config.condition_dim
@@ -280,20 +420,65 @@ class TokenLM(StreamingModule):
             raise CodecLMError(f"cond_mask must be {tuple(cond.shape[:2])}, got {tuple(cond_mask.shape)}")
         else:
             mask = cond_mask.to(device=cond.device, dtype=torch.bool)
-        if state is not None:
-            state.cond, state.cond_mask = cond, cond_mask
         projected = self.cond_proj(cond) if self.cond_proj is not None else cond
         # masked positions are zeroed after the projection (MusicGen does the same): a fully
         # masked row (CFG's null condition) then attends to zero keys/values whatever the bias
         projected = projected * mask[..., None].to(projected.dtype)
         return projected, mask
 
+    def _condition(self, cond: torch.Tensor | None, cond_mask: torch.Tensor | None,
+                   batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Projected conditioning and bool mask for the layers; (None, None) = use their caches."""
+        if not self.config.cross_attention:
+            if cond is not None:
+                raise CodecLMError("this LM has no cross-attention (config.cross_attention=False), but cond was given")
+            return None, None
+        state: _LMStreamState | None = self._streaming_state
+        if state is not None and state.cond is not None and (cond is None or (cond is state.cond and cond_mask is state.cond_mask)):
+            return None, None  # same conditioning as the cached one
+        projected, mask = self._project_condition(cond, cond_mask, batch)
+        if state is not None:
+            state.cond, state.cond_mask = cond, cond_mask
+        return projected, mask
+
+    # -- shared pieces --------------------------------------------------------------------------
+    def _embed(self, seq: torch.Tensor, tables: _CodebookTables | None) -> torch.Tensor:
+        """Sum of the K codebook embeddings: ``[B, K, S] -> [B, S, dim]``."""
+        B, K, S = seq.shape
+        if tables is None or tables.emb is None:
+            x = self.emb[0](seq[:, 0])
+            for k in range(1, K):
+                x = x + self.emb[k](seq[:, k])
+            return x
+        # one lookup in the stacked tables: row k * (card + 1) + id, summed over k in order;
+        # an id outside [0, card] is sent out of the table (an index error, as nn.Embedding
+        # gives) instead of into the neighbouring codebook's rows
+        seq = seq.long()
+        bad = (seq < 0) | (seq > self.config.card)
+        idx = (seq + tables.offsets).masked_fill_(bad, tables.emb.shape[0])
+        return F.embedding_bag(idx.transpose(1, 2).reshape(B * S, K), tables.emb, mode="sum").view(B, S, -1)
+
+    def _add_positions(self, x: torch.Tensor, positions: torch.Tensor):
+        """Sinusoidal positions added to ``x`` or RoPE tables for attention: ``(x, rope)``."""
+        if self.config.positional == "sinusoidal":
+            return x + sinusoidal_embedding(positions, self.config.dim, self.config.max_period).to(x.dtype), None
+        return x, rope_tables(positions, self.config.head_dim, self.config.max_period)
+
+    def _head_logits(self, hidden: torch.Tensor, tables: _CodebookTables | None) -> torch.Tensor:
+        """K heads: ``[B, S, dim] -> [B, K, S, card]`` (one matmul over the stacked heads)."""
+        if tables is None or tables.head_w is None:
+            return torch.stack([head(hidden) for head in self.heads], dim=1)
+        B, S, _ = hidden.shape
+        K, card = self.config.n_q, self.config.card
+        out = F.linear(hidden, tables.head_w, tables.head_b).view(B, S, K, card).transpose(1, 2)
+        return out.contiguous()  # no copy when S == 1
+
     # -- forward --------------------------------------------------------------------------------
     def hidden_states(self, seq: torch.Tensor, cond: torch.Tensor | None = None,
                       cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final-norm output ``[B, S, dim]`` before the K heads (new steps only while streaming)."""
         self._check_seq(seq)
-        B, K, S = seq.shape
+        B, _, S = seq.shape
         state: _LMStreamState | None = self._streaming_state
         offset = 0
         if state is not None:
@@ -303,15 +488,8 @@ class TokenLM(StreamingModule):
                 raise StreamingError(f"stream too long: {offset + S} steps > max_seq_len={self.config.max_seq_len}")
         cond, cond_mask = self._condition(cond, cond_mask, B)
 
-        x = self.emb[0](seq[:, 0])
-        for k in range(1, K):
-            x = x + self.emb[k](seq[:, k])
-        positions = torch.arange(offset, offset + S, device=seq.device)
-        rope = None
-        if self.config.positional == "sinusoidal":
-            x = x + sinusoidal_embedding(positions, self.config.dim, self.config.max_period).to(x.dtype)
-        else:
-            rope = rope_tables(positions, self.config.head_dim, self.config.max_period)
+        x = self._embed(seq, self._tables())
+        x, rope = self._add_positions(x, torch.arange(offset, offset + S, device=seq.device))
         for layer in self.layers:
             x = layer(x, rope, cond, cond_mask)
         if state is not None:
@@ -320,7 +498,7 @@ class TokenLM(StreamingModule):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """K heads: ``[B, S, dim] -> [B, K, S, card]``."""
-        return torch.stack([head(hidden) for head in self.heads], dim=1)
+        return self._head_logits(hidden, self._tables())
 
     def forward(self, seq: torch.Tensor, cond: torch.Tensor | None = None,
                 cond_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -334,3 +512,53 @@ class TokenLM(StreamingModule):
         if not self.is_streaming:
             raise StreamingError("TokenLM.step() needs an open streaming() block")
         return self.logits(self.hidden_states(seq_new, cond, cond_mask)[:, -1:])[:, :, 0]
+
+    # -- static cache ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def new_static_cache(self, batch: int, length: int, cond: torch.Tensor | None = None,
+                         cond_mask: torch.Tensor | None = None) -> StaticCache:
+        """Preallocate a :class:`StaticCache` of ``length`` positions for ``batch`` rows.
+
+        The conditioning (LMs with cross-attention) is projected and turned into per-layer
+        keys/values here, once. Decoding is then :meth:`static_step` calls (inference only: call
+        them under ``torch.no_grad()``), with no streaming block.
+        """
+        cfg = self.config
+        if not cfg.causal:
+            raise StreamingError("a bidirectional (causal=False) transformer cannot decode step by step")
+        if batch < 1 or not 1 <= length <= cfg.max_seq_len:
+            raise StreamingError(f"static cache: need batch >= 1 and 1 <= length <= max_seq_len={cfg.max_seq_len}, "
+                                 f"got batch={batch}, length={length}")
+        cross = None
+        if cfg.cross_attention:
+            projected, mask = self._project_condition(cond, cond_mask, batch)
+            cross = [layer.cross._keys_values(projected, mask) for layer in self.layers]
+        elif cond is not None:
+            raise CodecLMError("this LM has no cross-attention (config.cross_attention=False), but cond was given")
+        weight = self.layers[0].attn.qkv.weight if self.layers else self.emb[0].weight
+        shape = (batch, cfg.num_heads, length, cfg.head_dim)
+        keys = [weight.new_zeros(shape) for _ in self.layers]
+        values = [weight.new_zeros(shape) for _ in self.layers]
+        return StaticCache(keys=keys, values=values, cross=cross, tables=self._codebook_tables(),
+                           arange=torch.arange(length, device=weight.device))
+
+    def static_step(self, seq_new: torch.Tensor, positions: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """Feed ``seq_new [B, K, n]`` at ``positions [n]`` (a long tensor on the model's device),
+        get the logits ``[B, K, card]`` of the step that follows the last of them.
+
+        The keys/values are written into ``cache`` at ``positions`` and every query attends over
+        the whole cache with the mask ``arange(length) <= position``, so no shape depends on the
+        position: with a fixed ``n`` (1 per decoding step) the call can be wrapped by
+        ``torch.compile(..., dynamic=False)`` and compiled once. Feeding positions ``0..n-1`` in
+        one call is the prefill. The caller keeps the positions in range (no host check here).
+        """
+        self._check_seq(seq_new)
+        if cache.keys and seq_new.shape[0] != cache.keys[0].shape[0]:
+            raise StreamingError(f"static cache is for batch {cache.keys[0].shape[0]}, got {seq_new.shape[0]}")
+        x = self._embed(seq_new, cache.tables)
+        x, rope = self._add_positions(x, positions)
+        mask = cache.arange[None, :] <= positions[:, None]  # [n, length]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, static_kv=(cache.keys[i], cache.values[i], positions, mask),
+                      static_cross=None if cache.cross is None else cache.cross[i])
+        return self._head_logits(self.out_norm(x[:, -1:]), cache.tables)[:, :, 0]
