@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from codeclm.errors import CodecLMError, CodesError
 from codeclm.lm.patterns import Pattern
 from codeclm.lm.sampling import SamplingError, apply_cfg, sample_next
-from codeclm.lm.transformer import SelfAttention
+from codeclm.lm.layers import SelfAttention
 
 _LENGTH_BUCKET = 64  # static cache length: steps rounded up to this (fewer distinct compiled shapes)
 _COND_BUCKET = 16  # static cache: conditioning length rounded up to this (padding is masked)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from codeclm.errors import CodecLMError, ConfigError
+from codeclm.lm.layers import sinusoidal_embedding
 from codeclm.pretrained import fused_state_dict, load_weights_into, read_json, read_weights, save_folder
 
 __all__ = ["MODEL_TYPE", "N_CHROMA", "SILENT", "MelodyConditioner", "chroma_filterbank", "chroma_indices"]
@@ -117,8 +118,6 @@ class MelodyConditioner(nn.Module):
         return self.emb.weight.device
 
     def forward(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from codeclm.lm.transformer import sinusoidal_embedding
-
         indices = indices.to(self.device)
         if indices.dim() != 2:
             raise CodecLMError(f"melody indices must be [B, T], got {tuple(indices.shape)}")

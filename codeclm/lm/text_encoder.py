@@ -22,7 +22,7 @@ from torch import nn
 
 from codeclm.errors import ConfigError
 from codeclm.lm.conditioners import TextConditioner, register_conditioner
-from codeclm.lm.transformer import sinusoidal_embedding
+from codeclm.lm.layers import sinusoidal_embedding
 from codeclm.pretrained import (
     fused_state_dict,
     load_weights_into,
