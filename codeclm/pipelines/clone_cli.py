@@ -15,7 +15,6 @@ or cropped reference) go to stderr unless ``--quiet``.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -62,30 +61,11 @@ def add_clone_commands(subparsers) -> None:
 
 # -- jobs -------------------------------------------------------------------------------------------
 def read_jobs(path: str | Path) -> list[dict]:
-    """Jobs of a JSON-lines file: ``text`` and ``ref`` required; ``ref`` relative to the file."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise CodecLMError(f"{path}: no such jobs file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CodecLMError(f"{path}: cannot read jobs ({exc})") from None
-    jobs = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            job = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CodecLMError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-        if not isinstance(job, dict) or not isinstance(job.get("text"), str) or not isinstance(job.get("ref"), str):
-            raise CodecLMError(f"{path}:{lineno}: a job needs string fields 'text' and 'ref'")
-        ref = Path(job["ref"])
-        jobs.append({"text": job["text"], "ref": str(ref if ref.is_absolute() else path.parent / ref),
-                     "ref_text": job.get("ref_text"), "language": job.get("language", "en")})
-    if not jobs:
-        raise CodecLMError(f"{path}: no jobs (one JSON object per line)")
-    return jobs
+    """Jobs of a JSON-lines file, the format of ``codeclm eval clone``'s pairs: ``ref`` and ``text``
+    required, ``ref_text`` / ``language`` / ``speaker`` optional, ``ref`` relative to the file."""
+    from codeclm.evaluation.clone_eval import read_pairs
+
+    return [p._asdict() for p in read_pairs(path)]
 
 
 def _output(path: str | None) -> Path:
