@@ -1,0 +1,58 @@
+"""The shipped default generation models (checkpoints/music, checkpoints/voice): they load with
+no argument, generate deterministic, non-silent audio of the asked length, and follow their
+conditioning (a caption, a melody, a voice)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from codeclm.pretrained import CHECKPOINTS_DIR
+
+MUSIC, VOICE = CHECKPOINTS_DIR / "music", CHECKPOINTS_DIR / "voice"
+
+
+def rms_db(x: torch.Tensor) -> float:
+    return 10 * math.log10(float(x.pow(2).mean()) + 1e-12)
+
+
+@pytest.mark.skipif(not (MUSIC / "pipeline.json").exists(), reason="no shipped checkpoints/music")
+def test_shipped_music_model():
+    from codeclm.lm.melody import chroma_indices
+    from codeclm.pipelines import TextToMusic
+
+    pipe = TextToMusic.from_pretrained()
+    assert pipe.sample_rate == 24000 and pipe.has_melody
+    prompt = "gentle orchestral track in D major at 90 bpm with flute, strings and cello"
+    a = pipe.generate([prompt], duration=2.0, seed=0)[0]
+    assert a.shape == (1, 48000) and torch.isfinite(a).all() and rms_db(a) > -45
+    assert torch.equal(a, pipe.generate([prompt], duration=2.0, seed=0)[0])
+    assert not torch.equal(a, pipe.generate([prompt], duration=2.0, seed=1)[0])
+    # melody: the output's dominant pitch classes agree with an A-major arpeggio more often than chance
+    t = torch.arange(4 * 24000) / 24000
+    notes = [57, 61, 64, 69] * 2  # A C# E A
+    tune = torch.cat([0.3 * torch.sin(2 * math.pi * 440 * 2 ** ((m - 69) / 12) * t[:12000]) for m in notes])
+    out = pipe.generate(["calm piano track in A major at 120 bpm with piano"], duration=4.0, melody=tune[None],
+                        seed=0)[0]
+    want = chroma_indices(tune, 24000, 480, n_frames=200)[0]
+    got = chroma_indices(out, 24000, 480, n_frames=200)[0]
+    agree = float((want == got).float().mean())
+    assert agree > 1 / 12, agree
+
+
+@pytest.mark.skipif(not (VOICE / "pipeline.json").exists(), reason="no shipped checkpoints/voice")
+def test_shipped_voice_model():
+    from codeclm.pipelines import VoiceClone
+
+    pipe = VoiceClone.from_pretrained()
+    assert pipe.sample_rate == 24000 and set(pipe.languages) == {"de", "en"}
+    assert {"allison", "us_male", "german_male"} <= set(pipe.voices)
+    text = "Good morning, how are you today?"
+    a = pipe.say(text, voice="us_male", seed=0)
+    seconds = a.shape[1] / pipe.sample_rate
+    assert 0.5 < seconds < 8 and torch.isfinite(a).all() and rms_db(a) > -45, seconds
+    assert torch.equal(a, pipe.say(text, voice="us_male", seed=0))
+    b = pipe.say("Guten Morgen, wie geht es dir?", voice="german_male", seed=0)
+    assert b.shape[1] > 0.5 * pipe.sample_rate
