@@ -1,9 +1,14 @@
 """Ship a trained pipeline folder: ``python -m codeclm.pipelines.export SRC DST [--dtype float16]``.
 
+    python -m codeclm.pipelines.export runs/lm_music/model checkpoints/music \
+        --checkpoint runs/lm_music/checkpoints/step_001750      # the weights of an earlier step
+
 Reads the folder a training run exports (``runs/lm_music/model``: text-to-music,
 ``runs/valle/model``: voice-clone), loads it as its pipeline (so a broken export fails here, not
 for users) and writes it again with the LM/VALL-E and codec weights in ``--dtype`` (fp16 by
-default: half the size; they are computed in fp32 on load). DST is written to a temporary folder
+default: half the size; they are computed in fp32 on load). ``--checkpoint STEP_DIR`` takes the
+weights of a training checkpoint instead of the folder's (each ``NAME/`` part of the folder from
+``STEP_DIR/NAME.safetensors``), e.g. the step with the best validation loss. DST is written to a temporary folder
 beside it and renamed, so an interrupted export leaves no half-written model.
 """
 
@@ -22,7 +27,24 @@ from codeclm.errors import CodecLMError, ConfigError
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
 
 
-def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool = False) -> Path:
+def _with_checkpoint(src: Path, checkpoint: Path, tmp: Path) -> Path:
+    """A copy of the pipeline folder ``src`` whose parts hold the checkpoint's weights."""
+    if not checkpoint.is_dir():
+        raise ConfigError(f"{checkpoint}: no such checkpoint folder")
+    shutil.copytree(src, tmp)
+    replaced = []
+    for part in sorted(p for p in tmp.iterdir() if (p / "model.safetensors").is_file()):
+        weights = checkpoint / f"{part.name}.safetensors"
+        if weights.is_file():
+            shutil.copy(weights, part / "model.safetensors")
+            replaced.append(part.name)
+    if not replaced:
+        raise ConfigError(f"{checkpoint}: holds no weights for the parts of {src}")
+    return tmp
+
+
+def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool = False,
+           checkpoint: str | Path | None = None) -> Path:
     src, dst = Path(src), Path(dst)
     try:
         kind = json.loads((src / "pipeline.json").read_text())["type"]
@@ -35,10 +57,12 @@ def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool
     classes = {TextToMusic.kind: TextToMusic, VoiceClone.kind: VoiceClone}
     if kind not in classes:
         raise ConfigError(f"{src}: unknown pipeline type {kind!r} (known: {', '.join(classes)})")
-    pipe = classes[kind].from_pretrained(src)
     tmp = dst.with_name(f".{dst.name}.tmp")
+    staged = dst.with_name(f".{dst.name}.ckpt")
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
     try:
+        pipe = classes[kind].from_pretrained(_with_checkpoint(src, Path(checkpoint), staged) if checkpoint else src)
         pipe.save_pretrained(tmp, DTYPES[dtype])
         if kind == TextToMusic.kind:  # keep the training run's description (pattern, bandwidth, ...)
             info = {**json.loads((src / "pipeline.json").read_text()), **json.loads((tmp / "pipeline.json").read_text())}
@@ -49,6 +73,7 @@ def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool
         tmp.rename(dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
     return dst
 
 
@@ -58,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst", help="folder to write (e.g. checkpoints/music)")
     p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
     p.add_argument("-f", "--force", action="store_true", help="replace an existing DST")
+    p.add_argument("--checkpoint", default=None, help="a training checkpoint (RUN/checkpoints/step_N) to take the weights from")
     args = p.parse_args(argv)
     try:
-        out = export(args.src, args.dst, args.dtype, args.force)
+        out = export(args.src, args.dst, args.dtype, args.force, args.checkpoint)
     except CodecLMError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
