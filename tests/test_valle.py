@@ -107,9 +107,12 @@ def test_generate_shapes_seed_and_stopping():
         m.ar.heads[0].weight[3] = 10.0
     out = m.generate(ph, prompt, target_phonemes=2, generator=torch.Generator().manual_seed(0))
     assert out.shape[1] == int(m.config.max_frames_per_phoneme * 2) and (out[0] == 3).all()
-    # EOS at once: a clear error
+    # EOS always the best: it is masked for min_frames_per_phoneme * target phonemes, then taken
     with torch.no_grad():
         m.ar.heads[0].weight[32] = 20.0
+    out = m.generate(ph, prompt, target_phonemes=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape[1] == int(m.config.min_frames_per_phoneme * 2) and (out[0] == 3).all()
+    m.config.min_frames_per_phoneme = 0.0  # without the floor: EOS at once is a clear error
     with pytest.raises(CodecLMError, match="no speech"):
         m.generate(ph, prompt, generator=torch.Generator().manual_seed(0))
     with pytest.raises(CodecLMError, match="prompt codes"):

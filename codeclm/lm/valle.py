@@ -69,6 +69,7 @@ class ValleConfig(SavedConfig):
     max_prompt_seconds: float = 6.0  # longer references are cropped
     min_prompt_seconds: float = 1.0  # shorter ones are refused
     max_frames_per_phoneme: float = 12.0  # AR stops by then if it has not emitted EOS
+    min_frames_per_phoneme: float = 3.0  # EOS is not allowed before this (60 ms per phoneme at 50 Hz)
 
     def __post_init__(self) -> None:
         if self.n_q < 2:
@@ -177,7 +178,9 @@ class Valle(nn.Module):
 
         ``phonemes [P]``: ids of prompt transcript + target text; ``prompt [K, Tp]``: the reference's
         codes. The AR stops at EOS, after ``max_new_frames``, or after ``max_frames_per_phoneme *
-        target_phonemes`` frames (``target_phonemes`` defaults to all of ``phonemes``).
+        target_phonemes`` frames (``target_phonemes`` defaults to all of ``phonemes``); EOS is
+        masked for the first ``min_frames_per_phoneme * target_phonemes`` frames (a young model
+        otherwise tends to end the utterance early).
         """
         check_sampling_params(temperature, top_k, top_p)
         c = self.config
@@ -188,8 +191,10 @@ class Valle(nn.Module):
         ph = phonemes.to(device).long()[None]
         ph_mask = torch.ones_like(ph, dtype=torch.bool)
         budget = c.max_frames - prompt.shape[1]
-        per_phoneme = int(c.max_frames_per_phoneme * (target_phonemes or ph.shape[1]))
+        n_target = target_phonemes or ph.shape[1]
+        per_phoneme = int(c.max_frames_per_phoneme * n_target)
         limit = min(budget, per_phoneme, max_new_frames if max_new_frames is not None else budget)
+        min_frames = min(int(c.min_frames_per_phoneme * n_target), limit)
         if limit < 1:
             raise CodecLMError(f"no room to generate: prompt of {prompt.shape[1]} frames, model max {c.max_frames}")
         # AR: first codebook
@@ -199,6 +204,9 @@ class Valle(nn.Module):
             start = torch.cat([prompt.new_full((1,), self.ar_start), prompt[0]])[None, None]
             logits = self.ar.step(start, cond, cond_mask)  # [1, 1, card + 1]
             for _ in range(limit):
+                if len(first) < min_frames:  # too early to end: EOS is not a candidate
+                    logits = logits.clone()
+                    logits[..., self.eos] = float("-inf")
                 token = sample_next(logits, temperature, top_k, top_p, do_sample, generator)  # [1, 1]
                 if int(token) == self.eos:
                     break
