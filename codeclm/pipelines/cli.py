@@ -24,7 +24,8 @@ from pathlib import Path
 
 from codeclm.errors import CodecLMError
 
-__all__ = ["add_generation_commands", "main", "output_name", "read_prompts", "slugify"]
+__all__ = ["add_generation_commands", "batch_outputs", "main", "output_file", "output_name", "read_prompts",
+           "slugify"]
 
 EXTENSIONS = (".wav", ".flac", ".ogg")
 
@@ -89,32 +90,46 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def _jobs(args) -> list[tuple[str, Path]]:
-    """(prompt, output path) pairs, validated without loading anything heavy."""
-    if args.prompts_file is not None:
-        if args.prompt is not None or args.output is not None:
-            raise CodecLMError("give either a prompt with -o, or --prompts-file with --out-dir, not both")
-        if args.out_dir is None:
-            raise CodecLMError("--prompts-file needs --out-dir")
-        prompts = read_prompts(args.prompts_file)
-        out_dir = Path(args.out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise CodecLMError(f"{out_dir}: not a folder")
-        return [(p, out_dir / output_name(i, p, len(prompts), args.format)) for i, p in enumerate(prompts)]
-    if args.prompt is None or not args.prompt.strip():
-        raise CodecLMError("the prompt is empty (give a text prompt, or --prompts-file)")
-    if args.output is None:
+def output_file(path: str | None) -> Path:
+    """The ``-o`` audio file, checked before anything heavy loads (extension, folder exists)."""
+    if path is None:
         raise CodecLMError("give the output file with -o/--output")
-    if args.out_dir is not None:
-        raise CodecLMError("--out-dir goes with --prompts-file; use -o for one prompt")
-    out = Path(args.output)
+    out = Path(path)
     if out.suffix.lower() not in EXTENSIONS:
         raise CodecLMError(f"{out}: unknown audio extension {out.suffix!r} (use one of {', '.join(EXTENSIONS)})")
     if out.is_dir():
         raise CodecLMError(f"{out}: is a folder")
     if not out.parent.is_dir():
         raise CodecLMError(f"{out}: folder {out.parent} does not exist")
-    return [(args.prompt.strip(), out)]
+    return out
+
+
+def batch_outputs(out_dir: str | None, flag: str, texts: list[str], ext: str = "wav") -> list[Path]:
+    """``OUT_DIR/{i:03d}_{slug}.ext`` for the texts of a ``flag`` file (``--prompts-file``...)."""
+    if out_dir is None:
+        raise CodecLMError(f"{flag} needs --out-dir")
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise CodecLMError(f"{folder}: not a folder")
+    return [folder / output_name(i, t, len(texts), ext) for i, t in enumerate(texts)]
+
+
+def _jobs(args) -> list[tuple[str, Path]]:
+    """(prompt, output path) pairs, validated without loading anything heavy."""
+    if args.prompts_file is not None:
+        if args.prompt is not None or args.output is not None:
+            raise CodecLMError("give either a prompt with -o, or --prompts-file with --out-dir, not both")
+        if args.out_dir is None:  # before reading the file: the usage error comes first
+            raise CodecLMError("--prompts-file needs --out-dir")
+        prompts = read_prompts(args.prompts_file)
+        return list(zip(prompts, batch_outputs(args.out_dir, "--prompts-file", prompts, args.format)))
+    if args.prompt is None or not args.prompt.strip():
+        raise CodecLMError("the prompt is empty (give a text prompt, or --prompts-file)")
+    if args.output is None:
+        raise CodecLMError("give the output file with -o/--output")
+    if args.out_dir is not None:
+        raise CodecLMError("--out-dir goes with --prompts-file; use -o for one prompt")
+    return [(args.prompt.strip(), output_file(args.output))]
 
 
 def _check_numbers(args) -> None:

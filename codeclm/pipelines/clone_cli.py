@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from codeclm.errors import CodecLMError, ConfigError
-from codeclm.pipelines.cli import EXTENSIONS, output_name
+from codeclm.pipelines.cli import batch_outputs, output_file
 
 __all__ = ["add_clone_commands", "read_jobs"]
 
@@ -68,36 +68,20 @@ def read_jobs(path: str | Path) -> list[dict]:
     return [p._asdict() for p in read_pairs(path)]
 
 
-def _output(path: str | None) -> Path:
-    if path is None:
-        raise CodecLMError("give the output file with -o/--output")
-    out = Path(path)
-    if out.suffix.lower() not in EXTENSIONS:
-        raise CodecLMError(f"{out}: unknown audio extension {out.suffix!r} (use one of {', '.join(EXTENSIONS)})")
-    if out.is_dir():
-        raise CodecLMError(f"{out}: is a folder")
-    if not out.parent.is_dir():
-        raise CodecLMError(f"{out}: folder {out.parent} does not exist")
-    return out
-
-
 def _clone_jobs(args) -> list[tuple[dict, Path]]:
     if args.jobs_file is not None:
         if any(v is not None for v in (args.ref, args.text, args.output, args.ref_text)):
             raise CodecLMError("give either --ref/--text/-o, or --jobs-file with --out-dir, not both")
-        if args.out_dir is None:
+        if args.out_dir is None:  # before reading the file: the usage error comes first
             raise CodecLMError("--jobs-file needs --out-dir")
         jobs = read_jobs(args.jobs_file)
-        out_dir = Path(args.out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise CodecLMError(f"{out_dir}: not a folder")
-        return [(j, out_dir / output_name(i, j["text"], len(jobs))) for i, j in enumerate(jobs)]
+        return list(zip(jobs, batch_outputs(args.out_dir, "--jobs-file", [j["text"] for j in jobs])))
     if args.ref is None:
         raise CodecLMError("give the reference voice with --ref (or --jobs-file)")
     if args.text is None or not args.text.strip():
         raise CodecLMError("the text is empty (give --text)")
     return [({"text": args.text, "ref": args.ref, "ref_text": args.ref_text, "language": args.language},
-             _output(args.output))]
+             output_file(args.output))]
 
 
 def _check_model_arg(args) -> None:
@@ -164,7 +148,7 @@ def run_say(args) -> int:
     if not args.list_voices:
         if args.text is None or not args.text.strip():
             raise CodecLMError("the text is empty")
-        out = _output(args.output)
+        out = output_file(args.output)
         if out.exists() and not args.force:
             raise CodecLMError(f"{out}: exists (use --force to overwrite)")
     import torch
