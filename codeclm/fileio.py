@@ -38,3 +38,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def json_object(line: str, where: str, required: tuple[str, ...] = (), noun: str = "field") -> dict:
+    """One JSON-lines record: a dict with the ``required`` keys, else a one-line CodecLMError
+    naming ``where`` (``file:line``)."""
+    import json
+
+    from codeclm.errors import CodecLMError
+
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CodecLMError(f"{where}: malformed JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise CodecLMError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CodecLMError(f"{where}: missing {noun}(s) {', '.join(missing)}")
+    return obj

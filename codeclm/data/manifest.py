@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Sequence
 
 from codeclm.audio import audio_info
 from codeclm.errors import AudioError, CodecLMError
-from codeclm.fileio import atomic_output
+from codeclm.fileio import atomic_output, json_object
 
 __all__ = ["AudioRecord", "ScanResult", "read_manifest", "write_manifest", "scan_folder",
            "AUDIO_EXTENSIONS"]
@@ -120,15 +120,7 @@ def read_manifest(path: str | os.PathLike) -> list[AudioRecord]:
 
 
 def _parse_line(line: str, base: Path, where: str) -> AudioRecord:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CodecLMError(f"{where}: malformed JSON ({exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise CodecLMError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    missing = [k for k in _REQUIRED if k not in obj]
-    if missing:
-        raise CodecLMError(f"{where}: missing field(s) {', '.join(missing)}")
+    obj = json_object(line, where, _REQUIRED)
     try:
         p = Path(str(obj["path"]))
         rec = AudioRecord(path=str(p if p.is_absolute() else base / p),

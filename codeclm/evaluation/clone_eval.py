@@ -44,7 +44,6 @@ items        only with ``details=True``: one dict per pair (ref, text, hyp, wer,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -58,6 +57,7 @@ from tqdm import tqdm
 
 from codeclm.audio import load_audio
 from codeclm.errors import AudioError, CodecLMError
+from codeclm.fileio import json_object
 from codeclm.evaluation.asr import asr_supports, normalize_words, transcribe, word_edit_distance
 from codeclm.evaluation.speaker import cosine, speaker_embedding
 
@@ -104,15 +104,7 @@ def read_pairs(path: str | os.PathLike) -> list[ClonePair]:
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CodecLMError(f"{where}: malformed JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise CodecLMError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        missing = [k for k in ("ref", "text") if k not in obj]
-        if missing:
-            raise CodecLMError(f"{where}: missing key(s) {', '.join(missing)}")
+        obj = json_object(line, where, ("ref", "text"), noun="key")
         unknown = sorted(set(obj) - set(_KEYS))
         if unknown:
             raise CodecLMError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_KEYS)}")
