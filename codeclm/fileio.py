@@ -57,3 +57,14 @@ def json_object(line: str, where: str, required: tuple[str, ...] = (), noun: str
     if missing:
         raise CodecLMError(f"{where}: missing {noun}(s) {', '.join(missing)}")
     return obj
+
+
+def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the folder ``src`` to ``dst``, replacing what was there (e.g. a codec into an export)."""
+    import shutil
+
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst

@@ -200,15 +200,17 @@ class VoiceClone:
             warnings.warn(f"{name}: no reference transcript given; transcribed offline as {ref_text!r}", stacklevel=3)
         elif cropped:
             seconds = self.model.config.max_prompt_seconds
+            heard = None
             if language == "en":
                 try:
-                    ref_text = self._transcribe(wav, language, name)
-                    how = f"transcribed the kept part offline as {ref_text!r}"
+                    heard = self._transcribe(wav, language, name)
                 except (TextError, CodecLMError):
-                    ref_text = " ".join(ref_text.split()[: max(1, round(len(ref_text.split()) * wav.shape[-1] / full))])
-                    how = f"kept the first words of the transcript ({ref_text!r})"
-            else:
-                ref_text = " ".join(ref_text.split()[: max(1, round(len(ref_text.split()) * wav.shape[-1] / full))])
+                    pass
+            if heard is not None:
+                ref_text, how = heard, f"transcribed the kept part offline as {heard!r}"
+            else:  # the words in proportion to the audio kept
+                words = ref_text.split()
+                ref_text = " ".join(words[: max(1, round(len(words) * wav.shape[-1] / full))])
                 how = f"kept the first words of the transcript ({ref_text!r})"
             warnings.warn(f"{name}: reference cropped to {wav.shape[-1] / self.sample_rate:.2f} s (model limit "
                           f"{seconds:g} s); {how}", stacklevel=3)

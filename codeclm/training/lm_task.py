@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from torch.utils.data import Dataset
 
 from codeclm.data.tokens import TokenCache
 from codeclm.errors import ConfigError
-from codeclm.fileio import atomic_output
+from codeclm.fileio import atomic_output, replace_folder
 from codeclm.lm.config import LMConfig
 from codeclm.lm.melody import MelodyConditioner
 from codeclm.lm.text_encoder import BuiltinTextConditioner
@@ -358,9 +357,7 @@ class Task:
         if "melody" in self.models:
             self.models["melody"].save_folder(folder / "melody")
         if self.cfg.lm.codec:
-            if (folder / "codec").exists():
-                shutil.rmtree(folder / "codec")
-            shutil.copytree(self.cfg.lm.codec, folder / "codec")
+            replace_folder(self.cfg.lm.codec, folder / "codec")
         m = self.meta
         pipeline = {"type": "text-to-music", "format": 1, "pattern": self.lm_config.pattern, "delays": self.lm_config.delays, "codec": self.cfg.lm.codec,
                     "n_q": self.lm_config.n_q, "bandwidth": m.get("bandwidth"), "frame_rate": m.get("frame_rate"),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from torch.utils.data import Dataset
 
 from codeclm.data.tokens import TokenCache
 from codeclm.errors import ConfigError
-from codeclm.fileio import atomic_output
+from codeclm.fileio import atomic_output, replace_folder
 from codeclm.lm.valle import Valle, ValleConfig
 from codeclm.tokenizers.normalize import TextError, check_language
 from codeclm.tokenizers.phonemes import VOCAB_NAME, PhonemeVocab, TextToPhonemes
@@ -261,9 +260,7 @@ class Task:
         model.save_pretrained(folder / "valle")
         self.vocab.save(folder / "phonemes" / VOCAB_NAME)
         if self.cfg.valle.codec:
-            if (folder / "codec").exists():
-                shutil.rmtree(folder / "codec")
-            shutil.copytree(self.cfg.valle.codec, folder / "codec")
+            replace_folder(self.cfg.valle.codec, folder / "codec")
         voices = {}
         sr = int(self.meta["sample_rate"])
         (folder / "voices").mkdir(parents=True, exist_ok=True)
