@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrizations, parametrize
 
-from codeclm.codec.config import CodecConfig
+from codeclm.codec.base import CompressionModel, from_hf
+from codeclm.codec.config import MODEL_TYPE, CodecConfig
 from codeclm.codec.layers import StreamingConv1d, StreamingConvTranspose1d, from_frames, to_frames
 from codeclm.codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codeclm.codec.seanet import SEANetDecoder, SEANetEncoder
 from codeclm.errors import AudioError, CodesError, ConfigError
 from codeclm.pretrained import (default_checkpoint, fused_state_dict, load_weights_into, read_config, read_weights,
                                 save_folder, weights_hash)
-from codeclm.streaming import StreamingError, StreamingModule
+from codeclm.streaming import StreamingError
 
 DEFAULT_CODEC = "codec"
 _EMA_STATS = (".embed_avg", ".cluster_size")
@@ -45,8 +46,10 @@ class CodecOutput:
     latent: torch.Tensor
 
 
-class Codec(StreamingModule):
+class Codec(CompressionModel):
     """EnCodec-style neural audio codec with exact streaming and several bandwidths."""
+
+    model_type = MODEL_TYPE
 
     def __init__(self, config: CodecConfig | None = None, **overrides):
         super().__init__()
@@ -82,6 +85,10 @@ class Codec(StreamingModule):
     @property
     def cardinality(self) -> int:
         return self.config.bins
+
+    @property
+    def target_bandwidths(self) -> list[float]:
+        return list(self.config.target_bandwidths)
 
     @property
     def latency(self) -> float:
@@ -319,11 +326,10 @@ class Codec(StreamingModule):
         return model.to(device).eval()
 
     @classmethod
-    def from_hf(cls, model_or_folder) -> "Codec":
-        """Import a ``transformers`` EncodecModel (object or saved folder) as a codeclm Codec."""
-        from codeclm.codec.hf import codec_from_hf
-
-        return codec_from_hf(model_or_folder)
+    def from_hf(cls, model_or_folder) -> CompressionModel:
+        """Import a ``transformers`` codec (object or saved folder): an EncodecModel gives a Codec,
+        a DacModel a :class:`~codeclm.codec.dac.DacCodec` (dispatch on ``config.model_type``)."""
+        return from_hf(model_or_folder)
 
 
 def linear_overlap_add(frames: list[torch.Tensor], stride: int) -> torch.Tensor:

@@ -1,0 +1,228 @@
+"""The codec interface every compression model implements, and ``load_model(folder)``.
+
+A codec turns audio ``[B, C, T]`` into integer codes ``[B, n_q, F]`` (``F = ceil(T / hop)``) and
+back into audio ``[B, C, F * hop]``. Everything above the codec (the compressor, token caches,
+the LM pipelines, evaluation) talks to this interface only, like AudioCraft's and Moshi's
+``CompressionModel``:
+
+=========================  =====================================================================
+``sample_rate``, ``channels``   audio the model takes and gives
+``hop_length``, ``frame_rate``  samples per code frame, frames per second
+``num_codebooks`` (``n_q``)     codebooks of the full bitrate; ``cardinality``: entries per codebook
+``num_codebooks_for(kbps)``     codebooks used at a bandwidth (None: all); ``bandwidth_of(n_q)``
+``encode(wav, bandwidth)``      -> LongTensor ``[B, n_q, F]``; ``decode(codes)`` -> ``[B, C, F*hop]``
+``streamable``, ``streaming()`` exact chunk-in/chunk-out streaming, where the model allows it
+``identity()``                  name + weight hash (recorded in ``.cclm`` files)
+``save_pretrained``/``from_pretrained``   ``config.json`` + ``model.safetensors``
+=========================  =====================================================================
+
+Adding a codec is one module defining a :class:`CompressionModel` subclass with a
+``model_type`` plus one line in :data:`MODELS`; :func:`load_model` then opens its folders.
+``transformers`` folders (``model_type`` ``encodec`` or ``dac``) open through the converters
+in :data:`HF_CONVERTERS`. The registries hold module paths as strings (like
+``codeclm.training.config.TASKS``), so this module imports no codec and there are no cycles.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from codeclm.errors import AudioError, CodesError, ConfigError
+from codeclm.pretrained import CONFIG_NAME, default_checkpoint, fused_state_dict, read_config, weights_hash
+from codeclm.streaming import StreamingError, StreamingModule
+
+__all__ = ["CompressionModel", "MODELS", "HF_CONVERTERS", "load_model", "from_hf", "model_class"]
+
+# config.json "model_type" -> "module:Class" of a CompressionModel with from_pretrained(folder)
+MODELS = {
+    "codeclm-codec": "codeclm.codec.model:Codec",
+    "codeclm-dac": "codeclm.codec.dac:DacCodec",
+}
+# transformers model_type -> "module:function" converting a transformers model (object or folder)
+HF_CONVERTERS = {
+    "encodec": "codeclm.codec.hf:codec_from_hf",
+    "dac": "codeclm.codec.dac_hf:dac_from_hf",
+}
+DEFAULT_CODEC = "codec"
+
+
+def _resolve(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def model_class(model_type: str) -> type[CompressionModel]:
+    """The codec class registered for ``model_type`` (imported on first use)."""
+    if model_type not in MODELS:
+        raise ConfigError(f"unknown codec model_type {model_type!r}; known: {sorted(MODELS)}")
+    return _resolve(MODELS[model_type])
+
+
+def load_model(folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> CompressionModel:
+    """Open a codec folder whatever its kind (``config.json``'s ``model_type`` picks the class).
+
+    None opens the shipped default (``checkpoints/codec``). A ``transformers`` EnCodec or DAC
+    folder (``model_type`` ``encodec`` / ``dac``) is converted on the fly, like ``from_hf``.
+    """
+    folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_CODEC)
+    config = read_config(folder)
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type in HF_CONVERTERS:
+        return _resolve(HF_CONVERTERS[model_type])(folder).to(device).eval()
+    if model_type not in MODELS:
+        raise ConfigError(f"{folder / CONFIG_NAME}: model_type {model_type!r} is not a codec; known: "
+                          f"{sorted(MODELS) + sorted(HF_CONVERTERS)}")
+    return model_class(model_type).from_pretrained(folder, device=device)
+
+
+def _hf_model_type(model_or_folder) -> str | None:
+    if isinstance(model_or_folder, (str, os.PathLike)):
+        config = read_config(model_or_folder)
+        return config.get("model_type") if isinstance(config, dict) else None
+    return getattr(getattr(model_or_folder, "config", None), "model_type", None)
+
+
+def from_hf(model_or_folder) -> CompressionModel:
+    """Convert a ``transformers`` codec (EncodecModel, DacModel; object or saved folder)."""
+    model_type = _hf_model_type(model_or_folder)
+    if model_type not in HF_CONVERTERS:
+        raise ConfigError(f"{model_or_folder if isinstance(model_or_folder, (str, os.PathLike)) else type(model_or_folder).__name__}"
+                          f": model_type {model_type!r} has no codeclm import; known: {sorted(HF_CONVERTERS)}")
+    return _resolve(HF_CONVERTERS[model_type])(model_or_folder)
+
+
+class CompressionModel(StreamingModule):
+    """Base class of codecs: the shared interface, input checks and bitrate arithmetic.
+
+    Subclasses set ``model_type`` and implement ``sample_rate``, ``channels``, ``hop_length``,
+    ``num_codebooks``, ``cardinality``, ``encode``, ``decode``, ``save_pretrained`` and
+    ``from_pretrained``; override ``streamable`` (and the streaming hooks) when they stream.
+    """
+
+    model_type: ClassVar[str]
+    config: object
+
+    # -- what a subclass provides ---------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def hop_length(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_codebooks(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def cardinality(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, wav: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        inference_only: bool = False) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> CompressionModel:
+        raise NotImplementedError
+
+    # -- derived --------------------------------------------------------------------------------
+    @property
+    def n_q(self) -> int:
+        return self.num_codebooks
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_codebook(self) -> int:
+        return int(math.log2(self.cardinality))
+
+    @property
+    def name(self) -> str:
+        return getattr(self.config, "name", self.model_type)
+
+    @property
+    def target_bandwidths(self) -> list[float]:
+        """Bandwidths (kbps) worth offering: each whole number of codebooks by default."""
+        return [self.bandwidth_of(n) for n in range(1, self.num_codebooks + 1)]
+
+    @property
+    def streamable(self) -> bool:
+        return False
+
+    @property
+    def latency(self) -> float | None:
+        """Algorithmic latency in seconds when streaming (None: the model does not stream)."""
+        return None
+
+    def num_codebooks_for(self, bandwidth: float | None) -> int:
+        """Codebooks that fit in ``bandwidth`` kbps (None: all); the inverse of :meth:`bandwidth_of`."""
+        if bandwidth is None:
+            return self.num_codebooks
+        if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
+            raise CodesError(f"bandwidth must be a positive number of kbps, got {bandwidth!r}")
+        n_q = max(1, math.floor(bandwidth * 1000 / (self.frame_rate * self.bits_per_codebook) + 1e-9))
+        if n_q > self.num_codebooks:
+            raise CodesError(f"bandwidth {bandwidth} kbps needs {n_q} codebooks but the model has "
+                             f"{self.num_codebooks} (max {self.bandwidth_of(self.num_codebooks):.3g} kbps)")
+        return n_q
+
+    def bandwidth_of(self, n_q: int) -> float:
+        """Bitrate in kbps of ``n_q`` raw (not entropy-coded) codebooks."""
+        return n_q * self.frame_rate * self.bits_per_codebook / 1000
+
+    def identity(self) -> dict:
+        """Name and weight hash: what a compressed file records to refuse a different model."""
+        return {"name": self.name, "sha256": weights_hash(fused_state_dict(self))}
+
+    # -- streaming: refused unless a subclass supports it ------------------------------------------
+    def _init_streaming_state(self, batch_size: int):
+        raise StreamingError(f"{type(self).__name__} cannot stream exactly; encode/decode whole signals")
+
+    # -- shared input checks --------------------------------------------------------------------
+    def check_wav(self, wav: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if not isinstance(wav, torch.Tensor):
+            raise AudioError(f"encode expects a torch.Tensor [batch, channels, samples], got {type(wav).__name__}")
+        if wav.dim() != 3:
+            raise AudioError(f"encode expects audio shaped [batch, channels, samples], got {tuple(wav.shape)}")
+        if not wav.is_floating_point():
+            raise AudioError(f"encode expects floating-point audio, got {wav.dtype}")
+        if wav.shape[1] != self.channels:
+            raise AudioError(f"this codec takes {self.channels}-channel audio, got {wav.shape[1]} channels")
+        if wav.shape[-1] == 0:
+            raise AudioError("cannot encode empty audio (0 samples)")
+        if not torch.isfinite(wav).all():
+            raise AudioError("audio contains NaN or infinite samples")
+        return wav.to(dtype)
+
+    def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
+            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise CodesError(f"decode expects codes shaped [batch, n_q, frames], got {shape}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise CodesError(f"codes must be an integer tensor, got {codes.dtype}")
+        if not 1 <= codes.shape[1] <= self.num_codebooks:
+            raise CodesError(f"codes have {codes.shape[1]} codebooks; this codec has 1..{self.num_codebooks}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
+            raise CodesError(f"codes out of range: values must be in [0, {self.cardinality - 1}], "
+                             f"got [{int(codes.min())}, {int(codes.max())}]")
+        return codes.long()
