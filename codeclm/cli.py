@@ -19,9 +19,9 @@ def _roundtrip(args: argparse.Namespace) -> int:
     import torch
 
     from codeclm.audio import load_audio, save_audio
-    from codeclm.codec import Codec
+    from codeclm.codec import load_model
 
-    codec = Codec.from_pretrained(args.model)
+    codec = load_model(args.model)
     wav, _ = load_audio(args.input, codec.sample_rate, codec.channels)
     with torch.inference_mode():
         codes = codec.encode(wav[None], bandwidth=args.bandwidth)

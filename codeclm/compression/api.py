@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from codeclm.audio import audio_info, convert_channels, format_for_path
-from codeclm.codec import Codec
+from codeclm.codec import Codec, CompressionModel, load_model
 from codeclm.compression.entropy import ADAPTIVE_MODEL_ID, MAX_CHUNK_FRAMES, AdaptiveCodeModel
 from codeclm.compression.format import Header, read_chunks, read_header, write_chunk, write_header
 from codeclm.errors import AudioError, BitstreamError, CodecLMError, ConfigError
@@ -76,10 +76,10 @@ class CompressionStats:
                 f"{self.coded_kbps:.2f} kbps ({100 * self.saving:.1f}% saved), file {self.file_kbps:.2f} kbps")
 
 
-def load_codec(model: str | os.PathLike | Codec | None = None) -> Codec:
+def load_codec(model: str | os.PathLike | CompressionModel | None = None) -> CompressionModel:
     """A codec object as is, a model folder, or None for the shipped default."""
-    codec = model if isinstance(model, Codec) else Codec.from_pretrained(model)
-    if codec.config.normalize:
+    codec = model if isinstance(model, CompressionModel) else load_model(model)
+    if getattr(codec.config, "normalize", False):
         raise ConfigError(f"codec {codec.config.name!r} normalises loudness per chunk; .cclm files do not "
                           "store the scales, use a codec without normalize")
     return codec
@@ -177,7 +177,7 @@ def _compress(blocks: Iterator[torch.Tensor], out: BinaryIO, codec: Codec, bandw
 
 def _encode_blocks(blocks: Iterator[torch.Tensor], codec: Codec, bandwidth: float | None) -> Iterator[np.ndarray]:
     """Codes ``[n_q, frames]`` of consecutive audio blocks: streaming, or offline for codecs that can't."""
-    if not codec.streamable:  # e.g. imported EnCodec (reflect padding): whole signal in memory
+    if not codec.streamable:  # imported EnCodec (reflect padding), DAC (non-causal): offline, whole signal
         wav = torch.cat(list(blocks), -1)
         if wav.shape[-1]:
             yield codec.encode(wav[None], bandwidth)[0].numpy()

@@ -84,12 +84,12 @@ def _real(source: str) -> Callable[[argparse.Namespace], int]:
 
 @_handler
 def _tokenize(args: argparse.Namespace) -> int:
-    from codeclm.codec import Codec
+    from codeclm.codec import load_model
     from codeclm.data.tokens import tokenize_corpus
 
     if args.shard_frames <= 0:
         raise CodecLMError(f"--shard-frames must be positive, got {args.shard_frames}")
-    codec = Codec.from_pretrained(args.codec)
+    codec = load_model(args.codec)
     result = tokenize_corpus(args.manifest, codec, args.output, bandwidth=args.bandwidth,
                              shard_frames=args.shard_frames, resume=not args.overwrite,
                              progress=not args.quiet, fail_on_error=args.fail_on_error,

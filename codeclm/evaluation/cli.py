@@ -26,15 +26,15 @@ __all__ = ["add_eval_commands"]
 
 
 def _eval_codec(args: argparse.Namespace) -> int:
-    from codeclm.codec import Codec
+    from codeclm.codec import load_model
     from codeclm.evaluation.codec_eval import collect_inputs, evaluate_codec
     from codeclm.fileio import atomic_output
 
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise CodecLMError(f"{args.output}: folder {Path(args.output).parent} does not exist")
-    codec = Codec.from_pretrained(args.model)
+    codec = load_model(args.model)
     items = collect_inputs(args.input, max_files=args.max_files)
-    bandwidths = args.bandwidths if args.bandwidths else codec.config.target_bandwidths
+    bandwidths = args.bandwidths if args.bandwidths else codec.target_bandwidths
     rows = evaluate_codec(codec, items, bandwidths, metrics=args.metrics, opus=args.opus,
                           seconds=args.seconds, progress=not args.quiet)
     lines = [json.dumps(row) for row in rows]

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from codeclm.audio import load_audio
 from codeclm.baselines import opus_available, opus_roundtrip
-from codeclm.codec import Codec
+from codeclm.codec import CompressionModel
 from codeclm.compression.api import compress_tensor
 from codeclm.data.manifest import AUDIO_EXTENSIONS, AudioRecord, read_manifest, scan_folder
 from codeclm.errors import CodecLMError
@@ -151,15 +151,17 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(metrics))  # unique, in order
 
 
-def _roundtrip(codec: Codec, wav: torch.Tensor, bandwidth: float) -> torch.Tensor:
+def _roundtrip(codec: CompressionModel, wav: torch.Tensor, bandwidth: float) -> torch.Tensor:
     """``decode(encode(wav))`` trimmed to the input length; ``wav`` is ``[C, T]``."""
     with torch.inference_mode():
-        codes, scales = codec.encode(wav[None], bandwidth=bandwidth, return_scales=True)
-        return codec.decode(codes, scales)[0, :, : wav.shape[-1]].float()
+        if getattr(codec.config, "normalize", False):  # EnCodec 48 kHz: per-chunk loudness scales
+            codes, scales = codec.encode(wav[None], bandwidth=bandwidth, return_scales=True)
+            return codec.decode(codes, scales)[0, :, : wav.shape[-1]].float()
+        return codec.decode(codec.encode(wav[None], bandwidth=bandwidth))[0, :, : wav.shape[-1]].float()
 
 
 def evaluate_codec(
-    codec: Codec,
+    codec: CompressionModel,
     records_or_paths: Iterable[AudioRecord | str | os.PathLike],
     bandwidths: Sequence[float],
     metrics: Sequence[str] | None = None,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from codeclm.codec import Codec
+from codeclm.codec import Codec, load_model
 from codeclm.errors import CodecLMError, ConfigError
 from codeclm.lm.conditioners import TextConditioner, load_conditioner
 from codeclm.lm.config import LMConfig
@@ -255,7 +255,7 @@ class GenerationPipeline:
         folder = Path(folder)
         info = read_pipeline_info(folder, cls.kind, ("lm", "codec"))
         lm = load_lm(folder / "lm")
-        codec = Codec.from_pretrained(folder / "codec")
+        codec = load_model(folder / "codec")
         conditioner = load_conditioner(folder / "text") if (folder / "text").is_dir() else None
         melody = MelodyConditioner.load(folder / "melody") if (folder / "melody").is_dir() else None
         return info, lm, codec, conditioner, melody

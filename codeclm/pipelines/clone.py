@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from codeclm.codec import Codec
+from codeclm.codec import Codec, load_model
 from codeclm.errors import AudioError, CodecLMError, ConfigError
 from codeclm.lm.valle import Valle
 from codeclm.pipelines.base import PIPELINE_FILE, read_pipeline_info
@@ -86,7 +86,7 @@ class VoiceClone:
         folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_VOICE_MODEL)
         read_pipeline_info(folder, cls.kind, ("valle", "codec", "phonemes"))
         model = Valle.from_pretrained(folder / "valle")
-        codec = Codec.from_pretrained(folder / "codec")
+        codec = load_model(folder / "codec")
         vocab = PhonemeVocab.load(folder / "phonemes")
         voices, voices_dir = {}, folder / "voices"
         if (voices_dir / "voices.json").is_file():
