@@ -53,6 +53,14 @@ SILENCE_DBFS = -50.0  # a reference whose RMS is below this is "silent"
 TRIM_DBFS = -40.0  # leading/trailing 20 ms frames this far below the loudest frame are trimmed
 
 
+def _pipeline_type(folder: Path) -> str | None:
+    """``pipeline.json``'s type, or None when it is missing or unreadable (read_pipeline_info says why)."""
+    try:
+        return json.loads((folder / PIPELINE_FILE).read_text()).get("type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _frame_db(wav: torch.Tensor, hop: int) -> torch.Tensor:
     """RMS in dBFS of consecutive ``hop``-sample frames of mono ``wav [N]``."""
     n = wav.shape[-1] // hop
@@ -84,6 +92,10 @@ class VoiceClone:
                         device: str | torch.device = "cpu") -> VoiceClone:
         """Load a voice-clone folder; None loads the shipped default (``checkpoints/voice``)."""
         folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_VOICE_MODEL)
+        if _pipeline_type(folder) == "dia":  # a Dia folder (codeclm.pipelines.dia) loads as its own class
+            from codeclm.pipelines.dia import DiaVoiceClone
+
+            return DiaVoiceClone.from_pretrained(folder, device)
         read_pipeline_info(folder, cls.kind, ("valle", "codec", "phonemes"))
         model = Valle.from_pretrained(folder / "valle")
         codec = load_model(folder / "codec")
@@ -95,6 +107,15 @@ class VoiceClone:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{voices_dir / 'voices.json'}: invalid JSON ({exc})") from None
         return cls(model, codec, vocab, voices, voices_dir).to(device)
+
+    @classmethod
+    def from_hf(cls, model_or_folder, audio_tokenizer=None, device: str | torch.device = "cpu"):
+        """Import a transformers Dia (``DiaForConditionalGeneration`` object or folder) and its DAC
+        (``audio_tokenizer``: a ``DacModel`` or folder); returns a
+        :class:`~codeclm.pipelines.dia.DiaVoiceClone`."""
+        from codeclm.pipelines.dia import DiaVoiceClone
+
+        return DiaVoiceClone.from_hf(model_or_folder, audio_tokenizer=audio_tokenizer, device=device)
 
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         import shutil

@@ -28,9 +28,10 @@ __all__ = ["add_clone_commands", "read_jobs"]
 def _common(p) -> None:
     p.add_argument("--model", default=None, help="voice-clone folder (default: the shipped checkpoints/voice)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed; job i of a jobs file uses seed + i")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-k", type=int, default=50, help="top-k sampling (0: off)")
-    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0: off)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (0: greedy; default: the model's, VALL-E 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling (0: off; default: the model's, VALL-E 50)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (0: off; default: the model's, VALL-E 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
@@ -38,7 +39,7 @@ def _common(p) -> None:
 
 def add_clone_commands(subparsers) -> None:
     p = subparsers.add_parser("clone", help="speak text in the voice of a short reference clip (zero-shot)",
-                              description="Zero-shot voice cloning (VALL-E): --text in the voice of --ref.")
+                              description="Zero-shot voice cloning (VALL-E, or a Dia folder): --text in the voice of --ref.")
     p.add_argument("--ref", default=None, help="reference audio of the voice (about 3 s; longer is cropped)")
     p.add_argument("--ref-text", default=None, help="what the reference says (default: transcribed offline)")
     p.add_argument("--text", default=None, help="the text to speak")
@@ -89,15 +90,17 @@ def _check_model_arg(args) -> None:
         raise ConfigError(f"{args.model}: no such model folder")
     from codeclm.lm.sampling import check_sampling_params
 
-    check_sampling_params(args.temperature, args.top_k, args.top_p)
+    check_sampling_params(1.0 if args.temperature is None else args.temperature,
+                          0 if args.top_k is None else args.top_k, 0.0 if args.top_p is None else args.top_p)
 
 
 def _generate(pipe, job: dict, seed: int, args) -> object:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
+                                      ("top_p", args.top_p)) if v is not None}  # None: the pipeline's default
         audio = pipe.generate(job["text"], job["ref"], job.get("ref_text"), seed=seed,
-                              language=job.get("language", "en"), temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, progress=not args.quiet)
+                              language=job.get("language", "en"), progress=not args.quiet, **sampling)
     if not args.quiet:
         for w in caught:
             print(f"codeclm {args.command}: note: {w.message}", file=sys.stderr)
