@@ -14,8 +14,8 @@ import soundfile as sf
 import soxr
 import torch
 
-from codeclm.errors import AudioError
-from codeclm.fileio import atomic_output
+from codeclm.errors import AudioError, CodecLMError
+from codeclm.fileio import atomic_output, os_error
 
 __all__ = ["load_audio", "save_audio", "format_for_path", "resample", "convert_channels", "check_waveform", "audio_info"]
 
@@ -127,8 +127,10 @@ def save_audio(
     try:
         with atomic_output(path) as tmp:
             sf.write(str(tmp), wav.numpy().T, sample_rate, format=fmt, subtype=subtype)
-    except AudioError:
+    except CodecLMError:
         raise
+    except OSError as exc:
+        raise AudioError(str(os_error(path, exc))) from None
     except Exception as exc:
         raise AudioError(f"{path}: could not write audio ({_short(exc)})") from None
     return path

@@ -24,3 +24,23 @@ class CodesError(CodecLMError, ValueError):
 
 class BitstreamError(CodecLMError, ValueError):
     """A compressed file that is truncated, corrupt, or was made by another model/format version."""
+
+
+class OutputExistsError(CodecLMError, FileExistsError):
+    """An output that already exists and may not be replaced (pass ``force`` / ``--force``)."""
+
+    def __init__(self, path) -> None:
+        super().__init__(f"{path}: already exists (use --force to overwrite)")
+        self.filename = str(path)
+
+    def __str__(self) -> str:  # FileExistsError would format (errno, strerror)
+        return str(self.args[0])
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while :func:`codeclm.fileio.cleanup_on_signals` was active: raised
+    like Ctrl-C's KeyboardInterrupt so every ``finally`` removes its temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -91,8 +91,13 @@ def test_tensor_roundtrip_is_exact(codec, bandwidth, length, chunk, block):
 
 def test_block_size_does_not_change_the_bitstream(codec):
     wav = signal(20_000)
-    streams = {compress_tensor(wav, codec, 9.0, chunk_seconds=0.1, block_seconds=b) for b in (0.011, 0.1, 0.5, 2)}
+    fid = bytes(range(16))
+    streams = {compress_tensor(wav, codec, 9.0, chunk_seconds=0.1, block_seconds=b, file_id=fid)
+               for b in (0.011, 0.1, 0.5, 2)}
     assert len(streams) == 1
+    # without a fixed id each file gets its own random one: the files differ, the audio does not
+    a, b = (compress_tensor(wav, codec, 9.0, chunk_seconds=0.1) for _ in range(2))
+    assert a != b and torch.equal(decompress_tensor(a, codec), decompress_tensor(b, codec))
 
 
 def test_stereo_roundtrip_is_exact():
@@ -233,9 +238,10 @@ def patched(data: bytes, offset: int, new: bytes, recrc: bool = True) -> bytes:
     (lambda d: patched(d, 8, (10**9).to_bytes(4, "little"), recrc=False), "header size"),
     (lambda d: patched(d, 12, (0).to_bytes(4, "little"), recrc=False), "checksum"),
     (lambda d: patched(d, 12, (0).to_bytes(4, "little")), "sample_rate = 0"),
-    (lambda d: patched(d, 28, (2**40).to_bytes(8, "little")), "truncated"),
+    (lambda d: patched(d, 28, (2**40).to_bytes(8, "little")), "only the last chunk may be short"),
     (lambda d: d[:120] + bytes([d[120] ^ 4]) + d[121:], "CRC32"),
-    (lambda d: d[:-3] + bytes([d[-3] ^ 1]) + d[-2:], "CRC32"),
+    (lambda d: d[:-3] + bytes([d[-3] ^ 1]) + d[-2:], "whole-file checksum"),  # the trailer
+    (lambda d: d[:-47] + bytes([d[-47] ^ 1]) + d[-46:], "CRC32"),  # the last chunk's payload
 ])
 def test_corrupt_files_give_one_clear_error(codec, good_file, mutate, message):
     data = mutate(good_file.read_bytes())

@@ -16,8 +16,10 @@ success, so a failure never leaves a partial file. ``"-"`` means stdin/stdout.
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,9 +37,9 @@ from tqdm import tqdm
 from codeclm.audio import audio_info, convert_channels, format_for_path
 from codeclm.codec import Codec, CompressionModel, load_model
 from codeclm.compression.entropy import ADAPTIVE_MODEL_ID, MAX_CHUNK_FRAMES, AdaptiveCodeModel
-from codeclm.compression.format import Header, read_chunks, read_header, write_chunk, write_header
+from codeclm.compression.format import ChunkWriter, Header, read_chunks, read_header, write_header
 from codeclm.errors import AudioError, BitstreamError, CodecLMError, ConfigError
-from codeclm.fileio import atomic_output
+from codeclm.fileio import atomic_output, cleanup_on_signals, os_error
 
 __all__ = ["CompressionStats", "compress_file", "compress_tensor",
            "decompress_file", "decompress_tensor", "load_codec", "read_info"]
@@ -88,15 +90,19 @@ def load_codec(model: str | os.PathLike | CompressionModel | None = None) -> Com
 # -- compression ---------------------------------------------------------------------------------
 def compress_file(src: str | os.PathLike, dst: str | os.PathLike, *, model=None, bandwidth: float | None = 6.0,
                   force: bool = False, quiet: bool = True, chunk_seconds: float = CHUNK_SECONDS,
-                  block_seconds: float = BLOCK_SECONDS) -> CompressionStats:
+                  block_seconds: float = BLOCK_SECONDS, file_id: bytes | None = None) -> CompressionStats:
     """Compress the audio file ``src`` into ``dst`` (``.cclm``); returns the sizes and bitrates.
 
     ``chunk_seconds`` is the length of a checksummed chunk; audio is read and encoded in blocks of
-    ``block_seconds`` (the memory bound), which does not change the result.
+    ``block_seconds`` (the memory bound), which does not change the result. ``dst`` is published
+    only if no file took its name meanwhile (unless ``force``). ``file_id`` (16 bytes, default
+    random) is the id that binds the chunks to the file.
     """
+    _check_seconds(chunk_seconds, "chunk_seconds")
+    _check_seconds(block_seconds, "block_seconds")
     _check_output(dst, force)
-    with _input_file(src, binary=False) as path:
-        info = audio_info(path)
+    with cleanup_on_signals(), _writing(dst), _input_file(src, binary=False) as path:
+        info = _audio_info(path, _label(src))
         if info.frames == 0:
             raise AudioError(f"{_label(src)}: audio is empty (0 samples)")
         codec = load_codec(model)
@@ -104,12 +110,18 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike, *, model=None,
                 tqdm(total=round(info.duration, 2), unit="s", disable=_quiet(quiet), desc="compress") as bar:
             blocks = _read_blocks(path, _label(src), codec, block_seconds, bar)
             return _compress(blocks, out, codec, bandwidth, chunk_seconds, info.samplerate, info.channels,
-                             _label(src))
+                             _label(src), file_id)
 
 
 def compress_tensor(wav: torch.Tensor, codec: Codec, bandwidth: float | None = 6.0,
-                    chunk_seconds: float = CHUNK_SECONDS, block_seconds: float = BLOCK_SECONDS) -> bytes:
-    """Compress ``wav`` (``[C, T]`` at the codec's rate and channels) to ``.cclm`` bytes."""
+                    chunk_seconds: float = CHUNK_SECONDS, block_seconds: float = BLOCK_SECONDS,
+                    file_id: bytes | None = None) -> bytes:
+    """Compress ``wav`` (``[C, T]`` at the codec's rate and channels) to ``.cclm`` bytes.
+
+    ``file_id`` (16 bytes) fixes the file id, which is random by default: two compressions of
+    the same audio then give the same bytes."""
+    _check_seconds(chunk_seconds, "chunk_seconds")
+    _check_seconds(block_seconds, "block_seconds")
     codec = load_codec(codec)
     wav = torch.as_tensor(wav).float()
     if wav.dim() != 2 or wav.shape[0] != codec.channels or wav.shape[-1] == 0:
@@ -118,24 +130,30 @@ def compress_tensor(wav: torch.Tensor, codec: Codec, bandwidth: float | None = 6
     step = max(1, int(block_seconds * codec.sample_rate))
     out = io.BytesIO()
     _compress((wav[:, i: i + step] for i in range(0, wav.shape[-1], step)), out, codec, bandwidth,
-              chunk_seconds, codec.sample_rate, codec.channels, "tensor")
+              chunk_seconds, codec.sample_rate, codec.channels, "tensor", file_id)
     return out.getvalue()
 
 
 def _compress(blocks: Iterator[torch.Tensor], out: BinaryIO, codec: Codec, bandwidth: float | None,
-              chunk_seconds: float, source_rate: int, source_channels: int, label: str) -> CompressionStats:
+              chunk_seconds: float, source_rate: int, source_channels: int, label: str,
+              file_id: bytes | None = None) -> CompressionStats:
     """Encode audio blocks, entropy-code them chunk by chunk into ``out`` (seekable)."""
     n_q = codec.num_codebooks_for(bandwidth)
+    _check_seconds(chunk_seconds, "chunk_seconds")
     chunk_frames = int(min(MAX_CHUNK_FRAMES, max(1, round(chunk_seconds * codec.frame_rate))))
     identity = codec.identity()
+    file_id = os.urandom(16) if file_id is None else bytes(file_id)
+    if len(file_id) != 16:
+        raise BitstreamError(f"file_id must be 16 bytes, got {len(file_id)}")
 
     def header(num_samples: int) -> Header:
         return Header(codec.sample_rate, codec.channels, n_q, codec.cardinality, codec.hop_length,
                       num_samples, bandwidth, chunk_frames, ADAPTIVE_MODEL_ID, identity["name"],
-                      identity["sha256"], source_rate, source_channels)
+                      identity["sha256"], source_rate, source_channels, file_id.hex())
 
     start = out.tell()
     header_size = write_header(out, header(1))  # placeholder: the length is known at the end
+    writer = ChunkWriter(out, header(1))
     coder = AdaptiveCodeModel(n_q, codec.cardinality)
     pending, num_samples, payload_bytes, frames_written = [], 0, 0, 0
 
@@ -145,7 +163,7 @@ def _compress(blocks: Iterator[torch.Tensor], out: BinaryIO, codec: Codec, bandw
         cut = codes.shape[1] if final else codes.shape[1] - codes.shape[1] % chunk_frames
         for i in range(0, cut, chunk_frames):
             payload = coder.encode_chunk(codes[:, i: i + chunk_frames])
-            write_chunk(out, min(chunk_frames, cut - i), payload)
+            writer.write(min(chunk_frames, cut - i), payload)
             payload_bytes += len(payload)
         frames_written += cut
         pending = [codes[:, cut:]]
@@ -166,6 +184,7 @@ def _compress(blocks: Iterator[torch.Tensor], out: BinaryIO, codec: Codec, bandw
     if frames_written != -(-num_samples // codec.hop_length):
         raise BitstreamError(f"{label}: the codec gave {frames_written} frames for {num_samples} samples, "
                              f"expected ceil(samples / {codec.hop_length})")
+    writer.finish(num_samples)
     end = out.tell()
     out.seek(start)
     if write_header(out, header(num_samples)) != header_size:
@@ -228,7 +247,7 @@ def decompress_file(src: str | os.PathLike, dst: str | os.PathLike, *, model=Non
     if format is None:
         format = "WAV" if str(dst) == STDIO else format_for_path(Path(dst))
     _check_output(dst, force)
-    with _input_file(src, binary=True) as path, open(path, "rb") as f:
+    with cleanup_on_signals(), _writing(dst), _input_file(src, binary=True) as path, open(path, "rb") as f:
         header = read_header(f, _label(src))
         codec = load_codec(model)
         check_model(header, codec, _label(src))
@@ -241,9 +260,19 @@ def decompress_file(src: str | os.PathLike, dst: str | os.PathLike, *, model=Non
             with out, tqdm(total=round(header.duration, 2), unit="s", disable=_quiet(quiet),
                            desc="decompress") as bar:
                 for block in _decode_chunks(f, header, codec, _label(src)):
-                    out.write(block.clamp(-1.0, 1.0).numpy().T)
+                    _write_audio(out, block.clamp(-1.0, 1.0).numpy().T, dst)
                     bar.update(round(block.shape[-1] / header.sample_rate, 2))
     return header
+
+
+def _write_audio(out: sf.SoundFile, data: np.ndarray, dst) -> None:
+    """``out.write`` with a full disk or a write error as one line (libsndfile raises RuntimeError)."""
+    try:
+        out.write(data)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"{_label(dst)}: could not write audio ({_short(exc)}; is the disk full?)") from None
 
 
 def decompress_tensor(data: bytes, codec: Codec, name: str = "bitstream") -> torch.Tensor:
@@ -303,7 +332,7 @@ def read_info(src: str | os.PathLike | bytes, verify: bool = True) -> dict:
     """The header of a ``.cclm`` file (path or bytes) as a dict; ``verify`` also checks every chunk."""
     if isinstance(src, (bytes, bytearray)):
         return _info(io.BytesIO(bytes(src)), "bitstream", verify)
-    with _input_file(src, binary=True) as path, open(path, "rb") as f:
+    with cleanup_on_signals(), _input_file(src, binary=True) as path, open(path, "rb") as f:
         return _info(f, _label(src), verify)
 
 
@@ -319,22 +348,81 @@ def _info(f: BinaryIO, label: str, verify: bool) -> dict:
 
 
 # -- files ---------------------------------------------------------------------------------------
+def _check_seconds(value, name: str) -> None:
+    try:
+        ok = math.isfinite(value) and value > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise CodecLMError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def _audio_info(path: Path, label: str):
+    """``audio_info`` naming ``label`` (e.g. ``<stdin>``), not the temporary copy it reads."""
+    try:
+        return audio_info(path)
+    except AudioError as exc:
+        raise AudioError(str(exc).replace(str(path), label)) from None
+
+
 @contextmanager
-def _input_file(src, binary: bool) -> Iterator[Path]:
-    """A seekable path for ``src``; stdin (``-``) is first copied to a temporary file."""
-    if str(src) != STDIO:
-        path = Path(src)
-        if not path.exists():
-            raise (BitstreamError if binary else AudioError)(f"{path}: no such file")
-        if path.is_dir():
-            raise (BitstreamError if binary else AudioError)(f"{path}: is a directory, not a file")
-        yield path
-        return
-    fd, tmp = tempfile.mkstemp(prefix="codeclm-stdin-")
+def _writing(dst) -> Iterator[None]:
+    """OSErrors while writing (disk full, read-only folder, file too large) as one line naming
+    ``dst``; a closed pipe (BrokenPipeError) goes on to the caller."""
+    try:
+        yield
+    except (BrokenPipeError, CodecLMError):
+        raise
+    except OSError as exc:
+        raise os_error(_label(dst), exc) from None
+
+
+def _spool(source: BinaryIO, label: str, prefix: str) -> Path:
+    """Copy a stream (stdin, a FIFO) once into a temporary file; the caller removes it."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix)
+    except OSError as exc:
+        raise os_error(label, exc, f"cannot create a temporary copy in {tempfile.gettempdir()}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f)
-        yield Path(tmp)
+            shutil.copyfileobj(source, f)
+    except BaseException as exc:
+        os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise os_error(label, exc, f"cannot copy into a temporary file in {tempfile.gettempdir()}") from None
+        raise
+    return Path(tmp)
+
+
+@contextmanager
+def _input_file(src, binary: bool) -> Iterator[Path]:
+    """A seekable regular file for ``src``: stdin (``-``) and FIFOs, character devices and other
+    streams are read exactly once into a temporary file, removed afterwards (also on Ctrl-C and,
+    under :func:`cleanup_on_signals`, SIGTERM/SIGHUP)."""
+    error = BitstreamError if binary else AudioError
+    if str(src) == STDIO:
+        tmp = _spool(sys.stdin.buffer, _label(src), "codeclm-stdin-")
+    else:
+        path = Path(src)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise error(f"{path}: no such file") from None
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror})") from None
+        if stat.S_ISDIR(mode):
+            raise error(f"{path}: is a directory, not a file")
+        if stat.S_ISREG(mode):
+            yield path
+            return
+        try:  # a FIFO or device: opened once, copied once (audio_info + reading would open it twice)
+            stream = open(path, "rb")
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror})") from None
+        with stream:
+            tmp = _spool(stream, str(path), "codeclm-input-")
+    try:
+        yield tmp
     finally:
         os.unlink(tmp)
 
@@ -346,7 +434,7 @@ def _check_output(dst, force: bool) -> None:
     dst = Path(dst)
     if dst.is_dir():
         raise CodecLMError(f"{dst}: is a directory; give an output file name")
-    if dst.exists() and not force:
+    if os.path.lexists(dst) and not force:
         raise CodecLMError(f"{dst}: already exists (use --force to overwrite)")
     if not dst.parent.is_dir():
         raise CodecLMError(f"{dst}: folder {dst.parent} does not exist")
@@ -354,13 +442,19 @@ def _check_output(dst, force: bool) -> None:
 
 @contextmanager
 def _atomic_output(dst, force: bool) -> Iterator[Path]:
-    """A temporary path that becomes ``dst`` only if the block succeeds (``-``: copied to stdout)."""
+    """A temporary path that becomes ``dst`` only if the block succeeds (``-``: copied to stdout).
+
+    Without ``force`` the file is published only if ``dst`` is still free at that moment, so a
+    file created there meanwhile (another run, the user) is never replaced."""
     _check_output(dst, force)
     if str(dst) != STDIO:
-        with atomic_output(dst) as tmp:
+        with atomic_output(dst, replace=force) as tmp:
             yield tmp
         return
-    fd, tmp = tempfile.mkstemp(prefix="codeclm-stdout-")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="codeclm-stdout-")
+    except OSError as exc:
+        raise os_error("<stdout>", exc, f"cannot create a temporary file in {tempfile.gettempdir()}") from None
     os.close(fd)
     try:
         yield Path(tmp)

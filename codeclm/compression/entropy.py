@@ -88,7 +88,11 @@ class AdaptiveCodeModel:
     def decode_chunk(self, payload: bytes, frames: int) -> np.ndarray:
         """Inverse of :meth:`encode_chunk`: ``frames`` frames of codes ``[n_q, frames]`` (int64).
 
-        Raises :class:`BitstreamError` when the payload is not a valid range-coded stream.
+        The payload must be exactly what :meth:`encode_chunk` writes for the codes it decodes to:
+        the decoded symbols are re-encoded in step, so a decoder that would read past the end of
+        its words (a decompression bomb: a few bytes claiming thousands of frames) is stopped as
+        soon as the re-encoding outgrows the payload, and words left unread after the last frame
+        are refused too. Raises :class:`BitstreamError` for any payload that is not such a stream.
         """
         if len(payload) % 4 or not payload:
             raise BitstreamError(f"payload of {len(payload)} bytes is not a whole number of 32-bit words")
@@ -98,16 +102,30 @@ class AdaptiveCodeModel:
         out = np.empty((self.n_q, frames), dtype=np.int64)
         try:
             decoder = constriction.stream.queue.RangeDecoder(words)
+            check = constriction.stream.queue.RangeEncoder()  # the canonical coding of what is decoded
             modes = np.asarray(decoder.decode(_MODE_MODEL, self.n_q), dtype=np.int64)
             self._check_modes(modes)
+            check.encode(modes.astype(np.int32), _MODE_MODEL)
             for t in range(frames):
-                symbols = np.asarray(decoder.decode(_FAMILY, self._probabilities(modes)), dtype=np.int64)
+                probs = self._probabilities(modes)
+                symbols = np.asarray(decoder.decode(_FAMILY, probs), dtype=np.int64)
+                check.encode(symbols.astype(np.int32), _FAMILY, probs)
+                if check.num_words() > len(words):
+                    raise BitstreamError(f"{frames} frames claimed from {len(words)} words, but frame {t} already "
+                                         "needs more: the range decoder would read past its data (the file is "
+                                         "corrupt or hostile)")
                 out[:, t] = symbols
                 self._update(symbols)
+            canonical = check.get_compressed()
         except BitstreamError:
             raise
         except Exception as exc:  # constriction: AssertionError/ValueError on invalid data
             raise BitstreamError(f"entropy-coded payload is corrupt ({exc})") from None
+        if len(canonical) != len(words) or not np.array_equal(canonical, words):
+            more = len(canonical) > len(words)
+            raise BitstreamError(f"payload of {len(words)} words is not the coding of its {frames} frames "
+                                 f"({len(canonical)} words): " + ("the range decoder read past its data" if more
+                                                                 else "words are left unread or altered"))
         self._age()
         return out
 
