@@ -81,7 +81,7 @@ def load_model(folder: str | os.PathLike | None = None, device: str | torch.devi
     return model_class(model_type).from_pretrained(folder, device=device)
 
 
-def _hf_model_type(model_or_folder) -> str | None:
+def hf_model_type(model_or_folder) -> str | None:
     if isinstance(model_or_folder, (str, os.PathLike)):
         config = read_config(model_or_folder)
         return config.get("model_type") if isinstance(config, dict) else None
@@ -90,7 +90,7 @@ def _hf_model_type(model_or_folder) -> str | None:
 
 def from_hf(model_or_folder) -> CompressionModel:
     """Convert a ``transformers`` codec (EncodecModel, DacModel; object or saved folder)."""
-    model_type = _hf_model_type(model_or_folder)
+    model_type = hf_model_type(model_or_folder)
     if model_type not in HF_CONVERTERS:
         raise ConfigError(f"{model_or_folder if isinstance(model_or_folder, (str, os.PathLike)) else type(model_or_folder).__name__}"
                           f": model_type {model_type!r} has no codeclm import; known: {sorted(HF_CONVERTERS)}")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codeclm.codec.base import CompressionModel, from_hf
+from codeclm.codec.base import CompressionModel, from_hf, hf_model_type
 from codeclm.errors import ConfigError
 from codeclm.pretrained import (SavedConfig, fused_state_dict, load_weights_into, read_config, read_weights,
                                 save_folder)
@@ -390,7 +390,7 @@ class DacCodec(CompressionModel):
     @classmethod
     def from_hf(cls, model_or_folder) -> DacCodec:
         """A ``transformers`` DacModel (object or saved folder) converted to a DacCodec."""
-        codec = from_hf(model_or_folder)
-        if not isinstance(codec, cls):
-            raise ConfigError(f"expected a transformers DAC model, got {type(model_or_folder).__name__}")
-        return codec
+        found = hf_model_type(model_or_folder)
+        if found != "dac":
+            raise ConfigError(f"expected a transformers DAC model (model_type 'dac'), got {found!r}")
+        return from_hf(model_or_folder)
