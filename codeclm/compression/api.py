@@ -342,8 +342,18 @@ def _info(f: BinaryIO, label: str, verify: bool) -> dict:
     info["file_bytes"] = _size(f)
     info["raw_kbps"] = header.raw_bits_per_frame * header.frame_rate / 1000
     info["file_kbps"] = info["file_bytes"] * 8 / header.duration / 1000
-    if verify:
-        info["chunks"] = sum(1 for _ in read_chunks(f, header, label))
+    if verify:  # CRCs, binding, trailer, and every payload through the range decoder (no codec needed)
+        coder = AdaptiveCodeModel(header.num_codebooks, header.bins) if header.entropy_model == ADAPTIVE_MODEL_ID \
+            else None
+        chunks = 0
+        for chunk in read_chunks(f, header, label):
+            if coder is not None:
+                try:
+                    coder.decode_chunk(chunk.payload, chunk.frames)
+                except BitstreamError as exc:
+                    raise BitstreamError(f"{label}: chunk {chunk.index}: {exc}") from None
+            chunks += 1
+        info["chunks"] = chunks
     return info
 
 

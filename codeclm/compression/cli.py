@@ -8,7 +8,10 @@ on failure; :func:`main` (also ``python -m codeclm.compression.cli``) prints the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import os
 import sys
 
 from codeclm.compression.api import STDIO, compress_file, decompress_file, read_info
@@ -32,7 +35,7 @@ def add_compression_commands(subparsers) -> None:
     p.add_argument("--model", default=None, help="codec folder (default: the shipped codec)")
     p.add_argument("--chunk-seconds", type=float, default=5.0, help="seconds per checksummed chunk (default 5)")
     _common(p)
-    p.set_defaults(func=_compress)
+    p.set_defaults(func=_pipe_safe(_compress))
 
     p = subparsers.add_parser("decompress", help="decompress a .cclm file to audio",
                               description="Decode a .cclm file; the output format follows the extension.")
@@ -42,14 +45,31 @@ def add_compression_commands(subparsers) -> None:
     p.add_argument("--format", default=None, help="soundfile format (WAV, FLAC, OGG) instead of the extension")
     p.add_argument("--subtype", default=None, help="soundfile subtype, e.g. PCM_16 (default), PCM_24, FLOAT")
     _common(p)
-    p.set_defaults(func=_decompress)
+    p.set_defaults(func=_pipe_safe(_decompress))
 
     p = subparsers.add_parser("info", help="print the header of a .cclm file",
                               description="Print a .cclm file's header and check every chunk's CRC.")
     p.add_argument("input", help=".cclm file, or - for stdin")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument("--no-verify", action="store_true", help="read the header only")
-    p.set_defaults(func=_info)
+    p.set_defaults(func=_pipe_safe(_info))
+
+
+def _pipe_safe(fn):
+    """A closed stdout (``codeclm info x.cclm | head -1``) ends the command quietly with the
+    status a SIGPIPE would give (141), instead of a BrokenPipeError traceback."""
+    @functools.wraps(fn)
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except BrokenPipeError:
+            try:  # the interpreter flushes stdout at exit: point it at /dev/null first
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            return 141
+    return run
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -58,8 +78,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _compress(args) -> int:
-    if args.chunk_seconds <= 0:
-        raise CodecLMError(f"--chunk-seconds must be positive, got {args.chunk_seconds}")
+    if not (math.isfinite(args.chunk_seconds) and args.chunk_seconds > 0):
+        raise CodecLMError(f"--chunk-seconds must be a positive number of seconds, got {args.chunk_seconds}")
+    if not math.isfinite(args.bandwidth) or args.bandwidth <= 0:
+        raise CodecLMError(f"--bandwidth must be a positive number of kbps, got {args.bandwidth}")
     stats = compress_file(args.input, args.output, model=args.model, bandwidth=args.bandwidth, force=args.force,
                           quiet=args.quiet, chunk_seconds=args.chunk_seconds)
     if not args.quiet:

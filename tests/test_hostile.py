@@ -1,0 +1,414 @@
+"""Hostile files and faults (issue 14): bombs, reordered chunks, races, signals, full disks, bad configs.
+
+Each test names the item of the issue it covers. Crafted files are built here byte by byte (with
+valid CRCs where the attack needs them), so they exercise the checks behind the checksums.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codeclm.audio import save_audio
+from codeclm.codec import Codec, CodecConfig
+from codeclm.compression import compress_file, compress_tensor, decompress_file, decompress_tensor, read_info
+from codeclm.compression import format as fmt
+from codeclm.compression.entropy import AdaptiveCodeModel
+from codeclm.errors import BitstreamError, CodecLMError, OutputExistsError
+
+SR = 24000
+CLI = [sys.executable, "-m", "codeclm.cli"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def codec(one_thread) -> Codec:
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(n_filters=4, dimension=16, ratios=[4, 4, 2], bins=64, lstm_layers=1,
+                              target_bandwidths=[4.5, 9.0, 18.0], kmeans_init=True, kmeans_iters=2)).train()
+    with torch.no_grad():
+        codec(tone(4800)[None])
+    return codec.eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(codec, tmp_path_factory) -> Path:
+    return codec.save_pretrained(tmp_path_factory.mktemp("model") / "codec")
+
+
+def tone(n: int, seed: int = 0, freq: float = 300.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / SR
+    return (0.3 * torch.sin(2 * np.pi * freq * t) + 0.02 * torch.randn(n, generator=g))[None]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def env(**extra) -> dict:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    e.pop("CODECLM_CHECKPOINTS", None)
+    return e
+
+
+def parse(data: bytes):
+    f = io.BytesIO(data)
+    header = fmt.read_header(f)
+    return header, list(fmt.read_chunks(f, header))
+
+
+def as_version_1(data: bytes) -> bytes:
+    """The same codes in a version-1 container (no file id, unbound CRCs, no trailer)."""
+    header, chunks = parse(data)
+    out = io.BytesIO()
+    fmt.write_header(out, fmt.Header(**{**header.__dict__, "version": 1, "file_id": ""}))
+    for c in chunks:
+        fmt.write_chunk(out, c.frames, c.payload)
+    return out.getvalue()
+
+
+# -- 1. decompression bomb ----------------------------------------------------------------------
+def bomb(codec, version: int, chunks: int = 2, payload: bytes = b"\0\0\0\0") -> bytes:
+    """The issue's bomb: chunks of 16384 frames with 4-byte payloads, every CRC valid."""
+    ident = codec.identity()
+    header = fmt.Header(SR, 1, 4, 64, 32, 16384 * 32 * chunks, 18.0, 16384, 1, ident["name"], ident["sha256"],
+                        file_id=bytes(range(16)).hex() if version == 2 else "", version=version)
+    out = io.BytesIO()
+    fmt.write_header(out, header)
+    writer = fmt.ChunkWriter(out, header)
+    for _ in range(chunks):
+        writer.write(16384, payload)
+    writer.finish(header.num_samples)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("payload", [b"\0\0\0\0", b"\xff\xff\xff\xff", b"\x12\x34\x56\x78"])
+def test_item1_bomb_is_refused_before_it_expands(codec, version, payload):
+    data = bomb(codec, version, payload=payload)
+    assert len(data) < 200
+    with pytest.raises(BitstreamError, match="chunk 0: .*read past its data"):
+        decompress_tensor(data, codec)
+    with pytest.raises(BitstreamError, match="chunk 0: .*read past its data"):
+        read_info(data)  # info --verify runs the range decoder too
+    assert read_info(data, verify=False)["duration_s"] > 40  # what the header claims, not decoded
+
+
+def test_item1_payload_with_extra_or_missing_words_is_refused(codec):
+    data = compress_tensor(tone(2400), codec, 18.0, chunk_seconds=0.02)
+    header, chunks = parse(data)
+    for change in (lambda p: p + b"\0\0\0\0", lambda p: p + b"\x01\0\0\0", lambda p: p[:-4]):
+        out = io.BytesIO()
+        fmt.write_header(out, header)
+        writer = fmt.ChunkWriter(out, header)
+        for c in chunks:
+            writer.write(c.frames, change(c.payload) if c.index == 2 else c.payload)
+        writer.finish(header.num_samples)
+        with pytest.raises(BitstreamError, match="chunk 2: .*(left unread|read past)"):
+            decompress_tensor(out.getvalue(), codec)
+
+
+def test_item1_silence_still_compresses_to_almost_nothing(codec):
+    wav = torch.zeros(1, SR * 4)
+    data = compress_tensor(wav, codec, 18.0)
+    assert len(data) < 2000
+    assert torch.equal(decompress_tensor(data, codec), codec.decode(codec.encode(wav[None], 18.0))[0, :, :SR * 4])
+
+
+# -- 2. chunks reordered, dropped, duplicated, spliced -------------------------------------------
+def rebuild(data: bytes, order) -> bytes:
+    """``data`` with its chunk records (as stored, CRCs untouched) in ``order``; ``order`` may hold
+    ``(other_data, index)`` to splice a chunk of another file."""
+    pos = struct.unpack_from("<I", data, 8)[0]
+    records, head = [], data[:pos]
+    header, _ = parse(data)
+    n = -(-header.num_frames // header.chunk_frames)
+    for _ in range(n):
+        size = struct.unpack_from("<I", data, pos + 4)[0]
+        records.append(data[pos: pos + 12 + size])
+        pos += 12 + size
+    trailer = data[pos:]
+
+    def record(item):
+        if isinstance(item, tuple):
+            return rebuild_records(*item)
+        return records[item]
+
+    return head + b"".join(record(i) for i in order) + trailer
+
+
+def rebuild_records(data: bytes, index: int) -> bytes:
+    pos = struct.unpack_from("<I", data, 8)[0]
+    for _ in range(index):
+        pos += 12 + struct.unpack_from("<I", data, pos + 4)[0]
+    return data[pos: pos + 12 + struct.unpack_from("<I", data, pos + 4)[0]]
+
+
+def test_item2_swapped_chunks_are_refused(codec):
+    data = compress_tensor(tone(2400), codec, 18.0, chunk_seconds=0.02)  # 5 chunks of 15 frames
+    swapped = rebuild(data, [1, 0, 2, 3, 4])
+    assert len(swapped) == len(data) and swapped != data
+    for call in (lambda d: read_info(d), lambda d: decompress_tensor(d, codec)):
+        with pytest.raises(BitstreamError, match="chunk 0 .*CRC32.*another position or to another file"):
+            call(swapped)
+
+
+def test_item2_dropped_duplicated_and_spliced_chunks_are_refused(codec):
+    data = compress_tensor(tone(2400), codec, 18.0, chunk_seconds=0.02)
+    other = compress_tensor(tone(2400, seed=1, freq=500), codec, 18.0, chunk_seconds=0.02)  # same codec
+    cases = {"duplicate": [0, 1, 1, 3, 4], "drop": [0, 2, 3, 4], "splice": [0, 1, (other, 2), 3, 4]}
+    for name, order in cases.items():
+        with pytest.raises(BitstreamError, match="chunk|truncated") as exc:
+            read_info(rebuild(data, order))
+        with pytest.raises(BitstreamError):
+            decompress_tensor(rebuild(data, order), codec)
+        assert "chunk 2" in str(exc.value) or name == "drop", (name, exc.value)
+    # the last chunk dropped and the header "fixed" to the shorter length: the trailer disagrees
+    header, chunks = parse(data)
+    short = io.BytesIO()
+    h = fmt.Header(**{**header.__dict__, "num_samples": 4 * 15 * 32})
+    fmt.write_header(short, h)
+    w = fmt.ChunkWriter(short, h)
+    for c in chunks[:4]:
+        w.write(c.frames, c.payload)
+    short.write(data[-fmt._TRAILER.size:])  # the original trailer
+    with pytest.raises(BitstreamError, match="trailer|checksum"):
+        read_info(short.getvalue())
+
+
+def test_item2_version_1_files_still_decode(codec):
+    wav = tone(2400)
+    v2 = compress_tensor(wav, codec, 18.0, chunk_seconds=0.02)
+    v1 = as_version_1(v2)
+    assert v1[4:6] == b"\x01\x00" and len(v1) == len(v2) - 16 - fmt._TRAILER.size
+    assert torch.equal(decompress_tensor(v1, codec), decompress_tensor(v2, codec))
+    assert read_info(v1)["version"] == 1 and read_info(v2)["version"] == 2
+    # version 1 cannot bind chunks: a swap there is only caught if the codes do not decode
+    assert read_info(v1)["chunks"] == 5
+
+
+# -- 3. --force race ------------------------------------------------------------------------------
+def test_item3_file_created_during_compress_is_not_clobbered(codec, model_dir, tmp_path, monkeypatch):
+    from codeclm.compression import api
+
+    src = save_audio(tmp_path / "in.wav", tone(6000)[0], SR)
+    dst = tmp_path / "out.cclm"
+    real = api._read_blocks
+
+    def slow(*a, **k):
+        for i, block in enumerate(real(*a, **k)):
+            if i == 0:
+                dst.write_bytes(b"the user's file")  # appears while compress runs
+            yield block
+
+    monkeypatch.setattr(api, "_read_blocks", slow)
+    with pytest.raises(OutputExistsError, match="out.cclm: already exists"):
+        compress_file(src, dst, model=model_dir, bandwidth=9.0, block_seconds=0.05)
+    assert dst.read_bytes() == b"the user's file" and leftovers(tmp_path) == []
+    dst.unlink()
+    monkeypatch.setattr(api, "_read_blocks", slow)
+    compress_file(src, dst, model=model_dir, bandwidth=9.0, block_seconds=0.05, force=True)  # --force replaces
+    assert dst.read_bytes()[:4] == b"CCLM"
+
+
+def test_item3_two_processes_racing_for_one_output(model_dir, tmp_path):
+    """Both start, both pass the early 'exists' check (each is waiting on stdin), the first
+    finishes: the second must fail, not replace the first one's file and report success."""
+    wav = io.BytesIO()
+    sf.write(wav, tone(4800)[0].numpy(), SR, format="WAV")
+    dst = tmp_path / "out.cclm"
+    procs, tmpdirs = [], []
+    for i in range(2):
+        tmpdirs.append(tmp_path / f"tmp{i}")
+        tmpdirs[-1].mkdir()
+        procs.append(subprocess.Popen([*CLI, "compress", "-", str(dst), "--model", str(model_dir), "-q"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env(TMPDIR=str(tmpdirs[-1]))))
+    deadline = time.time() + 120
+    while not all(any(d.iterdir()) for d in tmpdirs):  # each is copying stdin: past the check
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    first = procs[0].communicate(wav.getvalue(), timeout=120)
+    assert procs[0].returncode == 0, first
+    published = dst.read_bytes()
+    out, err = procs[1].communicate(wav.getvalue(), timeout=120)
+    assert procs[1].returncode == 1
+    assert err.decode().strip() == f"codeclm: error: {dst}: already exists (use --force to overwrite)"
+    assert dst.read_bytes() == published and leftovers(tmp_path) == []
+    assert all(not any(d.iterdir()) for d in tmpdirs)
+
+
+# -- 6. signals, FIFOs, stdin copies ----------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_item6_signal_while_copying_stdin_removes_the_copy(model_dir, tmp_path, sig):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = subprocess.Popen([*CLI, "compress", "-", str(tmp_path / "out.cclm"), "--model", str(model_dir)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env(TMPDIR=str(tmpdir)))
+    proc.stdin.write(b"RIFF" + bytes(1 << 20))  # a partial stdin: the copy is under way
+    proc.stdin.flush()
+    deadline = time.time() + 120
+    while not any(tmpdir.iterdir()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    proc.stdin.close()
+    assert proc.returncode == -sig  # it still dies of the signal, after cleaning up
+    assert list(tmpdir.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+
+
+def test_item6_sigterm_while_writing_the_output_removes_the_temp_file(model_dir, tmp_path):
+    src = tmp_path / "long.wav"
+    sf.write(src, np.tile(tone(SR)[0].numpy(), 120), SR)  # 2 minutes: several seconds of work
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([*CLI, "compress", str(src), str(out_dir / "x.cclm"), "--model", str(model_dir), "-q"],
+                            stderr=subprocess.PIPE, env=env())
+    deadline = time.time() + 120
+    while not leftovers(out_dir):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    assert list(out_dir.iterdir()) == []
+
+
+def test_item6_fifo_input_is_read_once(codec, model_dir, tmp_path):
+    wav = tone(4800)
+    save_audio(tmp_path / "in.wav", wav[0], SR)
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write((tmp_path / "in.wav").read_bytes())
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    proc = subprocess.run([*CLI, "compress", str(fifo), str(tmp_path / "x.cclm"), "--model", str(model_dir), "-q",
+                           "-b", "9"], capture_output=True, env=env(), timeout=180)
+    writer.join(5)
+    assert proc.returncode == 0, proc.stderr
+    compress_file(tmp_path / "in.wav", tmp_path / "y.cclm", model=model_dir, bandwidth=9.0)
+    x, y = (decompress_tensor((tmp_path / n).read_bytes(), codec) for n in ("x.cclm", "y.cclm"))
+    assert torch.equal(x, y)
+    assert leftovers(tmp_path) == []
+
+
+def test_item8_stdin_errors_name_stdin_not_a_temp_file(model_dir, tmp_path):
+    proc = subprocess.run([*CLI, "compress", "-", str(tmp_path / "x.cclm"), "--model", str(model_dir)],
+                          input=b"not audio at all", capture_output=True, env=env(TMPDIR=str(tmp_path)), timeout=120)
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 1 and err.startswith("codeclm: error: <stdin>: not a readable audio file"), err
+    assert "codeclm-stdin" not in err and "\n" not in err and list(tmp_path.iterdir()) == []
+
+
+# -- 7. one line instead of a traceback -----------------------------------------------------------------
+def run_limited(args, limit: int, **kw):
+    """The CLI with files limited to ``limit`` bytes: a write beyond fails like a full disk."""
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, preexec_fn=preexec, env=env(**kw.pop("env", {})),
+                          timeout=180, **kw)
+
+
+def test_item7_full_disk_is_one_line_and_leaves_nothing(codec, model_dir, tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, np.tile(tone(SR)[0].numpy(), 10), SR)
+    good = tmp_path / "good.cclm"
+    good.write_bytes(compress_tensor(torch.from_numpy(sf.read(src, dtype="float32")[0])[None], codec, 18.0))
+    out = tmp_path / "out"
+    out.mkdir()
+    limit = 4096  # smaller than every output below, larger than nothing
+    cases = [(["compress", src, out / "x.cclm", "-b", "18"], "x.cclm: cannot write .*file too large"),
+             (["decompress", good, out / "x.wav"], "x.wav: (cannot|could not) write"),
+             (["decompress", good, out / "x.flac"], "x.flac: (cannot|could not) write")]
+    for args, message in cases:
+        proc = run_limited([*args, "--model", model_dir, "-q"], limit)
+        err = proc.stderr.decode().strip()
+        assert proc.returncode == 1 and err.startswith("codeclm: error: ") and "\n" not in err, err
+        assert __import__("re").search(message, err), err
+        assert list(out.iterdir()) == [], args
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = run_limited(["compress", "-", out / "x.cclm", "--model", model_dir, "-q"], limit,
+                       input=src.read_bytes(), env={"TMPDIR": str(tmpdir)})
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 1 and "<stdin>: cannot copy into a temporary file" in err and "\n" not in err, err
+    assert list(tmpdir.iterdir()) == [] and list(out.iterdir()) == []
+
+
+def test_item7_unwritable_folder_is_one_line(codec, model_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    src = save_audio(tmp_path / "in.wav", tone(2400)[0], SR)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(CodecLMError, match=r"x.cclm: cannot create a file in folder .* \(read-only file system\)"):
+        compress_file(src, tmp_path / "x.cclm", model=codec)
+    if os.geteuid() != 0:  # root writes anyway
+        monkeypatch.undo()
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        with pytest.raises(CodecLMError, match="permission denied"):
+            compress_file(src, ro / "x.cclm", model=codec)
+
+
+@pytest.mark.parametrize("command", ["info", "decompress"])
+def test_item7_closed_pipe_exits_quietly(codec, model_dir, tmp_path, command):
+    good = tmp_path / "good.cclm"
+    good.write_bytes(compress_tensor(tone(SR * 2), codec, 18.0))
+    args = [*CLI, "info", str(good)] if command == "info" else [*CLI, "decompress", str(good), "-", "--model",
+                                                                   str(model_dir), "-q"]
+    r, w = os.pipe()
+    os.close(r)  # the reader (head) is gone before anything is written
+    proc = subprocess.run(args, stdout=w, stderr=subprocess.PIPE, env=env(), timeout=120)
+    os.close(w)
+    assert proc.stderr.decode() == "" and proc.returncode == 141
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
+def test_item7_bad_chunk_seconds_is_one_line(model_dir, tmp_path, value, capsys):
+    from codeclm.cli import main
+
+    src = save_audio(tmp_path / "in.wav", tone(2400)[0], SR)
+    assert main(["compress", str(src), str(tmp_path / "x.cclm"), "--model", str(model_dir),
+                 f"--chunk-seconds={value}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("codeclm: error: --chunk-seconds must be a positive number") and "\n" not in err
+    with pytest.raises(CodecLMError, match="chunk_seconds must be a positive number"):
+        compress_tensor(tone(100), Codec.from_pretrained(model_dir), 9.0, chunk_seconds=float(value))
+    assert list(tmp_path.iterdir()) == [src]
