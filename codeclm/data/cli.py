@@ -50,7 +50,12 @@ def _scan(args: argparse.Namespace) -> int:
 def _synth_speech(args: argparse.Namespace) -> int:
     from codeclm.data.synth_speech import synth_speech
 
-    records = synth_speech(args.out_dir, args.n, languages=tuple(args.languages), seed=args.seed)
+    if args.engine == "flite":
+        from codeclm.data.synth_speech import synth_flite
+
+        records = synth_flite(args.out_dir, args.n, seed=args.seed)
+    else:
+        records = synth_speech(args.out_dir, args.n, languages=tuple(args.languages), seed=args.seed)
     speakers = len({r.speaker for r in records})
     print(f"{Path(args.out_dir) / 'manifest.jsonl'}: {len(records)} utterances, {speakers} speakers, "
           f"{sum(r.duration for r in records) / 60:.1f} min")
@@ -73,7 +78,8 @@ def _real(source: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from codeclm.data import real
 
-        records = real.asterisk_speech() if source == "speech" else real.wesnoth_music()
+        records = {"speech": real.asterisk_speech, "music": real.wesnoth_music,
+                   "speech-other": real.asterisk_other_speech, "klettres": real.klettres_speech}[source]()
         real.write_split_manifests(records, args.out_dir, fraction=args.held_out)
         train, held = real.split_held_out(records, args.held_out)
         print(f"{args.out_dir}: manifest.jsonl ({len(records)}), train.jsonl ({len(train)}), "
@@ -140,6 +146,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--languages", nargs="+", default=["en-us", "en-gb"],
                    help="language codes (en-us en-gb de fr es it)")
+    p.add_argument("--engine", choices=["espeak-ng", "flite"], default="espeak-ng",
+                   help="synthesizer: espeak-ng (many voices and languages) or flite (English voices kal16, awb, rms, slt)")
     p.set_defaults(func=_synth_speech)
 
     p = sub.add_parser("synth-music", help="render generated MIDI pieces with fluidsynth, with captions")
@@ -152,7 +160,10 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.set_defaults(func=_synth_music)
 
     for name, source, what in (("real-speech", "speech", "Asterisk English prompts (asterisk-core-sounds-en-wav)"),
-                               ("real-music", "music", "Wesnoth soundtrack (wesnoth-1.16-music)")):
+                               ("real-music", "music", "Wesnoth soundtrack (wesnoth-1.16-music)"),
+                               ("real-speech-other", "speech-other",
+                                "Asterisk Spanish/Italian/Russian prompts (asterisk-core-sounds-{es,it,ru}-wav)"),
+                               ("real-klettres", "klettres", "klettres letters and syllables (klettres-data)")):
         p = sub.add_parser(name, help=f"manifests of the {what}, split into train/held-out")
         p.add_argument("out_dir")
         p.add_argument("--held-out", type=float, default=0.1, help="share held out by file-name hash")

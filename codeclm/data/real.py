@@ -24,13 +24,24 @@ from typing import Sequence
 from codeclm.data.manifest import AudioRecord, write_manifest
 from codeclm.errors import CodecLMError
 
-__all__ = ["asterisk_speech", "wesnoth_music", "split_held_out", "write_split_manifests",
-           "LICENSES", "ASTERISK_DIRS", "WESNOTH_GLOBS"]
+__all__ = ["asterisk_speech", "asterisk_other_speech", "klettres_speech", "wesnoth_music", "split_held_out",
+           "write_split_manifests", "LICENSES", "ASTERISK_DIRS", "ASTERISK_LANGUAGES", "WESNOTH_GLOBS"]
 
 LICENSES = {
     "asterisk-core-sounds-en-wav": "CC-BY-SA-3.0 (recorded by Allison Smith, funded by Digium, Inc.)",
+    "asterisk-core-sounds-es-wav": "CC-BY-SA-3.0 (Spanish prompts, Allison Smith)",
+    "asterisk-core-sounds-it-wav": "CC-BY-SA-3.0 (Italian prompts, a male speaker)",
+    "asterisk-core-sounds-ru-wav": "CC-BY-SA-3.0 (Russian prompts, a female speaker)",
+    "klettres-data": "GPL-2+ / CC0 per /usr/share/doc/klettres-data/copyright (letters and syllables, ~20 languages)",
     "wesnoth-1.16-music": "GPL-2+ (The Battle for Wesnoth music)",
 }
+# the other Asterisk languages: language -> (folder, apt package, speaker id); no transcripts are used
+ASTERISK_LANGUAGES = {
+    "es": ("/usr/share/asterisk/sounds/es_MX_f_Allison", "asterisk-core-sounds-es-wav", "asterisk-es"),
+    "it": ("/usr/share/asterisk/sounds/it_IT_m_Carlo", "asterisk-core-sounds-it-wav", "asterisk-it"),
+    "ru": ("/usr/share/asterisk/sounds/ru_RU_f_IvrvoiceRU", "asterisk-core-sounds-ru-wav", "asterisk-ru"),
+}
+KLETTRES_DIR = "/usr/share/klettres"
 ASTERISK_DIRS = ("/usr/share/asterisk/sounds/en_US_f_Allison", "/usr/share/asterisk/sounds/en_US",
                  "/usr/share/asterisk/sounds/en")
 ASTERISK_TRANSCRIPTS = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
@@ -109,6 +120,36 @@ def asterisk_speech(out_dir: str | os.PathLike | None = None) -> list[AudioRecor
     return _maybe_write(records, out_dir)
 
 
+def asterisk_other_speech(languages=("es", "it", "ru"), out_dir: str | os.PathLike | None = None) -> list[AudioRecord]:
+    """Records of the Spanish, Italian and Russian Asterisk prompts (8 kHz mono, no transcripts):
+    three more real voices for codec training."""
+    records = []
+    for lang in languages:
+        if lang not in ASTERISK_LANGUAGES:
+            raise CodecLMError(f"no Asterisk prompts for language {lang!r} (choose from {', '.join(ASTERISK_LANGUAGES)})")
+        folder, package, speaker = ASTERISK_LANGUAGES[lang]
+        files = sorted(Path(folder).rglob("*.wav")) if Path(folder).is_dir() else []
+        if not files:
+            raise CodecLMError(f"{folder}: no Asterisk {lang} prompts: install them with apt-get install {package}")
+        for f in files:
+            try:
+                records.append(AudioRecord.from_info(f, speaker=speaker, language=lang))
+            except CodecLMError:  # the packages hold a few empty placeholder files
+                continue
+    return _maybe_write(records, out_dir)
+
+
+def klettres_speech(out_dir: str | os.PathLike | None = None) -> list[AudioRecord]:
+    """Records of the klettres letters and syllables (real speakers of ~20 languages, 44.1 kHz OGG);
+    the speaker is the language folder, the text the file name."""
+    files = sorted(Path(KLETTRES_DIR).glob("*/*/*.ogg"))
+    if not files:
+        raise CodecLMError(f"{KLETTRES_DIR}: no klettres recordings: install them with apt-get install klettres-data")
+    records = [AudioRecord.from_info(f, text=f.stem, speaker=f"klettres-{f.parts[-3]}", language=f.parts[-3])
+               for f in files]
+    return _maybe_write(records, out_dir)
+
+
 def wesnoth_music(out_dir: str | os.PathLike | None = None) -> list[AudioRecord]:
     """Records of the Wesnoth soundtrack (OGG, 44.1 kHz stereo), captioned "game soundtrack, orchestral".
 
@@ -135,7 +176,9 @@ def _maybe_write(records: list[AudioRecord], out_dir: str | os.PathLike | None) 
 
 
 def _held_out(path: str, fraction: float, salt: str) -> bool:
-    key = "/".join(Path(path).parts[-2:])  # folder/name: stable across install locations
+    parts = Path(path).parts
+    # folder/name: stable across install locations; klettres repeats folder/name in every language
+    key = "/".join(parts[-3:] if "klettres" in parts else parts[-2:])
     h = int.from_bytes(hashlib.sha1(f"{salt}:{key}".encode()).digest()[:8], "big")
     return h / 2.0 ** 64 < fraction
 

@@ -224,3 +224,45 @@ def synth_speech(
         records.append(AudioRecord.from_info(path, text=text, speaker=spk.id, language=lang))
     write_manifest(records, out_dir / "manifest.jsonl")
     return records
+
+
+FLITE_VOICES = ("kal16", "awb", "rms", "slt")  # awb, rms, slt are built from CMU ARCTIC speakers
+
+
+def synth_flite(
+    out_dir: str | os.PathLike,
+    n_utterances: int,
+    voices: Sequence[str] = FLITE_VOICES,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[AudioRecord]:
+    """As :func:`synth_speech` with ``flite``'s English voices (16 kHz mono), speaking rate varied
+    per utterance; files ``f{seed}_{i:06d}.wav``, resumable, records with text/speaker/language."""
+    if n_utterances < 0:
+        raise CodecLMError(f"n_utterances must be >= 0, got {n_utterances}")
+    exe = shutil.which("flite")
+    if exe is None:
+        raise CodecLMError("flite not found on PATH: install it with apt-get install flite")
+    out_dir = Path(out_dir)
+    wav_dir = out_dir / "wavs"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in tqdm(range(n_utterances), desc="flite", unit="utt", disable=not progress):
+        rng = np.random.default_rng([seed, i, 7])
+        voice = voices[int(rng.integers(len(voices)))]
+        stretch = float(rng.uniform(0.85, 1.2))
+        text = make_sentence("en-us", rng)
+        path = wav_dir / f"f{seed}_{i:06d}.wav"
+        if not path.exists():
+            tmp = wav_dir / f".{path.name}.tmp.wav"
+            try:
+                proc = subprocess.run([exe, "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}",
+                                       "-t", text, "-o", str(tmp)], capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                raise CodecLMError(f"flite timed out on utterance {i}") from None
+            if proc.returncode != 0 or not tmp.is_file():
+                raise CodecLMError(f"flite failed on utterance {i} (voice {voice}): {proc.stderr.strip()[:200]}")
+            os.replace(tmp, path)
+        records.append(AudioRecord.from_info(path, text=text, speaker=f"flite-{voice}", language="en-us"))
+    write_manifest(records, out_dir / "manifest.jsonl")
+    return records
