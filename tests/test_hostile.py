@@ -412,3 +412,155 @@ def test_item7_bad_chunk_seconds_is_one_line(model_dir, tmp_path, value, capsys)
     with pytest.raises(CodecLMError, match="chunk_seconds must be a positive number"):
         compress_tensor(tone(100), Codec.from_pretrained(model_dir), 9.0, chunk_seconds=float(value))
     assert list(tmp_path.iterdir()) == [src]
+
+
+# -- 5. corrupt checkpoints ------------------------------------------------------------------------
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def _save_steps(out_dir: Path, steps, keep_last: int = 10):
+    from codeclm.training import checkpoint as ckpt
+
+    acc = _accelerator()
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    for step in steps:
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ckpt.save_checkpoint(acc, out_dir, ckpt.Position(step, 0, step), {"generator": model},
+                             {"optimizers": {"g": opt.state_dict()}}, keep_last)
+    return acc
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "generator.safetensors": lambda folder: _truncate(folder / "generator.safetensors"),
+    "state.pt": lambda folder: _truncate(folder / "state.pt"),
+    "rng_0.pt": lambda folder: _truncate(folder / "rng_0.pt"),
+    "meta.json": lambda folder: (folder / "meta.json").write_text('{"step": 3, "epoch": '),
+    "meta.json step": lambda folder: (folder / "meta.json").write_text('{"step": "3", "epoch": 0, "batch": 0}'),
+    "bit flip": lambda folder: (folder / "generator.safetensors").write_bytes(
+        (folder / "generator.safetensors").read_bytes()[:-1] + b"\x7f"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(CORRUPTIONS))
+def test_item5_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, capsys, what):
+    from codeclm.training import checkpoint as ckpt
+
+    acc = _save_steps(tmp_path, [1, 2, 3])
+    root = tmp_path / "checkpoints"
+    CORRUPTIONS[what](root / "step_000003")
+    ckpt._VERIFIED.clear()
+    assert ckpt.latest_checkpoint(tmp_path) == root / "step_000002"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: warning: skipping a corrupt checkpoint: ") and "step_000003" in err
+    assert err.endswith("using step_000002") and "\n" not in err
+    with pytest.raises(ckpt.CorruptCheckpointError, match="step_000003") as exc:  # named by hand: one line
+        ckpt.load_checkpoint(root / "step_000003", acc, {"generator": torch.nn.Linear(3, 2)})
+    assert "\n" not in str(exc.value)
+    model = torch.nn.Linear(3, 2)
+    pos, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path), acc, {"generator": model})
+    assert pos.step == 2 and torch.all(model.weight == 2.0)
+
+
+@pytest.mark.parametrize("what", ["generator.safetensors", "state.pt", "rng_0.pt"])
+def test_item5_old_checkpoints_without_hashes_are_checked_structurally(tmp_path, capsys, what):
+    from codeclm.training import checkpoint as ckpt
+
+    _save_steps(tmp_path, [1, 2])
+    root = tmp_path / "checkpoints"
+    for step in ("step_000001", "step_000002"):
+        meta = json.loads((root / step / "meta.json").read_text())
+        del meta["files"]
+        (root / step / "meta.json").write_text(json.dumps(meta))
+    ckpt._VERIFIED.clear()
+    assert ckpt.latest_checkpoint(tmp_path) == root / "step_000002"
+    CORRUPTIONS[what](root / "step_000002")
+    ckpt._VERIFIED.clear()
+    assert ckpt.latest_checkpoint(tmp_path) == root / "step_000001"
+    assert what in capsys.readouterr().err
+
+
+def test_item5_the_checkpoint_resumed_from_is_never_pruned_for_a_corrupt_one(tmp_path):
+    from codeclm.training import checkpoint as ckpt
+
+    acc = _save_steps(tmp_path, [1, 2, 3], keep_last=3)
+    root = tmp_path / "checkpoints"
+    _truncate(root / "step_000003" / "state.pt")
+    ckpt._VERIFIED.clear()
+    folder = ckpt.latest_checkpoint(tmp_path)
+    assert folder == root / "step_000002"
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt.load_checkpoint(folder, acc, {"generator": model})
+    with torch.no_grad():
+        model.weight.fill_(30.0)
+    # the resumed run reaches step 3 again: the corrupt step is replaced, never kept over the new one
+    ckpt.save_checkpoint(acc, tmp_path, ckpt.Position(3, 0, 3), {"generator": model},
+                         {"optimizers": {"g": opt.state_dict()}}, keep_last=1)
+    assert ckpt.latest_checkpoint(tmp_path) == root / "step_000003"
+    fresh = torch.nn.Linear(3, 2)
+    assert ckpt.load_checkpoint(root / "step_000003", acc, {"generator": fresh})[0].step == 3
+    assert torch.all(fresh.weight == 30.0)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000003"]
+
+
+def test_item5_resuming_by_hand_from_an_older_step_keeps_it(tmp_path):
+    """Steps 1..3 exist, the user resumes from step 1 by hand: saving step 2 must not prune step 1
+    in favour of the stale (here corrupt) step 3 of the abandoned run."""
+    from codeclm.training import checkpoint as ckpt
+
+    acc = _save_steps(tmp_path, [1, 2, 3], keep_last=2)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000002", "step_000003"]
+    _truncate(root / "step_000003" / "generator.safetensors")
+    model = torch.nn.Linear(3, 2)
+    ckpt.load_checkpoint(root / "step_000002", acc, {"generator": model})
+    ckpt._RESUMED.clear()
+    ckpt._RESUMED.add(root / "step_000002")
+    ckpt.save_checkpoint(acc, tmp_path, ckpt.Position(2, 0, 2), {"generator": model}, {"optimizers": {}},
+                         keep_last=1)  # the same step again: replaced, and it is the resumed one
+    assert (root / "step_000002").is_dir()
+    with torch.no_grad():
+        model.weight.fill_(3.5)
+    ckpt.save_checkpoint(acc, tmp_path, ckpt.Position(3, 0, 3), {"generator": model}, {"optimizers": {}},
+                         keep_last=2)
+    fresh = torch.nn.Linear(3, 2)
+    ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path), acc, {"generator": fresh})
+    assert torch.all(fresh.weight == 3.5)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000002", "step_000003"]
+
+
+def test_item5_training_resumes_past_a_truncated_checkpoint(tmp_path):
+    """End to end: train.py with a truncated newest generator.safetensors resumes from the
+    previous step with one warning line instead of a traceback."""
+    repo = Path(__file__).resolve().parents[1]
+    rng = np.random.default_rng(0)
+    from codeclm.data.manifest import AudioRecord, write_manifest
+
+    records = []
+    for i in range(4):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, (0.3 * np.sin(np.arange(9600) * (0.05 + 0.01 * i)) + 0.01 * rng.standard_normal(9600))
+                 .astype(np.float32), 16000)
+        records.append(AudioRecord(str(path), 0.6, 16000, 1))
+    train = write_manifest(records, tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(repo / "train.py"), str(repo / "recipes" / "codec_tiny.yaml"), f"out_dir={out}",
+           "seed=1", "data.segment_seconds=0.25", "data.batch_size=2", "data.valid_items=0", "ckpt_every=1",
+           "valid_every=1000", "log_every=1", f"data.train_manifest={train}", "data.valid_manifest=null"]
+    first = subprocess.run([*cmd, "max_steps=3"], capture_output=True, text=True, env=env(), timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    _truncate(out / "checkpoints" / "step_000003" / "generator.safetensors")
+    again = subprocess.run([*cmd, "max_steps=4"], capture_output=True, text=True, env=env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "train: warning: skipping a corrupt checkpoint: " in again.stderr and "step_000003" in again.stderr
+    assert "resuming from" in again.stderr and "step_000002" in again.stderr
+    assert "Traceback" not in again.stderr
