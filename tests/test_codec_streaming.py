@@ -76,8 +76,8 @@ def test_streaming_protocol_errors(tiny_codec):
 
 
 def test_non_streamable_model_refuses_to_stream():
-    codec = Codec(tiny_codec_config(pad_mode="reflect")).eval()
-    with pytest.raises(StreamingError, match="pad_mode"):
+    codec = Codec(tiny_codec_config(causal=False)).eval()
+    with pytest.raises(StreamingError, match="causal"):
         with codec.streaming(1):
             pass
 

@@ -8,17 +8,32 @@ Every layer has two paths:
 * **streaming** (inside ``with model.streaming():``): the input is a whole number of codec frames
   and each layer keeps the state it needs (last input samples, overlap-add tail, LSTM state).
 
-Bit-exact streaming. Floating-point kernels (oneDNN convolutions, MKL GEMMs, vectorised ``exp``)
+Bit-exact streaming. Floating-point kernels (MKL GEMMs, oneDNN convolutions, vectorised ``exp``)
 round differently depending on how long the input is, so naive chunking changes the last bits.
-The streaming path therefore computes every layer *frame-synchronously*: each code frame's
-window (context + that frame's samples) is one item of a convolution batch, so the numbers a
-frame gets depend only on that frame's window, never on how many frames came in the same call.
-The codec's offline ``encode``/``decode`` of a streamable model run this same path over all
-frames at once, so offline and any chunking give identical bits (tests check random chunkings).
+The streaming path therefore computes every layer with kernels whose result for one time step
+does not depend on how many steps came in the same call:
 
-Layout while streaming: activations travel *frames-as-batch*, ``[B*N, C, L]`` (item ``b*N + n``
-holds frame ``n`` of batch item ``b``, ``L`` samples per frame at that depth), so consecutive
-layers need no reshuffling; the codec converts at the encoder input and decoder output.
+* every convolution (kernel k, stride s, dilation d) is one GEMM ``patches @ W`` over the rows
+  of a time-major signal (:func:`rows_matmul`); MKL's sgemm computes each output row with the
+  same reduction order whatever the number of rows, once that number is a multiple of a small
+  block (a kernel for 1-3 rows, and thread splits of a few rows, round differently), so rows are
+  padded to :func:`row_block` with zeros. The transposed convolution is a GEMM to every step's
+  ``k`` output samples followed by an overlap-add in a fixed order.
+* element-wise ops go through :func:`elu_exact` (torch's scalar tail of a vectorised loop
+  rounds differently) or are exact by nature (add).
+* the LSTM's input projections are one row-invariant GEMM, the recurrence a fixed-shape step.
+
+The codec's offline ``encode``/``decode`` of a streamable model run this same path over the whole
+signal, so offline and any chunking give identical bits (tests check random and prime chunkings).
+
+Layout while streaming: activations are time-major ``[B, T, C]`` (rows = time steps), so a conv's
+patches are a strided view of its input and a pointwise conv is a plain GEMM; the codec
+transposes at the encoder input and the decoder output.
+
+Reflect padding (EnCodec's own weights) streams too: a causal layer's left reflect pad needs the
+first ``k - s + 1`` samples of its input, so the layer holds its first samples back until they
+have arrived (a one-time start-up delay, a few frames), and the right pad that completes the
+last partial frame is applied at the end of the stream (``final`` state, set by ``flush()``).
 """
 
 from __future__ import annotations
@@ -121,13 +136,56 @@ def batch_invariant_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return F.conv1d(x, weight, bias, stride=stride, dilation=dilation)[:n]
 
 
-def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T`` for ``x`` ``[M, D]`` with rounding independent of ``M``.
+_ROW_MULTIPLE = 8  # rows per thread: MKL's small-M kernels (1-3 rows) and few-row thread splits round differently
 
-    A 1x1 convolution with one batch item per row: oneDNN computes each item the same way
-    whatever the batch size (unlike GEMM, whose blocking depends on ``M``).
+
+def row_block() -> int:
+    """Row count multiple that makes :func:`rows_matmul` row-invariant with the current threads."""
+    return _ROW_MULTIPLE * max(1, torch.get_num_threads())
+
+
+def rows_matmul(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, K] @ w_t [K, N] (+ bias)`` with every row's rounding independent of ``M``.
+
+    The rows are padded with zeros to a multiple of :func:`row_block` (so MKL never takes its
+    small-M kernel or splits a few rows over threads); ``N`` must be >= 4 (gemv otherwise:
+    :func:`pack_columns` pads a weight). Non-float32 or non-CPU tensors use a plain matmul.
     """
-    return batch_invariant_conv1d(x[:, :, None], weight[:, :, None])[:, :, 0]
+    m = x.shape[0]
+    if m == 0:
+        return x.new_zeros(0, w_t.shape[1])
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        g = row_block()
+        extra = (-m) % g
+        if extra:
+            x = torch.cat([x, x.new_zeros(extra, x.shape[1])])
+    y = torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
+    return y[:m] if y.shape[0] != m else y
+
+
+def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for ``x`` ``[M, D]`` with rounding independent of ``M`` (see :func:`rows_matmul`)."""
+    w_t = weight.t()
+    if w_t.shape[1] < 4:
+        return rows_matmul(x, F.pad(w_t, (0, 4 - w_t.shape[1])))[:, : w_t.shape[1]]
+    return rows_matmul(x.contiguous(), w_t)
+
+
+def conv_exact(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+               dilation: int) -> torch.Tensor:
+    """Valid conv1d of ``x [B, C, L]`` whose output at a position does not depend on ``L``.
+
+    On CPU float32 this is always oneDNN's direct convolution (``torch.mkldnn_convolution``),
+    which computes every output position with the same reduction order whatever the signal's
+    length or where it starts (tests check it for every layer shape of EnCodec, 1 and 2 threads);
+    ``F.conv1d`` would switch kernels (oneDNN, im2col GEMM) by size and thread count.
+    """
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()):
+        if x.shape[-1] < (weight.shape[-1] - 1) * dilation + 1:
+            return x.new_zeros(x.shape[0], weight.shape[0], 0)
+        return torch.mkldnn_convolution(x.contiguous(), weight, bias, [0], [stride], [dilation], 1)
+    return F.conv1d(x, weight, bias, stride=stride, dilation=dilation)
 
 
 def to_frames(x: torch.Tensor, frame_length: int) -> torch.Tensor:
@@ -144,46 +202,26 @@ def from_frames(y: torch.Tensor, batch: int) -> torch.Tensor:
     return y.view(batch, n, c, length).permute(0, 2, 1, 3).reshape(batch, c, n * length)
 
 
-def with_context(x: torch.Tensor, previous: torch.Tensor, context: int, batch: int) -> torch.Tensor:
-    """Prepend to each frame the ``context`` samples before it (from earlier frames or the state).
-
-    ``x`` is ``[B*N, C, L]``, ``previous`` the last ``context`` samples of the stream so far
-    ``[B, C, context]``; returns windows ``[B*N, C, context + L]``.
-    """
-    bn, c, length = x.shape
-    n = bn // batch
-    frames = x.view(batch, n, c, length)
-    if context <= length:  # the context sits in the previous frame alone
-        tails = torch.cat([previous[:, None], frames[:, :-1, :, length - context:]], dim=1)
-        return torch.cat([tails, frames], dim=-1).view(bn, c, context + length)
-    stream = torch.cat([previous, from_frames(x, batch)], dim=-1)  # [B, C, context + N*L]
-    windows = stream.unfold(-1, context + length, length)  # [B, C, N, context + L]
-    return windows.permute(0, 2, 1, 3).reshape(bn, c, context + length)
-
-
-def last_samples(x: torch.Tensor, previous: torch.Tensor, count: int, batch: int) -> torch.Tensor:
-    """The last ``count`` samples of the stream after frames ``x`` ``[B*N, C, L]``: ``[B, C, count]``."""
-    bn, c, length = x.shape
-    frames = x.view(batch, bn // batch, c, length)
-    if count <= length:
-        return frames[:, -1, :, length - count:].contiguous()
-    stream = torch.cat([previous, from_frames(x, batch)], dim=-1)
-    return stream[..., stream.shape[-1] - count:].contiguous()
-
-
 # ---------------------------------------------------------------------------------------------
 # Convolutions
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class _ConvState:
-    previous: torch.Tensor | None = None  # last ``kernel - stride`` input samples
+    previous: torch.Tensor | None = None  # last ``kernel - stride`` input samples [B, C, ctx]
+    started: bool = True  # reflect padding: False until the first samples arrived
+    pending: torch.Tensor | None = None  # reflect padding: input held back until then [B, C, T]
+    final: bool = False  # set by the codec's flush: the next input is the end of the signal
 
 
 class StreamingConv1d(StreamingModule):
     """Conv1d with EnCodec padding (causal or centred), optional time group norm, streamable.
 
-    ``frame_length`` (input samples per code frame) is set by the encoder/decoder builder;
-    the streaming path needs it to cut the input into per-frame windows.
+    Streaming (causal only) takes ``[B, C_in, T]`` (``T`` a multiple of the stride) and returns
+    ``[B, C_out, T / stride]``: the last ``k - s`` input samples are kept as the next call's
+    context and :func:`conv_exact` makes each output independent of the chunking. With
+    ``pad_mode="reflect"`` the first output waits for ``k - s + 1`` input samples (the left
+    reflect pad is made of them) and the right reflect pad that completes the last frame is
+    applied when ``final`` is set (end of stream).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, dilation: int = 1, *,
@@ -202,8 +240,14 @@ class StreamingConv1d(StreamingModule):
     def effective_kernel(self) -> int:
         return (self.conv.kernel_size[0] - 1) * self.conv.dilation[0] + 1
 
+    @property
+    def start_delay(self) -> int:
+        """Input samples held back at the start of a stream (reflect padding), 0 otherwise."""
+        ctx = self.effective_kernel - self.stride
+        return ctx + 1 if self.pad_mode == "reflect" and ctx > 0 else 0
+
     def _init_streaming_state(self, batch_size: int) -> _ConvState:
-        return _ConvState()
+        return _ConvState(started=self.start_delay == 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_streaming(x) if self.is_streaming else self._forward_offline(x)
@@ -219,36 +263,56 @@ class StreamingConv1d(StreamingModule):
             x = pad1d(x, pad_total - right, right + extra, self.pad_mode)
         return self.norm(self.conv(x))
 
+    def _conv(self, window: torch.Tensor) -> torch.Tensor:
+        return self.norm(conv_exact(window, self.conv.weight, self.conv.bias, self.stride, self.conv.dilation[0]))
+
     def _forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: frames-as-batch ``[B*N, C_in, L]`` -> ``[B*N, C_out, L / stride]``."""
+        """``x``: ``[B, C_in, T]`` (the next samples of the stream) -> ``[B, C_out, T / stride]``."""
         state: _ConvState = self._streaming_state
-        batch = self._streaming_batch_size
-        context = self.effective_kernel - self.stride
-        if x.shape[0] == 0:
-            return x.new_zeros(0, self.conv.out_channels, x.shape[-1] // self.stride)
+        s = self.stride
+        context = self.effective_kernel - s
+        if not state.started:  # reflect padding: hold the first samples back
+            x = x if state.pending is None else torch.cat([state.pending, x], -1)
+            if not state.final:
+                if x.shape[-1] < self.start_delay:
+                    state.pending = x
+                    return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+                state.previous = x[..., 1: context + 1].flip(-1)  # EnCodec's left reflect pad
+            else:  # the whole signal is shorter than the pad: offline rules (zeros first)
+                state.pending, state.started = None, True
+                if x.shape[-1] == 0:
+                    return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+                return self._conv(pad1d(x, context, (-x.shape[-1]) % s, "reflect"))
+            state.pending, state.started = None, True
+        if x.shape[-1] == 0:
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         if context == 0:
-            windows = x
+            window = x
         else:
             if state.previous is None:
-                state.previous = x.new_zeros(batch, x.shape[1], context)
-            windows = with_context(x, state.previous, context, batch)
-            state.previous = last_samples(x, state.previous, context, batch)
-        y = batch_invariant_conv1d(windows, self.conv.weight, self.conv.bias, self.stride, self.conv.dilation[0])
-        return self.norm(y)
+                state.previous = x.new_zeros(x.shape[0], x.shape[1], context)
+            window = torch.cat([state.previous, x], -1)
+            state.previous = window[..., window.shape[-1] - context:].contiguous()
+        if state.final and self.pad_mode == "reflect":
+            extra = (-x.shape[-1]) % s  # EnCodec's right pad that completes the last frame
+            if extra:
+                window = pad1d(window, 0, extra, "reflect")
+        return self._conv(window)
 
 
 @dataclass
 class _ConvTrState:
-    tail: torch.Tensor | None = None  # overlap-add tail of the last frame, bias not yet added
+    tail: torch.Tensor | None = None  # the last ``reach - 1`` steps' output pieces, bias not yet added
     pointwise: torch.Tensor | None = None  # the kernel as a 1x1 conv, built once per stream
 
 
 class StreamingConvTranspose1d(StreamingModule):
     """ConvTranspose1d with EnCodec's trimming (causal: trim right), streamable.
 
-    Streaming computes each input frame's contribution with a pointwise convolution (one batch
-    item per frame) and overlap-adds its tail into the next frame in a fixed order, so the
-    result is the same whatever the chunking.
+    Streaming computes each input step's ``k`` output samples with a pointwise convolution
+    (:func:`conv_exact`: independent of the chunk's length) and overlap-adds the pieces of the
+    ``reach`` steps that cover an output sample in a fixed order (the causal trim keeps the last
+    steps' overhang as state), so any chunking gives the same bits.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, causal: bool = True,
@@ -278,34 +342,31 @@ class StreamingConvTranspose1d(StreamingModule):
         return y[..., left: y.shape[-1] - right]
 
     def _forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: frames-as-batch ``[B*N, C_in, L]`` -> ``[B*N, C_out, L * stride]``."""
+        """``x``: ``[B, C_in, T]`` -> ``[B, C_out, T * stride]``."""
         state: _ConvTrState = self._streaming_state
-        batch = self._streaming_batch_size
         k, s = self.convtr.kernel_size[0], self.stride
         out_ch = self.convtr.out_channels
-        bn, _, length = x.shape
-        reach = -(-k // s)  # input steps one step's output spans
+        b, c_in, steps = x.shape
+        reach = -(-k // s)  # input steps one output sample gathers from
+        if state.pointwise is None:  # [out, reach, s] output channels per input step
+            w = self.convtr.weight.detach()  # [in, out, k]
+            state.pointwise = F.pad(w, (0, reach * s - k)).permute(1, 2, 0).reshape(out_ch * reach * s, c_in, 1).contiguous()
         if state.tail is None:
-            state.tail = x.new_zeros(batch, out_ch, (reach - 1) * s)
-        if bn == 0:
-            return x.new_zeros(0, out_ch, length * s)
-        # pointwise conv: every input step -> its k (padded to reach*s) output samples
-        if state.pointwise is None:
-            w = self.convtr.weight  # [in, out, k]
-            state.pointwise = F.pad(w, (0, reach * s - k)).permute(1, 2, 0).reshape(out_ch * reach * s, -1, 1).contiguous()
-        z = batch_invariant_conv1d(x, state.pointwise).view(bn, out_ch, reach, s, length)
-        out = z.new_zeros(bn, out_ch, length + reach - 1, s)
-        for r in range(reach):  # fixed order: identical rounding in every chunking
-            out[:, :, r: r + length] += z[:, :, r].transpose(-1, -2)
-        frames = bn // batch
-        main = out[:, :, :length].reshape(batch, frames, out_ch, length * s)
-        tails = out[:, :, length:].reshape(batch, frames, out_ch, (reach - 1) * s)
-        prev = torch.cat([state.tail[:, None], tails[:, :-1]], dim=1)
-        main[..., : prev.shape[-1]] += prev
-        state.tail = tails[:, -1]
+            state.tail = x.new_zeros(b, out_ch, reach, s, reach - 1)
+        if steps == 0:
+            return x.new_zeros(b, out_ch, 0)
+        z = conv_exact(x, state.pointwise, None, 1, 1).view(b, out_ch, reach, s, steps)
+        if reach > 1:
+            z = torch.cat([state.tail, z], -1)  # [B, out, reach, s, reach - 1 + T]
+            state.tail = z[..., steps:].contiguous()
+        off = reach - 1
+        out = z[:, :, 0, :, off:].clone() if reach > 1 else z[:, :, 0]
+        for r in range(1, reach):  # fixed order: identical rounding in every chunking
+            out += z[:, :, r, :, off - r: off - r + steps]
+        out = out.transpose(-1, -2).reshape(b, out_ch, steps * s)  # [B, out, T, s] -> samples
         if self.convtr.bias is not None:
-            main = main + self.convtr.bias.view(1, 1, -1, 1)
-        return main.view(bn, out_ch, length * s)
+            out = out + self.convtr.bias.detach()[:, None]
+        return self.norm(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,31 +391,31 @@ class StreamingLSTM(StreamingModule):
         if not self.is_streaming:
             seq = x.permute(2, 0, 1)  # [T, B, C]
             return (self.lstm(seq)[0] + seq).permute(1, 2, 0)
-        # frames-as-batch [B*N, C, 1] at the frame rate: one step per frame
-        batch = self._streaming_batch_size
-        if x.shape[0] == 0:
+        # [B, C, N] at the frame rate: one step per frame
+        if x.shape[-1] == 0:
             return x
-        if x.shape[-1] != 1:
-            raise ValueError("streaming LSTM expects one step per frame (place it at the frame rate)")
-        seq = x.view(batch, -1, x.shape[1]).transpose(0, 1)  # [N, B, C]
-        steps, _, dim = seq.shape
+        x = x.transpose(1, 2)  # [B, N, C]
+        batch, steps, dim = x.shape
         state = self._streaming_state["hc"]
-        layer_in = seq
+        layer_in = x
         for layer in range(self.lstm.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (getattr(self.lstm, f"{name}_l{layer}")
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.lstm, f"{name}_l{layer}").detach()
                                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            proj = (rowwise_linear(layer_in.reshape(steps * batch, -1), w_ih) + (b_ih + b_hh)).view(steps, batch, -1)
-            h, c = state[layer] if state[layer] is not None else (seq.new_zeros(batch, dim), seq.new_zeros(batch, dim))
+            # input projections of all steps: one row-invariant GEMM; the recurrence: [B, dim] steps
+            proj = rows_matmul(layer_in.reshape(batch * steps, dim), w_ih.t(), b_ih + b_hh).view(batch, steps, -1)
+            h, c = state[layer] if state[layer] is not None else (x.new_zeros(batch, dim), x.new_zeros(batch, dim))
             w_hh_t = w_hh.t()
-            outs = []
+            out = x.new_empty(batch, steps, dim)
             for t in range(steps):
-                i, f, g, o = torch.addmm(proj[t], h, w_hh_t).chunk(4, dim=1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                outs.append(h)
+                gates = torch.addmm(proj[:, t], h, w_hh_t)
+                act = torch.sigmoid(gates)
+                i, f, o = act[:, :dim], act[:, dim: 2 * dim], act[:, 3 * dim:]
+                c = f * c + i * torch.tanh(gates[:, 2 * dim: 3 * dim])
+                h = o * torch.tanh(c)
+                out[:, t] = h
             state[layer] = (h, c)
-            layer_in = torch.stack(outs)
-        return (layer_in + seq).transpose(0, 1).reshape(batch * steps, dim, 1)
+            layer_in = out
+        return (layer_in + x).transpose(1, 2)
 
 
 class ResidualUnit(nn.Module):

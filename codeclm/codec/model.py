@@ -22,7 +22,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from codeclm.codec.base import CompressionModel, from_hf
 from codeclm.codec.config import MODEL_TYPE, CodecConfig
-from codeclm.codec.layers import StreamingConv1d, StreamingConvTranspose1d, from_frames, to_frames
+from codeclm.codec.layers import StreamingConv1d, StreamingConvTranspose1d
 from codeclm.codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codeclm.codec.seanet import SEANetDecoder, SEANetEncoder
 from codeclm.errors import AudioError, CodesError, ConfigError
@@ -99,6 +99,34 @@ class Codec(CompressionModel):
     def streamable(self) -> bool:
         return self.config.streamable
 
+    @property
+    def _reflect_stream(self) -> bool:
+        """A causal reflect-padded model (EnCodec's own 24 kHz weights): streams exactly too, with a
+        start-up delay (the left reflect pads wait for their first samples) and ``flush()``
+        applying the right pads of the last frame; offline runs the same path."""
+        cfg = self.config
+        return (cfg.causal and cfg.pad_mode == "reflect" and cfg.norm != "time_group_norm"
+                and cfg.trim_right_ratio == 1.0 and not cfg.normalize and cfg.chunk_length is None)
+
+    @property
+    def can_stream(self) -> bool:
+        """``streaming()`` works and gives exactly the offline bits (``streamable`` or reflect-padded causal)."""
+        return self.streamable or self._reflect_stream
+
+    @property
+    def start_delay_frames(self) -> tuple[int, int]:
+        """(encoder, decoder) frames a stream holds back at its start (reflect padding; 0 otherwise)."""
+        def frames(layers, rate: int) -> int:
+            delay, length = 0, rate  # samples per frame at each depth
+            for m in layers.modules():
+                if isinstance(m, StreamingConv1d):
+                    delay = max(delay, -(-m.start_delay // length))
+                    length //= m.stride
+                elif isinstance(m, StreamingConvTranspose1d):
+                    length *= m.stride
+            return delay
+        return frames(self.encoder, self.hop_length), frames(self.decoder, 1)
+
     def num_codebooks_for(self, bandwidth: float | None) -> int:
         """Codebooks used at ``bandwidth`` kbps (None: all). EnCodec's mapping."""
         if bandwidth is None:
@@ -166,6 +194,9 @@ class Codec(CompressionModel):
                 pad = (-wav.shape[-1]) % self.hop_length
                 codes = self._frame_synchronous(F.pad(wav, (0, pad)), self._encode_stream, n_q,
                                                 self.hop_length, wav.shape[0])
+            elif self._reflect_stream:  # the stream itself: chunked == offline, bit for bit
+                codes = self._frame_synchronous(wav, self._encode_stream, n_q, self.hop_length, wav.shape[0],
+                                                end=lambda: self.flush(n_q=n_q))
             else:
                 codes, scales = self._encode_offline(wav, n_q)
                 return (codes, scales) if return_scales else codes
@@ -179,50 +210,103 @@ class Codec(CompressionModel):
                 return self._decode_stream(codes)
             if self.streamable:
                 return self._frame_synchronous(codes, self._decode_stream, None, 1, codes.shape[0])
+            if self._reflect_stream:
+                return self._frame_synchronous(codes, self._decode_stream, None, 1, codes.shape[0],
+                                               end=self.flush_decoder)
             return self._decode_offline(codes, scales)
 
-    def flush(self, bandwidth: float | None = None) -> torch.Tensor:
-        """End of stream: codes of the last partial frame, zero-padded as offline ``encode`` does."""
+    def flush(self, bandwidth: float | None = None, *, n_q: int | None = None) -> torch.Tensor:
+        """End of stream: codes of the last partial frame, padded as offline ``encode`` does.
+
+        Constant-padded models zero-pad it to a whole frame. Reflect-padded models (imported
+        EnCodec) apply each layer's right reflect pad, emit every frame still held back, and make
+        the next ``decode`` call the decoder's last (it then emits all remaining audio)."""
         if not self.is_streaming:
             raise StreamingError("flush() is only meaningful inside a streaming() block")
-        buf = self._streaming_state["buffer"]
+        n_q = n_q or self.num_codebooks_for(bandwidth)
+        state = self._streaming_state
+        buf = state["buffer"]
+        if self._reflect_stream:
+            if state["encoder_done"]:
+                raise StreamingError("flush() was already called for this stream (reset_streaming() starts a new one)")
+            state["encoder_done"] = state["decoder_final"] = True
+            rows = buf if buf is not None else torch.zeros(self._streaming_batch_size, self.channels, 0,
+                                                           dtype=self._dtype)
+            _set_final(self.encoder)
+            state["buffer"] = None
+            with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+                return self.quantizer.encode(self.encoder(rows), n_q)
         if buf is None or buf.shape[-1] == 0:
-            return torch.zeros(self._streaming_batch_size, self.num_codebooks_for(bandwidth), 0, dtype=torch.long)
+            return torch.zeros(self._streaming_batch_size, n_q, 0, dtype=torch.long)
         pad = buf.new_zeros(buf.shape[0], buf.shape[1], self.hop_length - buf.shape[-1])
-        return self.encode(pad, bandwidth)
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            return self._encode_stream(pad, n_q)
 
-    # -- streaming (frame-synchronous) path ----------------------------------------------------
+    def flush_decoder(self, _unused=None) -> torch.Tensor:
+        """End of a decoding stream (reflect-padded models): the audio still held back ``[B, C, n]``.
+
+        Needed only for streams that decode codes without ``flush()`` (after ``flush()`` the next
+        ``decode`` already emits everything); constant-padded models hold nothing back."""
+        if not self.is_streaming:
+            raise StreamingError("flush_decoder() is only meaningful inside a streaming() block")
+        batch = self._streaming_batch_size
+        state = self._streaming_state
+        if not self._reflect_stream or state["decoder_done"]:
+            return torch.zeros(batch, self.channels, 0, dtype=self._dtype)
+        state["decoder_final"] = True
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            return self._decode_stream(torch.zeros(batch, 1, 0, dtype=torch.long))
+
+    # -- streaming path (time-major rows, row-invariant kernels: see codeclm.codec.layers) --------
     def _init_streaming_state(self, batch_size: int) -> dict:
-        if not self.streamable:
+        if not self.can_stream:
             raise StreamingError(
                 f"this codec cannot stream exactly (causal={self.config.causal}, pad_mode="
                 f"{self.config.pad_mode!r}, norm={self.config.norm!r}, normalize={self.config.normalize}); "
-                "streaming needs a causal model with pad_mode='constant'")
-        return {"buffer": None}
+                "streaming needs a causal model without time group norm or per-chunk normalisation")
+        return {"buffer": None, "encoder_done": False, "decoder_final": False, "decoder_done": False}
 
     def _encode_stream(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
         self._check_stream_batch(wav.shape[0])
         state = self._streaming_state
+        if state["encoder_done"]:
+            raise StreamingError("encode() after flush(): the stream has ended (reset_streaming() starts a new one)")
         buf = wav if state["buffer"] is None else torch.cat([state["buffer"], wav], -1)
         usable = buf.shape[-1] - buf.shape[-1] % self.hop_length
         state["buffer"] = buf[..., usable:]
         if usable == 0:
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
-        latent = self.encoder(to_frames(buf[..., :usable], self.hop_length))  # [B*N, D, 1]
-        return self.quantizer.encode(from_frames(latent, wav.shape[0]), n_q)
+        latent = self.encoder(buf[..., :usable])  # [B, D, N]
+        if latent.shape[-1] == 0:  # held back (reflect padding start-up)
+            return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
+        return self.quantizer.encode(latent, n_q)
 
     def _decode_stream(self, codes: torch.Tensor, _unused=None) -> torch.Tensor:
         self._check_stream_batch(codes.shape[0])
-        if codes.shape[-1] == 0:
+        state = self._streaming_state
+        if state["decoder_done"]:
+            raise StreamingError("decode() after the stream's last decode (after flush()); reset_streaming() "
+                                 "starts a new one")
+        final = state["decoder_final"]
+        if codes.shape[-1] == 0 and not final:
             return torch.zeros(codes.shape[0], self.channels, 0, device=codes.device, dtype=self._dtype)
-        audio = self.decoder(to_frames(self.quantizer.decode(codes), 1))  # [B*N, C, hop]
-        return from_frames(audio, codes.shape[0])
+        if final:
+            _set_final(self.decoder)
+            state["decoder_done"] = True
+            latent = (self.quantizer.decode(codes) if codes.shape[-1] else
+                      torch.zeros(codes.shape[0], self.config.dimension, 0, dtype=self._dtype, device=codes.device))
+        else:
+            latent = self.quantizer.decode(codes)  # [B, D, N]
+        return self.decoder(latent.contiguous())
 
-    def _frame_synchronous(self, x: torch.Tensor, step, n_q, samples_per_frame: int, batch: int) -> torch.Tensor:
+    def _frame_synchronous(self, x: torch.Tensor, step, n_q, samples_per_frame: int, batch: int,
+                           end=None) -> torch.Tensor:
         """Offline pass of a streamable model = one stream over the whole input, in blocks."""
         block = _OFFLINE_BLOCK_FRAMES * samples_per_frame
         with self.streaming(batch):
             outs = [step(x[..., i: i + block], n_q) for i in range(0, x.shape[-1], block)]
+            if end is not None:
+                outs.append(end())
         return torch.cat(outs, -1)
 
     # -- offline path (non-causal / reflect-padded / chunked models, e.g. imported EnCodec) -----
@@ -330,6 +414,13 @@ class Codec(CompressionModel):
         """Import a ``transformers`` codec (object or saved folder): an EncodecModel gives a Codec,
         a DacModel a :class:`~codeclm.codec.dac.DacCodec` (dispatch on ``config.model_type``)."""
         return from_hf(model_or_folder)
+
+
+def _set_final(module: torch.nn.Module) -> None:
+    """Mark every conv of ``module`` as receiving the end of its signal (reflect-padded streams)."""
+    for m in module.modules():
+        if isinstance(m, StreamingConv1d) and m._streaming_state is not None:
+            m._streaming_state.final = True
 
 
 def linear_overlap_add(frames: list[torch.Tensor], stride: int) -> torch.Tensor:
