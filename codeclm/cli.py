@@ -56,16 +56,37 @@ def build_parser() -> argparse.ArgumentParser:
                 raise  # a real missing dependency, not an absent optional command group
             continue
         getattr(mod, hook)(sub)
+    add_threads_option(parser)
     return parser
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Give every command (each leaf parser under ``parser``) a ``--threads N`` option; :func:`run`
+    applies it (default: :func:`codeclm.threads.default_threads`, which does not oversubscribe)."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subparsers:
+        for child in dict.fromkeys(action.choices.values()):
+            add_threads_option(child)
+    if not subparsers and not any("--threads" in a.option_strings for a in parser._actions):
+        parser.add_argument("--threads", type=int, default=None, metavar="N",
+                            help="CPU threads (default: the CPUs not busy with other work; env CODECLM_THREADS)")
+
+
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; a CodecLMError becomes one line and exit 1."""
+    """Parse ``argv`` and run the chosen command with ``--threads`` applied; a CodecLMError becomes
+    one line and exit 1."""
+    add_threads_option(parser)  # idempotent: parsers built elsewhere (generate.py) get it too
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None and threads < 1:
+            parser.error(f"--threads must be >= 1, got {threads}")
+        from codeclm.threads import set_threads
+
+        set_threads(threads)
         return int(args.func(args) or 0)
     except CodecLMError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
