@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import struct
+import types
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import ClassVar
@@ -34,11 +38,19 @@ def default_checkpoint(name: str) -> Path:
     return folder
 
 
+MAX_PARAMETERS = 1 << 32  # elements a config may describe (16 GiB of float32): far above any model here
+
+
 class SavedConfig:
     """``to_dict``/``from_dict`` for config dataclasses stored as ``config.json``.
 
     Subclasses (dataclasses) set ``model_type`` (written to the file and checked on load) and
-    ``kind`` (a word for messages). Unknown keys are refused with the list of valid ones.
+    ``kind`` (a word for messages). Unknown keys are refused with the list of valid ones, and
+    every value must have its field's type exactly (:func:`check_value`: no ``"16"`` for an int,
+    no ``"no"`` for a bool, no ``128.0`` or ``null`` for an int, no NaN), all before the config
+    object exists. A subclass that can describe its weights' shapes without allocating them
+    (:meth:`expected_shapes`) has them compared with the ``model.safetensors`` header next to
+    its ``config.json`` before any model is built.
     """
 
     model_type: ClassVar[str]
@@ -49,6 +61,9 @@ class SavedConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config"):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object of {cls.kind.lower()} settings, got "
+                              f"{_json_type(data)}")
         data = dict(data)
         found = data.pop("model_type", cls.model_type)
         if found != cls.model_type:
@@ -57,10 +72,156 @@ class SavedConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown {cls.kind.lower()} config keys {unknown}; valid keys: {sorted(known)}")
+        hints = _type_hints(cls)
+        for key, value in data.items():
+            if key in hints:
+                problem = check_value(value, hints[key])
+                if problem:
+                    raise ConfigError(f"{source}: {key} must be {problem}, got {_json_repr(value)}")
         try:
-            return cls(**data)
+            config = cls(**data)
         except TypeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+        except ConfigError as exc:  # validate(): name the file
+            raise ConfigError(f"{source}: {exc}") from None
+        if Path(source).name == CONFIG_NAME:
+            config.check_weights_header(Path(source).with_name(WEIGHTS_NAME))
+        return config
+
+    # -- sizes -------------------------------------------------------------------------------------
+    def expected_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Shapes of the weights a model of this config has, computed without allocating them
+        (e.g. on the ``meta`` device); None when the subclass does not know. Keys of optional
+        tensors (left out of inference-only folders) are listed by :meth:`optional_weights`."""
+        return None
+
+    def optional_weights(self) -> tuple[str, ...]:
+        """Key suffixes that a weights file may leave out."""
+        return ()
+
+    def check_weights_header(self, path: Path) -> None:
+        """Compare :meth:`expected_shapes` with the safetensors header at ``path`` (no tensor
+        is read) and the total size with :data:`MAX_PARAMETERS`: a config that does not describe
+        its weights is refused before a model of it is built."""
+        expected = self.expected_shapes()
+        if expected is None:
+            return
+        total = sum(math.prod(s) for s in expected.values())
+        if total > MAX_PARAMETERS:
+            raise ConfigError(f"{path.with_name(CONFIG_NAME)}: describes a model of {total:,} parameters (more than "
+                              f"{MAX_PARAMETERS:,}); the config is corrupt")
+        if not path.is_file():
+            return
+        stored = safetensors_shapes(path)
+        optional = self.optional_weights()
+        missing = sorted(k for k in set(expected) - set(stored) if not k.endswith(optional))
+        unexpected = sorted(set(stored) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(stored) if tuple(expected[k]) != tuple(stored[k]))
+        if missing or unexpected or wrong:
+            detail = (f"{wrong[0]} has shape {tuple(stored[wrong[0]])} in the weights, {tuple(expected[wrong[0]])} "
+                      "in the config" if wrong else f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise ConfigError(f"{path.with_name(CONFIG_NAME)}: does not match the weights in {path.name} ({detail})")
+
+
+def _type_hints(cls) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotations: no type checks rather than a crash
+        return {}
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _json_repr(value) -> str:
+    text = json.dumps(value) if _jsonable(value) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value, allow_nan=True)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def check_value(value, hint) -> str | None:
+    """None if ``value`` (parsed JSON) has exactly the type ``hint``, else what it must be.
+
+    Strict: ``bool`` only ``true``/``false``; ``int`` a whole JSON number that is not a bool or
+    float (``128.0`` is refused); ``float`` any finite number (ints allowed, NaN and inf not);
+    ``str`` a string; ``list[X]`` (or tuple) a list whose items are X; ``X | None`` also null;
+    ``Literal[...]`` one of the values. Unknown annotations are not checked.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        problems = [check_value(value, a) for a in options]
+        if any(p is None for p in problems):
+            return None
+        what = " or ".join(p for p in problems if p)
+        return what + (" or null" if type(None) in args else "")
+    if origin is typing.Literal:
+        return None if value in args else "one of " + ", ".join(map(repr, args))
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None if math.isfinite(value) else "a finite number"
+        return "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return "a list"
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                return f"a list of {len(args)} items"
+            item_hints = args
+        else:
+            item_hints = [args[0] if args else typing.Any] * len(value)
+        for item, item_hint in zip(value, item_hints):
+            problem = check_value(item, item_hint)
+            if problem:
+                return f"a list of items that are each {problem}"
+        return None
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return "an object"
+        if len(args) == 2:
+            for item in value.values():
+                problem = check_value(item, args[1])
+                if problem:
+                    return f"an object whose values are each {problem}"
+        return None
+    return None
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's header, reading no tensor data."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError("file too short")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100 << 20):
+                raise ValueError(f"header size {n} does not fit the file")
+            header = json.loads(f.read(n))
+        return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable safetensors file ({exc})") from None
 
 
 def fused_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -564,3 +564,75 @@ def test_item5_training_resumes_past_a_truncated_checkpoint(tmp_path):
     assert "train: warning: skipping a corrupt checkpoint: " in again.stderr and "step_000003" in again.stderr
     assert "resuming from" in again.stderr and "step_000002" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+# -- 4, 7, 8. configs: sizes checked against the weights header and limits, strict types ---------------
+@pytest.fixture
+def saved_codec(codec, tmp_path) -> Path:
+    return codec.save_pretrained(tmp_path / "m")
+
+
+def _with_config(folder: Path, **changes) -> Path:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("dimension", 1 << 20, "dimension must be an integer in 1..8192"),
+    ("n_filters", 1 << 20, "n_filters must be an integer in 1..4096"),
+    ("bins", 1 << 30, "bins must be an integer in 2..65536"),
+    ("lstm_layers", 10 ** 6, "lstm_layers must be an integer in 0..16"),
+    ("ratios", [4, 4, 100000], "ratios must be at most 8 values"),
+    ("dimension", 4096, "does not match the weights .*shape"),  # within limits, but not these weights
+    ("lstm_layers", 3, "does not match the weights"),
+])
+def test_item4_huge_sizes_are_refused_before_building(saved_codec, monkeypatch, key, value, message):
+    from codeclm.codec import model as codec_model
+
+    built = []
+    real_init = codec_model.Codec.__init__
+
+    def spy(self, config, *a, **k):
+        built.append(str(torch.get_default_device()) if hasattr(torch, "get_default_device") else "?")
+        return real_init(self, config, *a, **k)
+
+    monkeypatch.setattr(codec_model.Codec, "__init__", spy)
+    with pytest.raises(CodecLMError, match=message) as exc:
+        Codec.from_pretrained(_with_config(saved_codec, **{key: value}))
+    assert "config.json" in str(exc.value) and "\n" not in str(exc.value)
+    assert all(d == "meta" for d in built)  # nothing real was ever allocated
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("n_filters", "16", "n_filters must be an integer, got \"16\""),
+    ("dimension", 128.0, "dimension must be an integer, got 128.0"),
+    ("dimension", None, "dimension must be an integer, got null"),
+    ("dimension", -5, "dimension must be an integer in 1..8192, got -5"),
+    ("causal", "no", "causal must be true or false, got \"no\""),
+    ("causal", 0, "causal must be true or false"),
+    ("target_bandwidths", [float("nan")], "target_bandwidths must be a list of items that are each a finite number"),
+    ("target_bandwidths", "6", "target_bandwidths must be a list"),
+    ("ratios", [4, "4", 2], "ratios must be a list of items that are each an integer"),
+    ("chunk_length_s", "1", "chunk_length_s must be a number or null"),
+    ("ema_decay", float("inf"), "ema_decay must be a finite number"),
+])
+def test_item7_config_values_of_the_wrong_type_or_sign(saved_codec, key, value, message):
+    with pytest.raises(CodecLMError, match=message) as exc:
+        Codec.from_pretrained(_with_config(saved_codec, **{key: value}))
+    assert str(exc.value).startswith(str(saved_codec / "config.json")) and "\n" not in str(exc.value)
+
+
+def test_item7_config_that_is_not_an_object(saved_codec):
+    (saved_codec / "config.json").write_text("[1, 2, 3]")
+    with pytest.raises(CodecLMError, match="expected a JSON object of codec settings, got a list"):
+        Codec.from_pretrained(saved_codec)
+
+
+def test_item7_codec_cli_with_a_bad_config_is_one_line(saved_codec, tmp_path):
+    _with_config(saved_codec, n_filters="16")
+    src = save_audio(tmp_path / "in.wav", tone(2400)[0], SR)
+    proc = subprocess.run([*CLI, "compress", str(src), str(tmp_path / "x.cclm"), "--model", str(saved_codec)],
+                          capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "n_filters must be an integer" in proc.stderr

@@ -10,6 +10,10 @@ from codeclm.errors import ConfigError
 from codeclm.pretrained import SavedConfig
 
 MODEL_TYPE = "codeclm-codec"
+_SIZE_LIMITS = {"sample_rate": (1, 1_000_000), "dimension": (1, 8192), "n_filters": (1, 4096),
+                "n_residual_layers": (0, 16), "kernel_size": (1, 255), "last_kernel_size": (1, 255),
+                "residual_kernel_size": (1, 255), "dilation_base": (1, 16), "compress": (1, 64),
+                "lstm_layers": (0, 16), "bins": (2, 1 << 16), "kmeans_iters": (0, 100_000)}
 
 
 @dataclass
@@ -112,4 +116,37 @@ class CodecConfig(SavedConfig):
             raise bad(f"target_bandwidths must be positive, got {self.target_bandwidths}")
         if not 0.0 <= self.trim_right_ratio <= 1.0 or (not self.causal and self.trim_right_ratio != 1.0):
             raise bad("trim_right_ratio must be in [0, 1] and 1.0 for non-causal models")
+        # sane sizes, checked before any layer is built (a corrupt config must not allocate terabytes)
+        for key, (lo, hi) in _SIZE_LIMITS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise bad(f"{key} must be an integer in {lo}..{hi}, got {value!r}")
+        if len(self.ratios) > 8 or any(r > 64 for r in self.ratios) or self.hop_length > 1 << 20:
+            raise bad(f"ratios must be at most 8 values of 1..64 (hop <= 1048576), got {self.ratios}")
+        if self.n_filters * 2 ** len(self.ratios) > 1 << 16:
+            raise bad(f"n_filters * 2^len(ratios) = {self.n_filters * 2 ** len(self.ratios)} channels is too many "
+                      "(at most 65536)")
+        if not all(math.isfinite(b) for b in self.target_bandwidths) or self.n_q > 1024:
+            raise bad(f"target_bandwidths must be finite and need at most 1024 codebooks, got {self.target_bandwidths}")
+        for key in ("ema_decay", "dead_code_threshold"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0) or (key == "ema_decay" and value > 1):
+                raise bad(f"{key} must be a finite number >= 0{' and <= 1' if key == 'ema_decay' else ''}, got {value}")
+        if self.chunk_length_s is not None and not (math.isfinite(self.chunk_length_s) and self.chunk_length_s > 0):
+            raise bad(f"chunk_length_s must be a positive number of seconds or null, got {self.chunk_length_s}")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise bad(f"overlap must be in [0, 1) or null, got {self.overlap}")
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The fused weights' shapes of a codec of this config, built on the meta device (no memory)."""
+        import torch
+
+        from codeclm.codec.model import Codec
+
+        with torch.device("meta"):
+            model = Codec(self)
+        return {k: tuple(v.shape) for k, v in model.state_dict_fused().items()}
+
+    def optional_weights(self) -> tuple[str, ...]:
+        return (".embed_avg", ".cluster_size")  # inference-only folders leave out the EMA statistics
 
