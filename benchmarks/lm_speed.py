@@ -42,7 +42,7 @@ from types import SimpleNamespace
 
 import torch
 
-IMPLS = ("codeclm", "codeclm-static", "codeclm-compiled", "transformers")
+IMPLS = ("codeclm", "codeclm-static", "codeclm-compiled", "codeclm-int8", "transformers")
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -140,6 +140,10 @@ def worker(args) -> dict:
         from codeclm.lm.hf import lm_from_hf
 
         lm = lm_from_hf(model)
+        if args.impl == "codeclm-int8":
+            from codeclm.lm.quant import quantize_int8
+
+            lm = quantize_int8(lm)
         with torch.no_grad():
             states = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
         del model
@@ -178,6 +182,8 @@ def worker(args) -> dict:
     if args.impl == "codeclm":
         out["floor_steps_per_s"] = args.steps / _matmul_floor(lm, 2 * input_ids.shape[0] if args.cfg != 1 else
                                                               input_ids.shape[0], args.steps, args.repeats)
+    if args.impl == "codeclm-int8" or args.impl == "codeclm":
+        out["codes"] = codes.tolist()  # token agreement of int8 vs fp32
     out.update({"steps_per_s": args.steps / best, "cpu_steps_per_s": args.steps / best_cpu, "seconds": best,
                 "peak_mem_mb": max(0.0, peak),
                 "codes_sha": hashlib.sha256(codes.contiguous().numpy().tobytes()).hexdigest()[:16]})
@@ -199,23 +205,33 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (the fastest counts)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 weight-only variant (codeclm.lm.quant)")
+    ap.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "lm_speed.jsonl"),
+                    help="JSON-lines file the result line is appended to ('' for none)")
     ap.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.impl:
         print(json.dumps(worker(args)))
         return
+    torch.set_num_threads(args.threads)
     results = {}
     for impl in IMPLS:
-        if impl == "codeclm-compiled" and args.no_compile:
+        if (impl == "codeclm-compiled" and args.no_compile) or (impl == "codeclm-int8" and args.no_int8):
             continue
         cmd = [sys.executable, __file__, "--impl", impl] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("impl", "no_compile")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("impl", "no_compile", "no_int8", "results")]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         if proc.returncode:
             sys.exit(f"{impl} worker failed:\n{proc.stderr[-2000:]}")
         results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
     ours, theirs = results["codeclm"], results["transformers"]
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from codeclm.threads import machine_info
+
     out = {
+        "benchmark": "lm_speed",
+        "machine": machine_info(),
         "config": {"dim": args.dim, "layers": args.layers, "heads": args.heads, "n_q": args.n_q, "card": args.card,
                    "batch": args.batch, "cfg": args.cfg, "steps": args.steps, "threads": args.threads},
         "codeclm_steps_per_s": round(ours["steps_per_s"], 1),
@@ -245,7 +261,24 @@ def main() -> None:
         if "compile_seconds" in r:
             out["compile_seconds"] = round(r["compile_seconds"], 1)
             out["compile_fell_back"] = r["compile_fell_back"]
-    print(json.dumps(out))
+    if "codeclm-int8" in results:
+        r = results["codeclm-int8"]
+        a, b = torch.tensor(r["codes"]), torch.tensor(ours["codes"])
+        diverge = (a != b).flatten(0, 1).any(0).nonzero()
+        out.update({
+            "codeclm_int8_steps_per_s": round(r["steps_per_s"], 1),
+            "int8_speedup_vs_transformers": round(r["steps_per_s"] / theirs["steps_per_s"], 2),
+            "int8_speedup_vs_transformers_cpu_time": round(r["cpu_steps_per_s"] / theirs["cpu_steps_per_s"], 2),
+            "int8_vs_fp32": round(r["steps_per_s"] / ours["steps_per_s"], 2),
+            "int8_token_agreement": round(float((a == b).float().mean()), 4),
+            "int8_first_divergent_frame": int(diverge[0]) if len(diverge) else None,
+        })
+    line = json.dumps(out)
+    print(line)
+    if args.results:
+        os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
+        with open(args.results, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":

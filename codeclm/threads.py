@@ -4,7 +4,8 @@ Torch starts one thread per core whatever else runs; on a machine where other pr
 cores busy, every parallel region then waits for its slowest thread (a thread that shares a
 core with someone else), which costs more than it gains. :func:`default_threads` counts the
 CPUs this process may use (affinity mask, cgroup quota) minus the ones other processes are
-keeping busy right now (the 1-minute load average, before this job starts), at least one.
+keeping busy right now (``/proc/stat`` over 50 ms before the job starts; else the load
+average), at least one.
 ``CODECLM_THREADS`` or ``OMP_NUM_THREADS`` override it; every ``codeclm`` command takes
 ``--threads N``.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["available_cpus", "default_threads", "set_threads", "machine_info"]
+__all__ = ["available_cpus", "busy_cpus", "default_threads", "set_threads", "machine_info"]
 
 
 def available_cpus() -> int:
@@ -32,6 +33,32 @@ def available_cpus() -> int:
     return max(1, n)
 
 
+def busy_cpus(interval: float = 0.05) -> float:
+    """CPUs other processes keep busy now: /proc/stat sampled over ``interval`` seconds (this
+    process is idle meanwhile), else the 1-minute load average."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields[:8]), idle
+
+    try:
+        import time
+
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+        ticks = os.sysconf("SC_CLK_TCK") * interval
+        if t1 > t0:
+            return max(0.0, ((t1 - t0) - (i1 - i0)) / ticks)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def default_threads() -> int:
     """Threads for a job: the environment's choice, else the CPUs not already kept busy."""
     for var in ("CODECLM_THREADS", "OMP_NUM_THREADS"):
@@ -39,11 +66,8 @@ def default_threads() -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     cpus = available_cpus()
-    try:
-        busy = round(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        busy = 0
-    return max(1, min(cpus, cpus - busy))
+    busy = min(cpus, round(busy_cpus())) if cpus > 1 else 0
+    return max(1, cpus - busy)
 
 
 def set_threads(n: int | None = None) -> int:

@@ -54,10 +54,12 @@ def test_default_threads_respects_env_and_load(monkeypatch):
     monkeypatch.delenv("CODECLM_THREADS")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "available_cpus", lambda: 8)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.2, 0, 0))
+    monkeypatch.setattr(threads, "busy_cpus", lambda interval=0.05: 3.2)
     assert threads.default_threads() == 5  # 3 cores busy elsewhere
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (40.0, 0, 0))
+    monkeypatch.setattr(threads, "busy_cpus", lambda interval=0.05: 40.0)
     assert threads.default_threads() == 1
+    monkeypatch.undo()
+    assert 0 <= threads.busy_cpus(0.02) <= (threads.os.cpu_count() or 1) + 1
 
 
 def test_machine_info_fields():

@@ -1,0 +1,139 @@
+"""Regenerate the speed part of README's "Measured" section from the benchmarks' JSON lines.
+
+Each benchmark appends one JSON line per run to ``benchmarks/results/<name>.jsonl``
+(``codec_speed``, ``lm_speed``, ``busy_cpu``); this script takes the newest line of each and
+renders a Markdown block, the machine it ran on beside the numbers:
+
+    python benchmarks/readme_measured.py                 # print the block
+    python benchmarks/readme_measured.py --write         # replace it in README.md
+
+With ``--write`` the block goes between ``<!-- measured:speed:begin -->`` and
+``<!-- measured:speed:end -->`` in README.md; if the markers are absent it is inserted (with
+them) right after the "## Measured" heading's first line, or appended at the end. Nothing else
+in the README changes, and a run with the same JSON lines gives the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BEGIN, END = "<!-- measured:speed:begin -->", "<!-- measured:speed:end -->"
+
+
+def newest(name: str, folder: str) -> dict | None:
+    path = os.path.join(folder, f"{name}.jsonl")
+    if not os.path.isfile(path):
+        return None
+    last = None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    last = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+    return last
+
+
+def machine(r: dict) -> str:
+    m = r.get("machine") or {}
+    if not m:
+        return f"threads {r.get('threads', '?')}"
+    load = f", load {m['load_1min']}" if m.get("load_1min") is not None else ""
+    return (f"{m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs ({m.get('isa', '?')}), torch {m.get('torch', '?')}"
+            f"{load}")
+
+
+def fmt(v, suffix: str = "") -> str:
+    return "n/a" if v is None else f"{v}{suffix}"
+
+
+def render(folder: str) -> str:
+    rows = ["| benchmark | codeclm | transformers | ratio | goal | machine |", "|---|---|---|---|---|---|"]
+    notes = []
+    c = newest("codec_speed", folder)
+    if c:
+        rows.append(f"| codec encode+decode, EnCodec 24 kHz, exact path ({c['threads']} threads) | "
+                    f"{c['codeclm_x_realtime']}x real time | {c['transformers_x_realtime']}x | "
+                    f"{c['speedup_vs_transformers']} (CPU time {fmt(c.get('speedup_vs_transformers_cpu'))}) | >= 1.5 | "
+                    f"{machine(c)} |")
+        rows.append(f"| codec, zero-padded variant (shipped-codec path) | {c.get('zero_pad_x_realtime')}x real time | | "
+                    f"CPU time {fmt(c.get('zero_pad_speedup_vs_transformers_cpu'))} | >= 1.5 | same run |")
+        rows.append(f"| streaming, 20 ms chunks, 1 thread | "
+                    f"{fmt(c.get('streaming_20ms_x_realtime_1thread_cpu'))}x real time (CPU time; RTF wall "
+                    f"{c['streaming_20ms_rtf_1thread']}) | - | - | >= 3x real time | same run |")
+        notes.append(f"codec: identical codes {c['identical_codes']}, max audio difference {c['max_abs_audio_diff']:.1e}, "
+                     f"stream codes == offline {c.get('stream_codes_equal_offline')}, latency "
+                     f"{c['algorithmic_latency_ms']} ms + start-up hold-back {c.get('start_delay_frames')} frames.")
+    lm = newest("lm_speed", folder)
+    if lm:
+        cfg = lm.get("config", {})
+        conf = f"dim {cfg.get('dim')}, {cfg.get('layers')} layers, {cfg.get('n_q')}x{cfg.get('card')}, CFG, {cfg.get('threads')} thread(s)"
+        rows.append(f"| LM decoding fp32 ({conf}) | {lm['codeclm_steps_per_s']} steps/s | {lm['transformers_steps_per_s']} | "
+                    f"{lm['speedup_vs_transformers']} (CPU time {lm['speedup_vs_transformers_cpu_time']}; fp32 matmul "
+                    f"floor {lm['max_speedup_vs_transformers_cpu_time']}) | >= 2 | {machine(lm)} |")
+        if "codeclm_int8_steps_per_s" in lm:
+            rows.append(f"| LM decoding int8 weight-only (option) | {lm['codeclm_int8_steps_per_s']} steps/s | | "
+                        f"{lm['int8_speedup_vs_transformers']} (CPU time {lm['int8_speedup_vs_transformers_cpu_time']}) | "
+                        f">= 2 | same run |")
+            notes.append(f"LM int8: token agreement with fp32 {lm['int8_token_agreement']}, first divergent frame "
+                         f"{lm['int8_first_divergent_frame']}; fp32 tokens identical to transformers: {lm['same_codes']}.")
+        for key in ("static", "compiled"):
+            if f"codeclm_{key}_steps_per_s" in lm:
+                rows.append(f"| LM decoding fp32, {key} | {lm[f'codeclm_{key}_steps_per_s']} steps/s | | "
+                            f"{lm[f'{key}_speedup_vs_transformers']} | | same run |")
+    b = newest("busy_cpu", folder)
+    if b:
+        rows.append(f"| next to a busy core: {b['job']} | {b['busy_seconds']} s ({b['busy_threads']} thread(s)) vs "
+                    f"{b['alone_seconds']} s alone | torch's threads: {b['torch_default_busy_seconds']} s | slowdown "
+                    f"{b['slowdown']} (torch's threads {b['torch_default_slowdown']}) | <= 1.3 | {machine(b)} |")
+    if len(rows) == 2:
+        return ""
+    text = ["Speed (regenerated by `python benchmarks/readme_measured.py --write` from `benchmarks/results/*.jsonl`):",
+            "", *rows]
+    if notes:
+        text += ["", *[f"- {n}" for n in notes]]
+    return "\n".join(text)
+
+
+def write(readme: str, block: str) -> None:
+    with open(readme) as f:
+        text = f.read()
+    wrapped = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda m: wrapped, text, flags=re.S)
+    else:
+        m = re.search(r"^## Measured.*$", text, flags=re.M)
+        if m:
+            text = text[: m.end()] + "\n\n" + wrapped + "\n" + text[m.end():]
+        else:
+            text = text.rstrip("\n") + "\n\n" + wrapped + "\n"
+    tmp = readme + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, readme)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=os.path.join(HERE, "results"), help="folder of the benchmarks' .jsonl files")
+    ap.add_argument("--readme", default=os.path.join(os.path.dirname(HERE), "README.md"))
+    ap.add_argument("--write", action="store_true", help="replace the block in README.md instead of printing it")
+    args = ap.parse_args()
+    block = render(args.results)
+    if not block:
+        sys.exit(f"no benchmark results in {args.results} (run benchmarks/codec_speed.py, lm_speed.py, busy_cpu.py)")
+    if args.write:
+        write(args.readme, block)
+    else:
+        print(block)
+
+
+if __name__ == "__main__":
+    main()
