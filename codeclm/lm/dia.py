@@ -183,6 +183,21 @@ def rope_tables(length: int, head_dim: int, theta: float, device=None) -> tuple[
     return emb.cos(), emb.sin()
 
 
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scale-1 attention of one query step ``q [B, H, 1, hd]`` over ``k, v [B, KV, L, hd]`` (``H`` a
+    multiple of ``KV``), the query heads of a group batched against their shared keys: two small
+    matmuls instead of SDPA's kernel launch, which dominates at one step. ``mask [B, 1, 1, L]``."""
+    B, H, _, hd = q.shape
+    KV, L = k.shape[1], k.shape[2]
+    G = H // KV
+    # [B * KV, ...] views (a KV-cache prefix is one too: no copy of the cache per step)
+    scores = torch.bmm(q.reshape(B * KV, G, hd), k.reshape(B * KV, L, hd).transpose(1, 2)).view(B, KV, G, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.float().softmax(-1).to(v.dtype).view(B * KV, G, L)
+    return torch.bmm(probs, v.reshape(B * KV, L, hd)).view(B, H, 1, hd)
+
+
 class GQASelfAttention(StreamingModule):
     """Self-attention with grouped-query heads, RoPE and scale 1 (fused q/k/v projection).
 
@@ -227,7 +242,7 @@ class GQASelfAttention(StreamingModule):
             cache.offset = end
             keys, values = cache.k[:, :, :end], cache.v[:, :, :end]
             if S == 1:
-                out = F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=gqa)
+                out = _one_query_attention(q, keys, values, None)
             elif start == 0:
                 out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0, enable_gqa=gqa)
             else:
@@ -263,8 +278,11 @@ class GQACrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: CrossKV) -> torch.Tensor:
         B, S, _ = x.shape
         q = self.q(x).view(B, S, self.heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=kv.mask, scale=1.0,
-                                             enable_gqa=self.heads != self.kv_heads)
+        if S == 1:
+            out = _one_query_attention(q, kv.k, kv.v, kv.mask)
+        else:
+            out = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=kv.mask, scale=1.0,
+                                                 enable_gqa=self.heads != self.kv_heads)
         return self.out(out.transpose(1, 2).reshape(B, S, self.heads * self.head_dim))
 
 
@@ -403,6 +421,23 @@ class DiaModel(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
+        self._decode_layout()
+
+    @torch.no_grad()
+    def _decode_layout(self) -> None:
+        """Store the weight of every widening linear layer (out > in features: q/k/v, gate/up, the
+        head) as the transpose of a contiguous ``[in, out]`` tensor. Same parameter, same values and
+        names; ``F.linear`` then multiplies the few decoding rows by the contiguous ``[in, out]``
+        matrix, which BLAS does several times faster than the ``[out, in]`` layout at batch 1-2
+        (measured in ``benchmarks/dia_speed.py``). ``load_state_dict`` copies in place and keeps it."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.out_features > m.in_features and m.weight.is_contiguous():
+                m.weight.data = m.weight.data.t().contiguous().t()
+
+    def _apply(self, fn, recurse=True):  # .to() / .half() may hand back contiguous weights
+        out = super()._apply(fn, recurse)
+        self._decode_layout()
+        return out
 
     # -- folders ----------------------------------------------------------------------------------
     def save_pretrained(self, folder, dtype: torch.dtype | None = None):

@@ -1,0 +1,123 @@
+"""Dia decoding speed: codeclm's DiaModel loop vs transformers' ``DiaForConditionalGeneration.generate``.
+
+One small random Dia (same seed, same weights in both), greedy decoding with classifier-free
+guidance (scale 3, transformers' default top-k 50 on the guided scores; batch 2B inside), text
+only. Both are timed on the whole generate call (encoder, prefill, every decoder step), warmed up
+once, the fastest of ``--repeats`` runs counting. The tokens must be identical (asserted).
+The machine may be shared: ``*_cpu_time`` figures use the process CPU time. Prints one JSON line::
+
+    python benchmarks/dia_speed.py [--steps 200] [--dim 512] [--layers 6] [--threads 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build(dim: int, layers: int, seed: int = 0):
+    from transformers import DiaConfig, DiaDecoderConfig, DiaEncoderConfig, DiaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    enc = DiaEncoderConfig(hidden_size=dim // 2, num_hidden_layers=max(1, layers // 2), num_attention_heads=4,
+                           num_key_value_heads=4, head_dim=dim // 8, intermediate_size=2 * dim,
+                           max_position_embeddings=1024)
+    dec = DiaDecoderConfig(hidden_size=dim, num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=2,
+                           head_dim=dim // 8, cross_num_attention_heads=8, cross_head_dim=dim // 8,
+                           cross_num_key_value_heads=8, cross_hidden_size=dim // 2, intermediate_size=4 * dim,
+                           max_position_embeddings=1024)
+    model = DiaForConditionalGeneration(DiaConfig(encoder_config=enc.to_dict(), decoder_config=dec.to_dict())).eval()
+    with torch.no_grad():  # wider than the 0.02 init: confident argmaxes, no float near-ties
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 1.0 / p.shape[1] ** 0.5)
+    return model
+
+
+def best_time(fn, repeats: int):
+    fn()  # warm-up
+    wall, cpu, out = [], [], None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return min(wall), min(cpu), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200, help="max_new_tokens")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    from codeclm.lm.dia import encode_text
+    from codeclm.lm.dia_hf import dia_from_hf
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+    model = build(args.dim, args.layers)
+    ours = dia_from_hf(model)
+    text = "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts and voices."
+    ids = torch.tensor([encode_text(text)])
+    dc = model.config.decoder_config
+    delays = torch.tensor(model.config.delay_pattern)
+    max_delay = int(delays.max())
+    # what DiaProcessor gives for text only: the delayed BOS frame (BOS while step <= delay, then PAD)
+    steps = torch.arange(1 + max_delay)[:, None]
+    delayed = torch.where(steps <= delays[None, :], dc.bos_token_id, dc.pad_token_id)[None]
+    hf_inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=delayed,
+                     decoder_attention_mask=torch.ones(1, 1 + max_delay, dtype=torch.long))
+
+    def run_hf():
+        with torch.no_grad():
+            return model.generate(**{k: v.clone() for k, v in hf_inputs.items()}, max_new_tokens=args.steps,
+                                  do_sample=False, guidance_scale=3.0)
+
+    def run_ours():
+        return ours.generate_steps(ids, None, None, max_new_tokens=args.steps, guidance_scale=3.0, top_k=50)
+
+    hf_wall, hf_cpu, hf_out = best_time(run_hf, args.repeats)
+    our_wall, our_cpu, our_out = best_time(run_ours, args.repeats)
+    theirs = hf_out.transpose(1, 2).long()
+    same = bool(torch.equal(theirs, our_out.steps))
+    assert same, "codeclm and transformers generated different tokens"
+    steps = our_out.steps.shape[2] - our_out.prompt_steps
+    result = {
+        "benchmark": "dia_speed", "cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+        "config": {"dim": args.dim, "layers": args.layers, "enc_dim": args.dim // 2, "kv_heads": 2, "heads": 8,
+                   "n_q": 9, "vocab": 1028, "params_m": round(sum(p.numel() for p in ours.parameters()) / 1e6, 2)},
+        "guidance_scale": 3.0, "steps": steps, "same_tokens": same,
+        "transformers_steps_per_s": round(steps / hf_wall, 1),
+        "codeclm_steps_per_s": round(steps / our_wall, 1),
+        "speedup": round(hf_wall / our_wall, 2),
+        "transformers_steps_per_cpu_s": round(steps / hf_cpu, 1),
+        "codeclm_steps_per_cpu_s": round(steps / our_cpu, 1),
+        "speedup_cpu_time": round(hf_cpu / our_cpu, 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
