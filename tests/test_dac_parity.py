@@ -193,3 +193,18 @@ def test_compress_decompress_info_cli(folder_kind, tmp_path, capsys):
     other = tmp_path / "other"
     Codec.from_hf(hf_dac("44khz", seed=10)).save_pretrained(other)
     assert run_cli("decompress", tmp_path / "x.cclm", tmp_path / "o2.wav", "--model", other, "-q") == 1
+
+
+def test_corrupt_dac_folders_are_refused_before_building(tmp_path):
+    codec = Codec.from_hf(hf_dac("16khz", seed=11))
+    codec.save_pretrained(tmp_path / "ok")
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for key, value, message in (("decoder_dim", 1 << 30, "decoder_dim must be an integer"),
+                                ("n_q", "4", "n_q must be"), ("ratios", [2, 4, 5, 1000], "ratios must be"),
+                                ("n_q", 5, "does not match the weights")):
+        bad = tmp_path / f"bad_{key}_{value}"
+        bad.mkdir()
+        (bad / "config.json").write_text(json.dumps({**config, key: value}))
+        (bad / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
+        with pytest.raises(ConfigError, match=message):
+            load_model(bad)

@@ -43,6 +43,8 @@ __all__ = ["DacCodec", "DacConfig", "snake"]
 
 MODEL_TYPE = "codeclm-dac"
 DILATIONS = (1, 3, 9)
+_SIZE_LIMITS = {"sample_rate": (1, 1_000_000), "encoder_dim": (1, 4096), "decoder_dim": (1, 1 << 16),
+                "n_q": (1, 1024), "bins": (2, 1 << 16), "codebook_dim": (1, 4096), "window_frames": (1, 1 << 20)}
 
 
 @dataclass
@@ -72,20 +74,28 @@ class DacConfig(SavedConfig):
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"DAC config: {msg}")
 
-        if self.sample_rate <= 0:
-            raise bad(f"sample_rate must be > 0, got {self.sample_rate}")
-        if not self.ratios or any(r < 1 for r in self.ratios):
-            raise bad(f"ratios must be positive integers, got {self.ratios}")
-        if self.bins < 2 or 2 ** int(math.log2(self.bins)) != self.bins:
+        for key, (lo, hi) in _SIZE_LIMITS.items():  # before any layer is built: a corrupt config allocates nothing
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise bad(f"{key} must be an integer in {lo}..{hi}, got {value!r}")
+        if not self.ratios or len(self.ratios) > 8 or any(not 1 <= r <= 64 for r in self.ratios):
+            raise bad(f"ratios must be 1 to 8 integers in 1..64, got {self.ratios}")
+        if self.encoder_dim * 2 ** len(self.ratios) > 1 << 16:
+            raise bad(f"encoder_dim * 2^len(ratios) = {self.encoder_dim * 2 ** len(self.ratios)} channels is too many")
+        if 2 ** int(math.log2(self.bins)) != self.bins:
             raise bad(f"bins must be a power of two, got {self.bins}")
-        if min(self.encoder_dim, self.decoder_dim, self.n_q, self.codebook_dim, self.window_frames) < 1:
-            raise bad("encoder_dim, decoder_dim, n_q, codebook_dim and window_frames must be >= 1")
         if self.decoder_dim % 2 ** len(self.ratios):
             raise bad(f"decoder_dim {self.decoder_dim} must be divisible by 2**{len(self.ratios)}")
 
     @property
     def hop_length(self) -> int:
         return int(math.prod(self.ratios))
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The weights' shapes of a DAC of this config, built on the meta device (no memory)."""
+        with torch.device("meta"):
+            model = DacCodec(self)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     @property
     def latent_dim(self) -> int:
