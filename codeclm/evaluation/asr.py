@@ -37,7 +37,7 @@ from codeclm.audio import check_waveform, resample
 from codeclm.errors import CodecLMError
 
 __all__ = ["ASR_SAMPLE_RATE", "ASR_LANGUAGES", "ASRError", "MissingPackageError", "transcribe",
-           "asr_supports", "normalize_words", "word_edit_distance", "word_error_rate"]
+           "asr_supports", "normalize_words", "vocabulary_of", "word_edit_distance", "word_error_rate"]
 
 ASR_SAMPLE_RATE = 16000
 ASR_LANGUAGES = ("en",)  # pocketsphinx's bundled model: US English
@@ -101,17 +101,43 @@ def _to_pcm16(wav, sample_rate: int) -> bytes:
     return (mono.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
 
 
-def transcribe(wav: torch.Tensor, sample_rate: int, language: str = "en") -> str:
+@functools.lru_cache(maxsize=8)
+def _vocabulary_decoder(words: tuple[str, ...]):
+    """A decoder whose search is a JSGF loop over ``words`` (those in its dictionary): any sequence
+    of them, nothing else. Restricting the recogniser to the test sentences' vocabulary makes the
+    old pocketsphinx usable on synthetic and coded speech."""
+    _decoder()  # a missing package or a broken install fails here, with the same messages
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(loglevel="FATAL")
+    known = sorted({w for w in words if decoder.lookup_word(w) is not None})
+    if not known:
+        raise ASRError("none of the vocabulary's words is in pocketsphinx's dictionary")
+    grammar = "#JSGF V1.0;\ngrammar vocabulary;\npublic <s> = ( " + " | ".join(known) + " )* ;\n"
+    decoder.add_jsgf_string("vocabulary", grammar)
+    decoder.activate_search("vocabulary")
+    return decoder
+
+
+def vocabulary_of(texts: Sequence[str], language: str = "en") -> tuple[str, ...]:
+    """The sorted set of normalised words of ``texts`` (the ``vocabulary`` of :func:`transcribe`)."""
+    return tuple(sorted({w for t in texts for w in normalize_words(t, language)}))
+
+
+def transcribe(wav: torch.Tensor, sample_rate: int, language: str = "en",
+               vocabulary: Sequence[str] | None = None) -> str:
     """English words recognised in ``wav`` (float ``[C, N]`` or ``[N]`` at ``sample_rate``).
 
     Returns lower-case words separated by single spaces ("" when nothing was recognised, and for
-    digital silence: peak below -80 dBFS). ``language`` other than English raises
-    :class:`ASRError`; a missing pocketsphinx raises :class:`MissingPackageError` (also for
-    silence: the install is checked first); empty or NaN audio an :class:`~codeclm.errors.AudioError`.
+    digital silence: peak below -80 dBFS). ``vocabulary`` (e.g. :func:`vocabulary_of` the test
+    sentences) restricts recognition to a loop over those words instead of the full language
+    model. ``language`` other than English raises :class:`ASRError`; a missing pocketsphinx raises
+    :class:`MissingPackageError` (also for silence: the install is checked first); empty or NaN
+    audio an :class:`~codeclm.errors.AudioError`.
     """
     if not asr_supports(language):
         raise ASRError(f"speech recognition supports only English (pocketsphinx en-us), not {language!r}")
-    decoder = _decoder()
+    decoder = _decoder() if vocabulary is None else _vocabulary_decoder(tuple(sorted(set(vocabulary))))
     pcm = _to_pcm16(wav, sample_rate)
     if not pcm:  # silence: pocketsphinx would still hallucinate a word or two
         return ""

@@ -54,7 +54,7 @@ from codeclm.metrics import METRICS
 
 __all__ = ["evaluate_codec", "collect_inputs", "default_metrics", "BASIC_METRICS", "SPEECH_METRICS"]
 
-BASIC_METRICS = ("si_sdr", "mel", "stft")
+BASIC_METRICS = ("si_sdr", "mel", "stft", "lines")
 SPEECH_METRICS = ("pesq", "stoi")
 
 
