@@ -107,3 +107,16 @@ def test_bad_inputs(tiny_codec, codec_dir, clips, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 1 and err.startswith("codeclm: error:") and "\n" not in err
         assert message in err
+
+
+def test_codebook_perplexity_counts_effective_codes(tiny_codec, clips):
+    from codeclm.evaluation.codec_eval import codebook_perplexity
+
+    usage = torch.zeros(2, 8, dtype=torch.long)
+    usage[0, :4] = 10  # four codes equally often
+    usage[1, 0] = 5  # one code only
+    assert codebook_perplexity(usage) == [4.0, 1.0]
+    (row,) = evaluate_codec(tiny_codec, [clips / "a.wav"], [4.5], metrics=["stft"])
+    n_q = tiny_codec.num_codebooks_for(4.5)
+    assert len(row["codebook_perplexity"]) == n_q
+    assert all(1.0 <= p <= tiny_codec.cardinality for p in row["codebook_perplexity"])

@@ -19,6 +19,8 @@ achieved_kbps   codec: whole ``.cclm`` bytes (entropy-coded codes + container) *
                 totals over all files divided by the total duration.
 raw_kbps, n_q   codec only: codebooks used and their raw (not entropy-coded) bitrate
 files, seconds  number of files and total seconds of audio evaluated
+codebook_perplexity  codec only: exp(entropy) of each codebook's code histogram over all files
+                (how many of its ``cardinality`` codes it effectively uses)
 <metric>        mean over files; ``<metric>_failed`` counts files where it could not be computed
                 (PESQ refuses signals without speech); the mean is then over the others, or
                 ``None`` when every file failed
@@ -52,7 +54,7 @@ from codeclm.data.manifest import AUDIO_EXTENSIONS, AudioRecord, read_manifest, 
 from codeclm.errors import CodecLMError
 from codeclm.metrics import METRICS
 
-__all__ = ["evaluate_codec", "collect_inputs", "default_metrics", "BASIC_METRICS", "SPEECH_METRICS"]
+__all__ = ["evaluate_codec", "codebook_perplexity", "collect_inputs", "default_metrics", "BASIC_METRICS", "SPEECH_METRICS"]
 
 BASIC_METRICS = ("si_sdr", "mel", "stft", "lines")
 SPEECH_METRICS = ("pesq", "stoi")
@@ -151,13 +153,29 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(metrics))  # unique, in order
 
 
-def _roundtrip(codec: CompressionModel, wav: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """``decode(encode(wav))`` trimmed to the input length; ``wav`` is ``[C, T]``."""
+def _roundtrip(codec: CompressionModel, wav: torch.Tensor, bandwidth: float,
+               usage: torch.Tensor | None = None) -> torch.Tensor:
+    """``decode(encode(wav))`` trimmed to the input length; ``wav`` is ``[C, T]``. ``usage``
+    ``[n_q, cardinality]`` (optional) accumulates how often each code was used."""
     with torch.inference_mode():
         if getattr(codec.config, "normalize", False):  # EnCodec 48 kHz: per-chunk loudness scales
             codes, scales = codec.encode(wav[None], bandwidth=bandwidth, return_scales=True)
-            return codec.decode(codes, scales)[0, :, : wav.shape[-1]].float()
-        return codec.decode(codec.encode(wav[None], bandwidth=bandwidth))[0, :, : wav.shape[-1]].float()
+            out = codec.decode(codes, scales)
+        else:
+            codes = codec.encode(wav[None], bandwidth=bandwidth)
+            out = codec.decode(codes)
+        if usage is not None:
+            for k in range(codes.shape[1]):
+                usage[k] += torch.bincount(codes[:, k].reshape(-1), minlength=usage.shape[1])[: usage.shape[1]]
+        return out[0, :, : wav.shape[-1]].float()
+
+
+def codebook_perplexity(usage: torch.Tensor) -> list[float]:
+    """exp(entropy) of each codebook's code histogram ``[n_q, cardinality]``: how many codes it
+    effectively uses (cardinality = all equally often; 1 = one code only)."""
+    p = usage.double() / usage.sum(-1, keepdim=True).clamp(min=1)
+    entropy = -(p * p.clamp(min=1e-30).log()).sum(-1)
+    return [round(float(v), 1) for v in entropy.exp()]
 
 
 def evaluate_codec(
@@ -195,6 +213,7 @@ def evaluate_codec(
     sr = codec.sample_rate
     systems = ("codeclm", "opus") if opus else ("codeclm",)
     acc = {(s, b): _Accumulator(metrics) for s in systems for b in bandwidths}
+    usage = {b: torch.zeros(n_q[b], codec.cardinality, dtype=torch.long) for b in bandwidths}
     _roundtrip(codec, torch.zeros(codec.channels, sr // 10), bandwidths[0])  # warm-up, so timings are fair
     bar = tqdm(total=len(items) * len(bandwidths), desc="eval codec", unit="file", disable=not progress,
                dynamic_ncols=True)
@@ -205,7 +224,7 @@ def evaluate_codec(
             for b in bandwidths:
                 bar.set_postfix_str(f"{b:g} kbps {Path(path).name}", refresh=False)
                 start = time.perf_counter()
-                decoded = _roundtrip(codec, wav, b)
+                decoded = _roundtrip(codec, wav, b, usage[b])
                 busy = time.perf_counter() - start
                 bits = 8 * len(compress_tensor(wav, codec, b))
                 acc["codeclm", b].add(wav, decoded, sr, bits, busy)
@@ -220,8 +239,10 @@ def evaluate_codec(
 
     rows = []
     for b in bandwidths:
-        rows.append(acc["codeclm", b].row(system="codeclm", bandwidth_kbps=_number(b), n_q=n_q[b],
-                                          raw_kbps=_round(codec.bandwidth_of(n_q[b]))))
+        row = acc["codeclm", b].row(system="codeclm", bandwidth_kbps=_number(b), n_q=n_q[b],
+                                    raw_kbps=_round(codec.bandwidth_of(n_q[b])))
+        row["codebook_perplexity"] = codebook_perplexity(usage[b])
+        rows.append(row)
         if opus:
             rows.append(acc["opus", b].row(system="opus", bandwidth_kbps=_number(b)))
     return rows
