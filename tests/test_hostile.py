@@ -636,3 +636,65 @@ def test_item7_codec_cli_with_a_bad_config_is_one_line(saved_codec, tmp_path):
     proc = subprocess.run([*CLI, "compress", str(src), str(tmp_path / "x.cclm"), "--model", str(saved_codec)],
                           capture_output=True, text=True, env=env(), timeout=120)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "n_filters must be an integer" in proc.stderr
+
+
+# -- 4, 8. manifests: merge streams, missing files are counted ----------------------------------------
+def _manifest(folder: Path, n: int, missing: int = 0) -> Path:
+    from codeclm.data.manifest import AudioRecord, write_manifest
+
+    records = []
+    for i in range(n):
+        path = folder / f"a{i}.wav"
+        if n > 20:  # many records: no audio needed
+            records.append(AudioRecord(str(path), 0.01, SR, 1, text="hello " * 5))
+            continue
+        if i >= missing:
+            sf.write(path, np.zeros(240, np.float32), SR) if i < 3 + missing else path.write_bytes(b"")
+        records.append(AudioRecord(str(path), 0.01, SR, 1, text="hello " * 5))
+    return write_manifest(records, folder / "m.jsonl")
+
+
+def test_item4_merge_streams_records(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from codeclm.data import manifest
+    from codeclm.data.cli import add_data_commands
+
+    src = _manifest(tmp_path, 100)
+    live, most = [0], [0]
+
+    class Counted(manifest.AudioRecord):  # counts the records alive at any moment
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+
+        def __del__(self):
+            live[0] -= 1
+
+    monkeypatch.setattr(manifest, "AudioRecord", Counted)
+    parser = argparse.ArgumentParser()
+    add_data_commands(parser.add_subparsers())
+    args = parser.parse_args(["data", "merge", f"{src}*50", str(src), "-o", str(tmp_path / "big.jsonl")])
+    assert args.func(args) == 0
+    assert sum(1 for _ in open(tmp_path / "big.jsonl")) == 5100
+    assert most[0] <= 3, most  # one record at a time, not 5100 in a list
+    assert "5100 records from 2 manifests" in capsys.readouterr().err
+    args = parser.parse_args(["data", "merge", f"{src}*1000000000", "-o", str(tmp_path / "huge.jsonl")])
+    assert args.func(args) == 1
+    assert "repeat count must be in 1..100000" in capsys.readouterr().err
+    assert not (tmp_path / "huge.jsonl").exists()
+
+
+def test_item8_missing_and_unreadable_manifest_files_are_counted(tmp_path, capsys):
+    from codeclm.data import AudioSegmentDataset, read_manifest
+
+    records = read_manifest(_manifest(tmp_path, 8, missing=2))  # 2 missing, 3 empty (unreadable), 3 good
+    err = capsys.readouterr().err.strip()
+    assert err == f"codeclm: warning: {tmp_path / 'm.jsonl'}: 2 of 8 entries name missing files (a0.wav, a1.wav)"
+    ds = AudioSegmentDataset(records, SR, segment_seconds=0.005, seed=0)
+    failed = sum(ds[i]["failed"] for i in range(len(ds)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert failed >= 5 and len(ds.errors) == 5
+    assert len(err) == 5 and all(line.startswith("codeclm: warning: skipping an unreadable file: ") for line in err)
+    assert err[-1].endswith("(5 unreadable file(s) so far, replaced by other records)")

@@ -106,19 +106,38 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_REPEAT = 100_000
+
+
 @_handler
 def _merge(args: argparse.Namespace) -> int:
-    """Concatenate manifests; ``a.jsonl*3`` repeats a manifest three times (to weight a corpus)."""
-    from codeclm.data.manifest import read_manifest, write_manifest
+    """Concatenate manifests; ``a.jsonl*3`` repeats a manifest three times (to weight a corpus).
 
-    records = []
+    Records stream from the inputs to the output (each repeat reads its manifest again), so
+    memory does not grow with the repeat counts or the manifests' sizes."""
+    from codeclm.data.manifest import iter_manifest, write_manifest
+
+    specs = []
     for spec in args.inputs:
         path, _, times = spec.partition("*")
         if times and not times.isdigit():
             raise CodecLMError(f"{spec}: repeat count after '*' must be a whole number")
-        records += read_manifest(path) * int(times or 1)
-    write_manifest(records, args.output)
-    print(f"{args.output}: {len(records)} records from {len(args.inputs)} manifests", file=sys.stderr)
+        if times and not 1 <= int(times) <= MAX_REPEAT:
+            raise CodecLMError(f"{spec}: repeat count must be in 1..{MAX_REPEAT}")
+        next(iter_manifest(path), None)  # a missing or malformed first line fails before writing
+        specs.append((path, int(times or 1)))
+    count = 0
+
+    def records():
+        nonlocal count
+        for path, times in specs:
+            for _ in range(times):
+                for rec in iter_manifest(path):
+                    count += 1
+                    yield rec
+
+    write_manifest(records(), args.output)
+    print(f"{args.output}: {count} records from {len(args.inputs)} manifests", file=sys.stderr)
     return 0
 
 

@@ -20,6 +20,7 @@ before iterating (and do not use ``persistent_workers=True`` with per-epoch crop
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 from typing import Any, Iterator, Sequence
 
@@ -129,9 +130,13 @@ class AudioSegmentDataset(Dataset):
             try:
                 item = self.load(current)
             except AudioError as exc:
-                self.errors[self.records[current].path] += 1
+                path = self.records[current].path
+                self.errors[path] += 1
                 if self.on_error == "raise":
                     raise
+                if self.errors[path] == 1:  # each unreadable file once, with the running count
+                    print(f"codeclm: warning: skipping an unreadable file: {exc} ({len(self.errors)} unreadable "
+                          f"file(s) so far, replaced by other records)", file=sys.stderr, flush=True)
                 failed += 1
                 first_error = first_error or str(exc)
                 continue

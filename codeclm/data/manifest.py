@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from codeclm.audio import audio_info
 from codeclm.errors import AudioError, CodecLMError
-from codeclm.fileio import atomic_output, json_object
+from codeclm.fileio import atomic_output, json_object, os_error
 
-__all__ = ["AudioRecord", "ScanResult", "read_manifest", "write_manifest", "scan_folder",
+__all__ = ["AudioRecord", "ScanResult", "iter_manifest", "missing_files", "read_manifest", "write_manifest", "scan_folder",
            "AUDIO_EXTENSIONS"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -100,23 +101,44 @@ class ScanResult:
         return line
 
 
-def read_manifest(path: str | os.PathLike) -> list[AudioRecord]:
+def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[AudioRecord]:
     """Read a JSON-lines manifest; relative paths are resolved against the manifest's folder.
 
     Blank lines are ignored. Malformed JSON, a non-object line, a missing required field or a
     field of the wrong type raises :class:`CodecLMError` naming the file and line number.
+    With ``check_files`` the entries whose audio file is missing are counted and reported in one
+    warning line on stderr (they are kept: the dataset replaces them, and counts them, when read).
     """
+    records = list(iter_manifest(path))
+    if check_files:
+        missing = missing_files(records)
+        if missing:
+            names = ", ".join(Path(r.path).name for r in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            print(f"codeclm: warning: {path}: {len(missing)} of {len(records)} entries name missing files ({names})",
+                  file=sys.stderr, flush=True)
+    return records
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[AudioRecord]:
+    """The records of a manifest one at a time (memory does not grow with the file)."""
     path = Path(path)
     if not path.is_file():
         raise CodecLMError(f"{path}: manifest not found")
     base = path.resolve().parent
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            records.append(_parse_line(line, base, f"{path}:{lineno}"))
-    return records
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield _parse_line(line, base, f"{path}:{lineno}")
+    except UnicodeDecodeError as exc:
+        raise CodecLMError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise CodecLMError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def missing_files(records: Iterable[AudioRecord]) -> list[AudioRecord]:
+    """The records whose audio file does not exist (or is not a file)."""
+    return [r for r in records if not os.path.isfile(r.path)]
 
 
 def _parse_line(line: str, base: Path, where: str) -> AudioRecord:
@@ -143,9 +165,14 @@ def write_manifest(records: Iterable[AudioRecord], path: str | os.PathLike) -> P
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CodecLMError(f"{path}: folder {folder} does not exist")
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec.to_dict(relative_to=folder), ensure_ascii=False) + "\n")
+    try:
+        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec.to_dict(relative_to=folder), ensure_ascii=False) + "\n")
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # disk full, file too large
+        raise os_error(path, exc) from None
     return path
 
 
