@@ -277,6 +277,8 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source
         if tensor.shape != expected[key].shape:
             raise ConfigError(f"{source}: {key} has shape {tuple(tensor.shape)}, config expects "
                               f"{tuple(expected[key].shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(f"{source}: weight {key} holds NaN or infinite values; the model file is corrupt")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
 
 

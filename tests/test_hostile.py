@@ -698,3 +698,99 @@ def test_item8_missing_and_unreadable_manifest_files_are_counted(tmp_path, capsy
     assert failed >= 5 and len(ds.errors) == 5
     assert len(err) == 5 and all(line.startswith("codeclm: warning: skipping an unreadable file: ") for line in err)
     assert err[-1].endswith("(5 unreadable file(s) so far, replaced by other records)")
+
+
+# -- 8. pipelines: format, recorded codec identity, guidance, max_duration, NaN weights ----------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def music_copy(tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(REPO / "checkpoints" / "music", tmp_path / "music"))
+
+
+def _edit_pipeline(folder: Path, **changes) -> None:
+    info = json.loads((folder / "pipeline.json").read_text())
+    info.update(changes)
+    (folder / "pipeline.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"format": 99}, "pipeline format 99 is not supported"),
+    ({"format": "1"}, "pipeline format '1' is not supported"),
+    ({"max_duration": "abc"}, "max_duration must be a positive number of seconds, got 'abc'"),
+    ({"max_duration": float("nan")}, "max_duration must be a positive number"),
+    ({"max_duration": -3}, "max_duration must be a positive number"),
+])
+def test_item8_pipeline_json_values_are_checked(music_copy, changes, message):
+    from codeclm.pipelines import TextToMusic
+
+    _edit_pipeline(music_copy, **changes)
+    with pytest.raises(CodecLMError, match=message) as exc:
+        TextToMusic.from_pretrained(music_copy)
+    assert "\n" not in str(exc.value)
+
+
+def _perturbed_codec(folder: Path, value: float | None = None) -> None:
+    """Another codec of the same architecture in ``folder`` (one weight changed; NaN with value=nan)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("conv.weight"))
+    weights[key] = weights[key].clone()
+    weights[key].view(-1)[0] = weights[key].view(-1)[0] + 0.01 if value is None else value
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_item8_a_swapped_codec_is_refused(music_copy):
+    from codeclm.pipelines import TextToMusic
+
+    assert json.loads((music_copy / "pipeline.json").read_text())["codec_identity"]
+    TextToMusic.from_pretrained(music_copy)  # as shipped: fine
+    _perturbed_codec(music_copy / "codec")
+    with pytest.raises(CodecLMError, match="codec/ holds .* but this model was made for .*the folder's codec was "
+                                           "replaced"):
+        TextToMusic.from_pretrained(music_copy)
+
+
+def test_item8_saved_pipelines_record_their_codec(music_copy, tmp_path):
+    from codeclm.pipelines import TextToMusic
+
+    pipe = TextToMusic.from_pretrained(music_copy)
+    pipe.save_pretrained(tmp_path / "again", torch.float16)
+    assert json.loads((tmp_path / "again" / "pipeline.json").read_text())["codec_identity"] == pipe.codec.identity()
+    TextToMusic.from_pretrained(tmp_path / "again")
+
+
+def test_item8_nan_weights_are_refused(music_copy):
+    _perturbed_codec(music_copy / "codec", float("nan"))
+    with pytest.raises(CodecLMError, match="conv.weight holds NaN or infinite values"):
+        Codec.from_pretrained(music_copy / "codec")
+
+
+@pytest.mark.parametrize("flag,value", [("--guidance", "nan"), ("--guidance", "inf"), ("--guidance", "-1"),
+                                        ("--temperature", "nan"), ("--device", "nonsense"), ("--device", "cuda:7")])
+def test_item7_item8_music_command_line_numbers_and_devices(flag, value, tmp_path, capsys):
+    from codeclm.cli import main
+
+    if value.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    code = main(["music", "calm piano", "--duration", "1", "-o", str(tmp_path / "x.wav"), f"{flag}={value}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("codeclm: error: ") and "\n" not in err, err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_item7_device_names(monkeypatch):
+    from codeclm.devices import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda")
+    for bad in ("nonsense", "cuda:x", "gpu", ""):
+        with pytest.raises(CodecLMError, match="is not a device|unsupported"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(CodecLMError, match="--device cuda: this torch build has no CUDA support"):
+        resolve_device("cuda")

@@ -18,6 +18,7 @@ Folder layout (``save_pretrained`` / ``from_pretrained``)::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import load_weights_into, read_config, read_weights, save_folder
 
-__all__ = ["GenerationPipeline", "load_lm", "read_pipeline_info", "save_lm"]
+__all__ = ["GenerationPipeline", "check_codec_identity", "load_lm", "read_pipeline_info", "save_lm"]
 
 PIPELINE_FILE = "pipeline.json"
 FORMAT = 1
@@ -67,12 +68,37 @@ def read_pipeline_info(folder: Path, kind: str, parts: tuple[str, ...]) -> dict:
         found = info["type"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: invalid pipeline description ({exc})") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"{path}: invalid pipeline description (not a JSON object)")
     if found != kind:
         raise ConfigError(f"{folder}: holds a {found!r} pipeline, not {kind!r}")
+    version = info.get("format", FORMAT)
+    if type(version) is not int or version != FORMAT:
+        raise ConfigError(f"{path}: pipeline format {version!r} is not supported (this codeclm reads format "
+                          f"{FORMAT}; a newer codeclm may read it)")
+    if "max_duration" in info:
+        value = info["max_duration"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{path}: max_duration must be a positive number of seconds, got {value!r}")
     for sub in parts:
         if not (folder / sub).is_dir():
             raise ConfigError(f"{folder}: missing {sub}/")
     return info
+
+
+def check_codec_identity(info: dict, codec, folder: Path) -> None:
+    """Refuse a pipeline whose ``codec/`` is not the codec ``pipeline.json`` records
+    (``codec_identity``: name and weight hash), e.g. one swapped for another codec."""
+    recorded = info.get("codec_identity")
+    if recorded is None or not hasattr(codec, "identity"):
+        return
+    if not isinstance(recorded, dict) or not {"name", "sha256"} <= set(recorded):
+        raise ConfigError(f"{folder / PIPELINE_FILE}: codec_identity must be an object with name and sha256")
+    found = codec.identity()
+    if (found["name"], found["sha256"]) != (recorded["name"], recorded["sha256"]):
+        raise ConfigError(f"{folder}: codec/ holds {found['name']!r} (weights sha256 {found['sha256'][:12]}), but this "
+                          f"model was made for {recorded['name']!r} (sha256 {str(recorded['sha256'])[:12]}); the "
+                          "folder's codec was replaced")
 
 
 class GenerationPipeline:
@@ -156,8 +182,12 @@ class GenerationPipeline:
 
     @staticmethod
     def _check_sampling(guidance_scale: float, temperature: float, top_k: int, top_p: float) -> None:
-        if guidance_scale < 0:
-            raise CodecLMError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise CodecLMError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        for name, value in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise CodecLMError(f"{name} must be a finite number, got {value}")
         check_sampling_params(temperature, top_k, top_p)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -247,7 +277,8 @@ class GenerationPipeline:
             self.conditioner.save_folder(folder / "text")
         if self.melody_conditioner is not None:
             self.melody_conditioner.save_folder(folder / "melody")
-        (folder / PIPELINE_FILE).write_text(json.dumps(self._pipeline_info(), indent=2) + "\n")
+        info = {**self._pipeline_info(), "codec_identity": load_model(folder / "codec").identity()}  # as saved
+        (folder / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         return folder
 
     @classmethod
@@ -256,6 +287,7 @@ class GenerationPipeline:
         info = read_pipeline_info(folder, cls.kind, ("lm", "codec"))
         lm = load_lm(folder / "lm")
         codec = load_model(folder / "codec")
+        check_codec_identity(info, codec, folder)
         conditioner = load_conditioner(folder / "text") if (folder / "text").is_dir() else None
         melody = MelodyConditioner.load(folder / "melody") if (folder / "melody").is_dir() else None
         return info, lm, codec, conditioner, melody

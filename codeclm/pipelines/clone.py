@@ -41,7 +41,7 @@ import torch
 from codeclm.codec import Codec, load_model
 from codeclm.errors import AudioError, CodecLMError, ConfigError
 from codeclm.lm.valle import Valle
-from codeclm.pipelines.base import PIPELINE_FILE, read_pipeline_info
+from codeclm.pipelines.base import PIPELINE_FILE, check_codec_identity, read_pipeline_info
 from codeclm.pretrained import default_checkpoint
 from codeclm.tokenizers.normalize import TextError, check_language
 from codeclm.tokenizers.phonemes import PhonemeVocab, TextToPhonemes, split_phonemes
@@ -96,9 +96,10 @@ class VoiceClone:
             from codeclm.pipelines.dia import DiaVoiceClone
 
             return DiaVoiceClone.from_pretrained(folder, device)
-        read_pipeline_info(folder, cls.kind, ("valle", "codec", "phonemes"))
+        info = read_pipeline_info(folder, cls.kind, ("valle", "codec", "phonemes"))
         model = Valle.from_pretrained(folder / "valle")
         codec = load_model(folder / "codec")
+        check_codec_identity(info, codec, folder)
         vocab = PhonemeVocab.load(folder / "phonemes")
         voices, voices_dir = {}, folder / "voices"
         if (voices_dir / "voices.json").is_file():
@@ -128,7 +129,8 @@ class VoiceClone:
         if (self.voices_dir is not None and self.voices_dir.is_dir()
                 and self.voices_dir.resolve() != (folder / "voices").resolve()):
             shutil.copytree(self.voices_dir, folder / "voices", dirs_exist_ok=True)
-        info = {"type": self.kind, "format": 1, "languages": list(self.vocab.languages)}
+        info = {"type": self.kind, "format": 1, "languages": list(self.vocab.languages),
+                "codec_identity": load_model(folder / "codec").identity()}  # the codec as saved
         (folder / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         return folder
 

@@ -159,8 +159,9 @@ def run_say(args) -> int:
     from codeclm.audio import save_audio
     from codeclm.pipelines import VoiceClone
 
-    device = None if args.device == "auto" else args.device
-    pipe = VoiceClone.from_pretrained(args.model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from codeclm.devices import resolve_device
+
+    pipe = VoiceClone.from_pretrained(args.model, device=resolve_device(args.device))
     if args.list_voices:
         for name, v in pipe.voices.items():
             print(f"{name}\t{v.get('language', 'en')}\t{v.get('speaker', '')}\t{v['text']}")

@@ -78,11 +78,10 @@ def process_shard(jobs: list[T], device: str | None = None) -> Shard[T]:
     """This process's share of ``jobs``. A single process (no launcher) gets everything and starts
     no process group; under a launcher, Accelerate's :class:`PartialState` gives rank, world size
     and device (the CPU with gloo when there is no GPU). ``device`` forces one ("cpu", "cuda")."""
+    from codeclm.devices import resolve_device
+
     world, rank, state = launched_world_size(), 0, None
-    if device in (None, "auto"):
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
+    dev = resolve_device(device)  # a one-line CodecLMError for "nonsense" or cuda on a CPU build
     if world > 1:
         from accelerate import PartialState
 
