@@ -171,7 +171,11 @@ def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return rows_matmul(x.contiguous(), w_t)
 
 
-_PREPACK = False  # oneDNN-blocked weights: slower here (the packed format fits one input size)
+_PREPACK = False  # oneDNN-blocked weights, one copy per input length: streaming 20 ms chunks 1.25x less CPU,
+# offline 1.5x more (the 2-D blocked kernels are slower on long inputs; a copy made for another
+# length is 10x slower), and blocked and plain weights round differently, so one stream must use
+# one or the other: off by default
+_PACKS_PER_LAYER = 16  # input lengths remembered per layer (a stream sees a few; offline one per block size)
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -191,6 +195,22 @@ def pack_conv_weight(weight: torch.Tensor, stride: int, dilation: int, x: torch.
         return torch._C._nn.mkldnn_reorder_conv2d_weight(w4, [0, 0], [1, stride], [1, dilation], 1, size)
     except (RuntimeError, AttributeError, NotImplementedError):  # a torch without these ops
         return None
+
+
+def cached_pack(packs: dict | None, weight: torch.Tensor, stride: int, dilation: int, x: torch.Tensor):
+    """``(packs, packed)``: the blocked weight for ``x``'s shape from a per-layer cache (None: pack
+    nothing). The blocked layout never changes a result (tests), only the speed; a stream packs
+    either always or never (grad mode and dtype are fixed for a stream)."""
+    if not _PREPACK:
+        return packs, None
+    if packs is None:
+        packs = {}
+    key = (x.shape[0], x.shape[-1])
+    if key not in packs:
+        if len(packs) >= _PACKS_PER_LAYER:
+            packs.pop(next(iter(packs)))
+        packs[key] = pack_conv_weight(weight, stride, dilation, x)
+    return packs, packs[key]
 
 
 def conv_exact(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
@@ -237,8 +257,7 @@ class _ConvState:
     started: bool = True  # reflect padding: False until the first samples arrived
     pending: torch.Tensor | None = None  # reflect padding: input held back until then [B, C, T]
     final: bool = False  # set by the codec's flush: the next input is the end of the signal
-    packed: object = None  # oneDNN-blocked weight (pack_conv_weight), made on the first call
-    packed_for: bool | None = None  # whether packing was attempted (None: not yet)
+    packs: dict | None = None  # (batch, input length) -> oneDNN-blocked weight (pack_conv_weight)
 
 
 class StreamingConv1d(StreamingModule):
@@ -294,10 +313,9 @@ class StreamingConv1d(StreamingModule):
     def _conv(self, window: torch.Tensor) -> torch.Tensor:
         state: _ConvState = self._streaming_state
         w, s, d = self.conv.weight, self.stride, self.conv.dilation[0]
-        if state.packed_for is None:  # once per stream: the same kernel for every call
-            state.packed, state.packed_for = (pack_conv_weight(w, s, d, window) if _PREPACK else None), True
+        state.packs, packed = cached_pack(state.packs, w, s, d, window)
         bias = None if self.conv.bias is None else self.conv.bias.detach()
-        return self.norm(conv_exact(window, w, bias, s, d, state.packed))
+        return self.norm(conv_exact(window, w, bias, s, d, packed))
 
     def _forward_streaming(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, C_in, T]`` (the next samples of the stream) -> ``[B, C_out, T / stride]``."""
@@ -337,7 +355,7 @@ class StreamingConv1d(StreamingModule):
 class _ConvTrState:
     tail: torch.Tensor | None = None  # the last ``reach - 1`` steps' output pieces, bias not yet added
     pointwise: torch.Tensor | None = None  # the kernel as a 1x1 conv, built once per stream
-    packed: object = None  # its oneDNN-blocked copy (pack_conv_weight)
+    packs: dict | None = None  # its oneDNN-blocked copies per input length (cached_pack)
 
 
 class StreamingConvTranspose1d(StreamingModule):
@@ -385,12 +403,12 @@ class StreamingConvTranspose1d(StreamingModule):
         if state.pointwise is None:  # [out, reach, s] output channels per input step
             w = self.convtr.weight.detach()  # [in, out, k]
             state.pointwise = F.pad(w, (0, reach * s - k)).permute(1, 2, 0).reshape(out_ch * reach * s, c_in, 1).contiguous()
-            state.packed = pack_conv_weight(state.pointwise, 1, 1, x) if _PREPACK else None
         if state.tail is None:
             state.tail = x.new_zeros(b, out_ch, reach, s, reach - 1)
         if steps == 0:
             return x.new_zeros(b, out_ch, 0)
-        z = conv_exact(x, state.pointwise, None, 1, 1, state.packed).view(b, out_ch, reach, s, steps)
+        state.packs, packed = cached_pack(state.packs, state.pointwise, 1, 1, x)
+        z = conv_exact(x, state.pointwise, None, 1, 1, packed).view(b, out_ch, reach, s, steps)
         if reach > 1:
             z = torch.cat([state.tail, z], -1)  # [B, out, reach, s, reach - 1 + T]
             state.tail = z[..., steps:].contiguous()
