@@ -190,6 +190,11 @@ def test_compress_decompress_info_cli(folder_kind, tmp_path, capsys):
     assert info["model_sha256"] == codec.identity()["sha256"] and info["chunks"] >= 1
     data = compress_tensor(wav, codec, bw)  # in memory: the same codes, exactly
     assert torch.equal(decompress_tensor(data, codec), codec.decode(codec.encode(wav[None], bw))[0, :, :23_456])
+    if folder_kind == "transformers":  # same name and weight hash once saved in our format: interchangeable
+        codec.save_pretrained(tmp_path / "ours")
+        assert run_cli("decompress", tmp_path / "x.cclm", tmp_path / "o1.wav", "--model", tmp_path / "ours", "-q",
+                       "--subtype", "FLOAT") == 0
+        assert np.array_equal(sf.read(tmp_path / "o1.wav", dtype="float32")[0], expected[0].numpy())
     other = tmp_path / "other"
     Codec.from_hf(hf_dac("44khz", seed=10)).save_pretrained(other)
     assert run_cli("decompress", tmp_path / "x.cclm", tmp_path / "o2.wav", "--model", other, "-q") == 1
