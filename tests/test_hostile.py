@@ -415,6 +415,15 @@ def test_item7_bad_chunk_seconds_is_one_line(model_dir, tmp_path, value, capsys)
 
 
 # -- 5. corrupt checkpoints ------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerator objects made here must not leave a process-wide state for later tests."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _accelerator():
     from accelerate import Accelerator
 
