@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,8 @@ import torch
 
 from codeclm.audio import save_audio
 from codeclm.codec import Codec, CodecConfig
-from codeclm.compression import compress_file, compress_tensor, decompress_file, decompress_tensor, read_info
+from codeclm.compression import compress_file, compress_tensor, decompress_tensor, read_info
 from codeclm.compression import format as fmt
-from codeclm.compression.entropy import AdaptiveCodeModel
 from codeclm.errors import BitstreamError, CodecLMError, OutputExistsError
 
 SR = 24000
