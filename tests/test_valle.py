@@ -119,6 +119,75 @@ def test_generate_shapes_seed_and_stopping():
         m.generate(ph, prompt[:2])
 
 
+def test_generation_matches_the_saved_run_of_the_loop_before_the_shared_one():
+    """Valle.generate now runs on codeclm.lm.generate.iter_codes (EOS a stopping criterion, the
+    minimum length a logits processor); tests/data holds codes of the old hand-written loop for
+    the same tiny model, seeds and sampling settings: they are reproduced exactly."""
+    ref = json.loads((REPO / "tests" / "data" / "valle_generate_before.json").read_text())
+    m = tiny_valle()
+    for case in ref["cases"]:
+        out = m.generate(torch.tensor(case["phonemes"]), torch.tensor(case["prompt"]),
+                         target_phonemes=case["target_phonemes"], temperature=case["temperature"],
+                         top_k=case["top_k"], top_p=case["top_p"], do_sample=case["temperature"] > 0,
+                         generator=torch.Generator().manual_seed(case["seed"]))
+        assert out.tolist() == case["codes"], case
+
+
+def test_generate_batch_is_one_forward_and_equals_each_item(monkeypatch):
+    import codeclm.lm.generate as gen
+
+    m = tiny_valle()
+    g = torch.Generator().manual_seed(4)
+    phs = [torch.randint(5, 20, (n,), generator=g) for n in (9, 6, 12)]
+    voice, other = torch.randint(0, 32, (3, 7), generator=g), torch.randint(0, 32, (3, 5), generator=g)
+    calls = []
+    real = gen.iter_codes
+    monkeypatch.setattr(gen, "iter_codes", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    seeds = [0, 1, 2]
+    batch = m.generate_batch(phs, [voice] * 3, [None, 3, None],
+                             generators=[torch.Generator().manual_seed(s) for s in seeds])
+    assert calls == [3]  # one voice: the three AR decodes are one batch of 3
+    singles = [m.generate(p, voice, tp, generator=torch.Generator().manual_seed(s))
+               for p, tp, s in zip(phs, [None, 3, None], seeds)]
+    assert all(torch.equal(a, b) for a, b in zip(batch, singles))
+    assert len({x.shape[1] for x in batch}) > 1  # rows end at their own EOS
+    calls.clear()  # two prompt lengths: two batches, results in the input order
+    mixed = m.generate_batch(phs[:2], [voice, other], generators=[torch.Generator().manual_seed(s) for s in seeds[:2]])
+    assert sorted(calls) == [1, 1]
+    assert torch.equal(mixed[0], batch[0])
+    assert torch.equal(mixed[1], m.generate(phs[1], other, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(CodecLMError, match="one prompt"):
+        m.generate_batch(phs, [voice])
+
+
+def test_logits_processor_and_stopping_criteria_on_the_shared_loop():
+    from codeclm.lm.generate import generate_codes
+    from codeclm.lm.logits import (EosStoppingCriteria, LogitsProcessorList, MaxNewTokensCriteria,
+                                   MinNewTokensLogitsProcessor, StoppingCriteriaList)
+
+    scores = torch.zeros(2, 1, 5)
+    ids = torch.zeros(2, 1, 4, dtype=torch.long)
+    out = LogitsProcessorList([MinNewTokensLogitsProcessor(2, torch.tensor([3, 1]), eos=4)])(ids, scores)
+    assert out[0, 0, 4] == float("-inf") and out[1, 0, 4] == 0 and (out[:, :, :4] == 0).all()  # 2 new < 3, not < 1
+    ids[1, 0, -1] = 4
+    crit = StoppingCriteriaList([EosStoppingCriteria(4), MaxNewTokensCriteria(1, torch.tensor([9, 9]))])
+    assert crit(ids, scores).tolist() == [False, True]
+    assert MaxNewTokensCriteria(1, 3)(ids, scores).tolist() == [True, True]
+    # on the loop: the row that emits EOS is padded, the loop ends when every row is done
+    m = tiny_valle()
+    with torch.no_grad():  # code 3 always, EOS (32) second best
+        m.ar.out_norm.weight.zero_()
+        m.ar.out_norm.bias.fill_(1.0)
+        m.ar.heads[0].weight.zero_()
+        m.ar.heads[0].weight[3] = 10.0
+    cond, mask = m.ar_text.encode_ids(torch.randint(5, 20, (2, 4)), torch.ones(2, 4, dtype=torch.bool))
+    codes = generate_codes(m.ar, m.ar.config.get_pattern(), 2, 50, cond, mask, do_sample=False,
+                           stopping_criteria=StoppingCriteriaList([MaxNewTokensCriteria(0, torch.tensor([3, 6]))]),
+                           pad_token_id=m.eos)
+    assert codes.shape == (2, 1, 6)  # stopped when both rows were done, not after 50 frames
+    assert codes[0, 0].tolist() == [3, 3, 3, 32, 32, 32] and codes[1, 0].tolist() == [3] * 6
+
+
 def test_save_load_round_trip(tmp_path):
     m = tiny_valle()
     m.save_pretrained(tmp_path / "v")

@@ -183,12 +183,22 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
                top_k: int = 0, top_p: float = 0.0, do_sample: bool = True,
                generator: torch.Generator | None = None, prompt_codes: torch.Tensor | None = None,
                on_step: Callable[[int, int], None] | None = None, *, static: bool = False,
-               compile: bool = False) -> Iterator[torch.Tensor]:
+               compile: bool = False, logits_processor=None, stopping_criteria=None,
+               pad_token_id: int | None = None) -> Iterator[torch.Tensor]:
     """:func:`generate_codes` as an iterator of newly completed frames ``[B, K, n]``, in order.
 
     Runs under ``torch.no_grad()``; the chunks cover all ``n_frames``. Closing the iterator early
     closes the LM's streaming block. ``static`` / ``compile``: the static-cache decoder, eager or
     compiled (see the module docstring); the default is the streaming one.
+
+    ``logits_processor(input_ids [B, K, s], scores [B, K, V]) -> scores`` (e.g. a
+    :class:`codeclm.lm.logits.LogitsProcessorList`) edits each step's scores after guidance and
+    before sampling. ``stopping_criteria(input_ids [B, K, s + 1], scores) -> done [B]``: a done
+    row's later tokens are ``pad_token_id`` (default: the special token) and the loop ends when
+    every row is done; the chunks then stop at that step (fewer than ``n_frames``; this test is
+    the only host read per step, and only with criteria). ``generator`` may be a list of one
+    ``torch.Generator`` per row: row ``b`` then draws from its own (its tokens do not depend on
+    the other rows' sampling, as if it were generated alone).
     """
     cfg = lm.config
     K, special = cfg.n_q, cfg.card
@@ -262,6 +272,13 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
         chunk = completed(first - 1)
         if chunk is not None:
             yield chunk
+    last = S - 1  # the last step whose frames are yielded (earlier when every row stopped)
+    finished = None
+    if stopping_criteria is not None:
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        pad = torch.tensor(special if pad_token_id is None else int(pad_token_id), device=device)
+    if isinstance(generator, (list, tuple)) and len(generator) != batch:
+        raise CodecLMError(f"got {len(generator)} generators for a batch of {batch}")
     lm.eval()
     with ExitStack() as stack:
         if first < S and (static or compile):
@@ -277,16 +294,30 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
                 logits = logits.float()
                 if use_cfg:
                     logits = apply_cfg(logits[:batch], logits[batch:], guidance_scale)
-                tokens = sample_next(logits, temperature, top_k, top_p, do_sample, generator)
+                if logits_processor is not None:
+                    logits = logits_processor(seq[:, :, :s], logits)
+                if isinstance(generator, (list, tuple)):  # one generator per row
+                    tokens = torch.cat([sample_next(logits[b:b + 1], temperature, top_k, top_p, do_sample, g)
+                                        for b, g in enumerate(generator)], 0)
+                else:
+                    tokens = sample_next(logits, temperature, top_k, top_p, do_sample, generator)
+                if finished is not None:  # rows done before this step keep the pad token
+                    tokens = torch.where(finished[:, None], pad, tokens)
                 seq[:, :, s] = torch.where(free[:, s], tokens, seq[:, :, s])
+                if finished is not None:
+                    finished |= stopping_criteria(seq[:, :, :s + 1], logits)
+                    if bool(finished.all()):
+                        last = s
                 if on_step is not None:
                     on_step(s + 1 - first, S - first)
                 chunk = completed(s)
                 if chunk is not None:
                     yield chunk
+                if last < S - 1:
+                    break
                 if s + 1 < S:
                     logits = step(expand(seq[:, :, s:s + 1]))
-    chunk = completed(S - 1)
+    chunk = completed(last)
     if chunk is not None:
         yield chunk
 
@@ -299,7 +330,8 @@ def generate_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.
                    generator: torch.Generator | None = None, prompt_codes: torch.Tensor | None = None,
                    on_frames: Callable[[torch.Tensor], None] | None = None,
                    on_step: Callable[[int, int], None] | None = None, *, static: bool = False,
-                   compile: bool = False) -> torch.Tensor:
+                   compile: bool = False, logits_processor=None, stopping_criteria=None,
+                   pad_token_id: int | None = None) -> torch.Tensor:
     """Generate ``n_frames`` frames of codes ``[batch, K, n_frames]`` (long).
 
     ``cond [B, Tc, D]`` / ``cond_mask [B, Tc]``: cross-attention conditioning (LMs with
@@ -311,12 +343,14 @@ def generate_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.
     ``on_step(done, total)`` after every generated step (progress bars).
     ``static=True`` decodes with a fixed-shape cache, ``compile=True`` also compiles its step
     with ``torch.compile`` (falling back to the eager static step with a ``RuntimeWarning`` if
-    that fails); both give the tokens of the default decoder.
+    that fails); both give the tokens of the default decoder. ``logits_processor``,
+    ``stopping_criteria``, ``pad_token_id`` and a list of per-row generators: as in :func:`iter_codes`.
     """
     chunks = []
     for chunk in iter_codes(lm, pattern, batch, n_frames, cond, cond_mask, null_cond, null_mask, guidance_scale,
                             temperature, top_k, top_p, do_sample, generator, prompt_codes, on_step,
-                            static=static, compile=compile):
+                            static=static, compile=compile, logits_processor=logits_processor,
+                            stopping_criteria=stopping_criteria, pad_token_id=pad_token_id):
         chunks.append(chunk)
         if on_frames is not None:
             on_frames(chunk)

@@ -36,7 +36,7 @@ from torch import nn
 
 from codeclm.errors import CodecLMError, ConfigError
 from codeclm.lm.config import LMConfig
-from codeclm.lm.sampling import check_sampling_params, sample_next
+from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.text_encoder import TokenEncoder
 from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import SavedConfig, fused_state_dict, load_weights_into, read_config, read_weights, save_folder
@@ -180,53 +180,92 @@ class Valle(nn.Module):
         codes. The AR stops at EOS, after ``max_new_frames``, or after ``max_frames_per_phoneme *
         target_phonemes`` frames (``target_phonemes`` defaults to all of ``phonemes``); EOS is
         masked for the first ``min_frames_per_phoneme * target_phonemes`` frames (a young model
-        otherwise tends to end the utterance early).
+        otherwise tends to end the utterance early). :meth:`generate_batch` with one item.
         """
+        return self.generate_batch([phonemes], [prompt], [target_phonemes], temperature, top_k, top_p, do_sample,
+                                   [generator], max_new_frames, on_frame)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, phonemes: list[torch.Tensor], prompts: list[torch.Tensor],
+                       target_phonemes: list[int | None] | None = None, temperature: float = 1.0, top_k: int = 50,
+                       top_p: float = 0.0, do_sample: bool = True,
+                       generators: list[torch.Generator | None] | None = None, max_new_frames: int | None = None,
+                       on_frame: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """Codes ``[K, T_b]`` per item, as :meth:`generate` of each item with its own generator.
+
+        The AR runs on the shared generation loop (:func:`codeclm.lm.generate.iter_codes`): items
+        whose prompts have the same length (e.g. one voice, many sentences) go through it in one
+        batch (phonemes padded and masked); EOS is a stopping criterion, the minimum length a
+        logits processor, each row samples from its own generator. The NAR fills each item's
+        codebooks 1 .. K-1 on its own unpadded sequence (greedy)."""
+        from codeclm.lm.generate import iter_codes
+        from codeclm.lm.logits import (EosStoppingCriteria, LogitsProcessorList, MaxNewTokensCriteria,
+                                       MinNewTokensLogitsProcessor, StoppingCriteriaList)
+
         check_sampling_params(temperature, top_k, top_p)
         c = self.config
-        if prompt.dim() != 2 or prompt.shape[0] < c.n_q or prompt.shape[1] < 1:
-            raise CodecLMError(f"prompt codes must be [>= {c.n_q}, Tp >= 1], got {tuple(prompt.shape)}")
+        n = len(phonemes)
+        target_phonemes = list(target_phonemes) if target_phonemes is not None else [None] * n
+        generators = list(generators) if generators is not None else [None] * n
+        if n == 0 or not (len(prompts) == len(target_phonemes) == len(generators) == n):
+            raise CodecLMError("generate_batch needs one prompt (and target length, generator) per item")
         device = self.device
-        prompt = prompt[: c.n_q].to(device).long()
-        ph = phonemes.to(device).long()[None]
-        ph_mask = torch.ones_like(ph, dtype=torch.bool)
-        budget = c.max_frames - prompt.shape[1]
-        n_target = target_phonemes or ph.shape[1]
-        per_phoneme = int(c.max_frames_per_phoneme * n_target)
-        limit = min(budget, per_phoneme, max_new_frames if max_new_frames is not None else budget)
-        min_frames = min(int(c.min_frames_per_phoneme * n_target), limit)
-        if limit < 1:
-            raise CodecLMError(f"no room to generate: prompt of {prompt.shape[1]} frames, model max {c.max_frames}")
-        # AR: first codebook
-        cond, cond_mask = self.ar_text.encode_ids(ph, ph_mask)
-        first: list[torch.Tensor] = []
-        with self.ar.streaming(1):
-            start = torch.cat([prompt.new_full((1,), self.ar_start), prompt[0]])[None, None]
-            logits = self.ar.step(start, cond, cond_mask)  # [1, 1, card + 1]
-            for _ in range(limit):
-                if len(first) < min_frames:  # too early to end: EOS is not a candidate
-                    logits = logits.clone()
-                    logits[..., self.eos] = float("-inf")
-                token = sample_next(logits, temperature, top_k, top_p, do_sample, generator)  # [1, 1]
-                if int(token) == self.eos:
-                    break
-                first.append(token[0])
-                if on_frame is not None:
-                    on_frame(len(first))
-                if len(first) == limit:
-                    break
-                logits = self.ar.step(token[:, :, None])
-        if not first:
-            raise CodecLMError("the model produced no speech (end of utterance at the first frame)")
-        target = prompt.new_full((c.n_q, len(first)), c.card)
-        target[0] = torch.cat(first)
-        # NAR: codebooks 1 .. K-1, greedy
-        cond, cond_mask = self.nar_text.encode_ids(ph, ph_mask)
-        p = prompt.shape[1]
-        for j in range(1, c.n_q):
-            logits = self.nar(self.nar_input(prompt, target, j)[None], cond, cond_mask)[0, j, p:]
-            target[j] = logits.argmax(-1)
-        return target
+        items = []
+        for ph, prompt, tp in zip(phonemes, prompts, target_phonemes):
+            if prompt.dim() != 2 or prompt.shape[0] < c.n_q or prompt.shape[1] < 1:
+                raise CodecLMError(f"prompt codes must be [>= {c.n_q}, Tp >= 1], got {tuple(prompt.shape)}")
+            ph = ph.to(device).long().flatten()
+            prompt = prompt[: c.n_q].to(device).long()
+            budget = c.max_frames - prompt.shape[1]
+            n_target = tp or ph.shape[0]
+            limit = min(budget, int(c.max_frames_per_phoneme * n_target),
+                        max_new_frames if max_new_frames is not None else budget)
+            if limit < 1:
+                raise CodecLMError(f"no room to generate: prompt of {prompt.shape[1]} frames, model max {c.max_frames}")
+            items.append((ph, prompt, limit, min(int(c.min_frames_per_phoneme * n_target), limit)))
+        firsts: list[torch.Tensor | None] = [None] * n
+        groups: dict[int, list[int]] = {}
+        for i, (_, prompt, _, _) in enumerate(items):
+            groups.setdefault(prompt.shape[1], []).append(i)
+        pattern = self.ar.config.get_pattern()
+        for P, rows in groups.items():
+            B = len(rows)
+            lengths = [items[i][0].shape[0] for i in rows]
+            ph = torch.zeros(B, max(lengths), dtype=torch.long, device=device)
+            ph_mask = torch.zeros_like(ph, dtype=torch.bool)
+            for b, i in enumerate(rows):
+                ph[b, : lengths[b]], ph_mask[b, : lengths[b]] = items[i][0], True
+            limits = torch.tensor([items[i][2] for i in rows], device=device)
+            mins = torch.tensor([items[i][3] for i in rows], device=device)
+            cond, cond_mask = self.ar_text.encode_ids(ph, ph_mask)
+            prompt_codes = torch.stack([items[i][1][:1] for i in rows])  # [B, 1, P]
+            on_step = (lambda done, total: on_frame(done)) if on_frame is not None else None
+            chunks = iter_codes(self.ar, pattern, B, P + int(limits.max()), cond, cond_mask, temperature=temperature,
+                                top_k=top_k, top_p=top_p, do_sample=do_sample, generator=[generators[i] for i in rows],
+                                prompt_codes=prompt_codes, on_step=on_step,
+                                logits_processor=LogitsProcessorList([MinNewTokensLogitsProcessor(P, mins, self.eos)]),
+                                stopping_criteria=StoppingCriteriaList([EosStoppingCriteria(self.eos),
+                                                                        MaxNewTokensCriteria(P, limits)]),
+                                pad_token_id=self.eos)
+            first = torch.cat(list(chunks), 2)[:, 0, P:]  # [B, new]: codes, then EOS (ended / padded)
+            for b, i in enumerate(rows):
+                row = first[b, : int(limits[b])]
+                ended = torch.nonzero(row == self.eos).flatten()
+                firsts[i] = row[: int(ended[0])] if ended.numel() else row
+        out = []
+        for (ph, prompt, _, _), first in zip(items, firsts):
+            if first.numel() == 0:
+                raise CodecLMError("the model produced no speech (end of utterance at the first frame)")
+            target = prompt.new_full((c.n_q, first.shape[0]), c.card)
+            target[0] = first
+            # NAR: codebooks 1 .. K-1, greedy, on the item's own sequence
+            cond, cond_mask = self.nar_text.encode_ids(ph[None], torch.ones_like(ph[None], dtype=torch.bool))
+            p = prompt.shape[1]
+            for j in range(1, c.n_q):
+                logits = self.nar(self.nar_input(prompt, target, j)[None], cond, cond_mask)[0, j, p:]
+                target[j] = logits.argmax(-1)
+            out.append(target)
+        return out
 
     # -- files ----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

@@ -1,0 +1,84 @@
+"""Logits processors and stopping criteria for :func:`codeclm.lm.generate.iter_codes`.
+
+Small callables in the style of transformers' ``LogitsProcessorList`` / ``StoppingCriteriaList``:
+
+* a **logits processor** ``proc(input_ids, scores) -> scores`` sees the steps fed so far
+  (``input_ids [B, K, s]``, prompt included) and the scores of the next step (``[B, K, V]``,
+  after classifier-free guidance, before temperature / top-k / top-p) and returns new scores;
+* a **stopping criterion** ``crit(input_ids, scores) -> done [B]`` (bool) sees the steps
+  including the one just sampled; a row that is done stays done, its later tokens are the loop's
+  ``pad_token_id``, and generation ends when every row is done.
+
+Both work on tensors only (no value read back to the host), so a processor never adds a sync;
+only the "every row done?" test of the loop does, and only when criteria are given.
+
+VALL-E's AR uses :class:`MinNewTokensLogitsProcessor` (no EOS before ``min_frames_per_phoneme *
+phonemes`` frames) and :class:`EosStoppingCriteria` + :class:`MaxNewTokensCriteria` (EOS, or
+``max_frames_per_phoneme * phonemes`` frames), one limit per row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["EosStoppingCriteria", "LogitsProcessorList", "MaxNewTokensCriteria", "MinNewTokensLogitsProcessor",
+           "StoppingCriteriaList"]
+
+
+def _per_row(value, batch: int, device) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.long, device=device)
+    return t.expand(batch) if t.dim() == 0 else t
+
+
+class LogitsProcessorList(list):
+    """Processors applied in order."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for proc in self:
+            scores = proc(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(list):
+    """A row is done when any criterion says so."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for crit in self:
+            done = done | crit(input_ids, scores)
+        return done
+
+
+class MinNewTokensLogitsProcessor:
+    """``eos`` is not a candidate while a row has fewer than ``min_new[b]`` new steps (after the
+    ``prompt_steps`` steps of the prompt)."""
+
+    def __init__(self, prompt_steps: int, min_new, eos: int) -> None:
+        self.prompt_steps, self.min_new, self.eos = int(prompt_steps), min_new, int(eos)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        new = input_ids.shape[-1] - self.prompt_steps  # steps generated so far (a host int)
+        min_new = _per_row(self.min_new, scores.shape[0], scores.device)
+        block = (min_new > new)[:, None, None] & (torch.arange(scores.shape[-1], device=scores.device) == self.eos)
+        return scores.masked_fill(block, float("-inf"))
+
+
+class EosStoppingCriteria:
+    """Done when the step just sampled holds ``eos`` (in any codebook)."""
+
+    def __init__(self, eos: int) -> None:
+        self.eos = int(eos)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return (input_ids[:, :, -1] == self.eos).any(-1)
+
+
+class MaxNewTokensCriteria:
+    """Done after ``max_new[b]`` new steps (after the ``prompt_steps`` of the prompt)."""
+
+    def __init__(self, prompt_steps: int, max_new) -> None:
+        self.prompt_steps, self.max_new = int(prompt_steps), max_new
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        new = input_ids.shape[-1] - self.prompt_steps
+        return _per_row(self.max_new, input_ids.shape[0], input_ids.device) <= new
