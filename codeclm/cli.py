@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module, hook in (("codeclm.compression.cli", "add_compression_commands"),
                          ("codeclm.data.cli", "add_data_commands"),
                          ("codeclm.evaluation.cli", "add_eval_commands"),
-                         ("codeclm.pipelines.cli", "add_generation_commands")):
+                         ("codeclm.pipelines.cli", "add_generation_commands"),
+                         ("codeclm.pipelines.voice_cli", "add_voice_commands")):
         try:
             mod = __import__(module, fromlist=[hook])
         except ModuleNotFoundError as exc:

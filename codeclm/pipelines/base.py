@@ -17,7 +17,6 @@ Folder layout (``save_pretrained`` / ``from_pretrained``)::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -34,12 +33,12 @@ from codeclm.lm.melody import MelodyConditioner
 from codeclm.lm.patterns import Pattern
 from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.transformer import TokenLM
+from codeclm.pipelines.core import (FORMAT, PIPELINE_FILE, BasePipeline, check_codec_identity,  # noqa: F401
+                                    read_pipeline_info, write_pipeline_info)
 from codeclm.pretrained import load_weights_into, read_config, read_weights, save_folder
 
-__all__ = ["GenerationPipeline", "check_codec_identity", "load_lm", "read_pipeline_info", "save_lm"]
-
-PIPELINE_FILE = "pipeline.json"
-FORMAT = 1
+__all__ = ["GenerationPipeline", "check_codec_identity", "load_lm", "read_pipeline_info", "save_lm",
+           "write_pipeline_info"]
 
 
 def save_lm(lm: TokenLM, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
@@ -55,53 +54,7 @@ def load_lm(folder: str | os.PathLike) -> TokenLM:
     return lm.eval()
 
 
-def read_pipeline_info(folder: Path, kind: str, parts: tuple[str, ...]) -> dict:
-    """``pipeline.json`` of a pipeline folder of type ``kind`` holding the sub-folders ``parts``;
-    one-line ConfigError otherwise."""
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: no such model folder")
-    path = folder / PIPELINE_FILE
-    if not path.exists():
-        raise ConfigError(f"{folder}: not a {kind} pipeline folder (missing {PIPELINE_FILE})")
-    try:
-        info = json.loads(path.read_text())
-        found = info["type"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: invalid pipeline description ({exc})") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"{path}: invalid pipeline description (not a JSON object)")
-    if found != kind:
-        raise ConfigError(f"{folder}: holds a {found!r} pipeline, not {kind!r}")
-    version = info.get("format", FORMAT)
-    if type(version) is not int or version != FORMAT:
-        raise ConfigError(f"{path}: pipeline format {version!r} is not supported (this codeclm reads format "
-                          f"{FORMAT}; a newer codeclm may read it)")
-    if "max_duration" in info:
-        value = info["max_duration"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{path}: max_duration must be a positive number of seconds, got {value!r}")
-    for sub in parts:
-        if not (folder / sub).is_dir():
-            raise ConfigError(f"{folder}: missing {sub}/")
-    return info
-
-
-def check_codec_identity(info: dict, codec, folder: Path) -> None:
-    """Refuse a pipeline whose ``codec/`` is not the codec ``pipeline.json`` records
-    (``codec_identity``: name and weight hash), e.g. one swapped for another codec."""
-    recorded = info.get("codec_identity")
-    if recorded is None or not hasattr(codec, "identity"):
-        return
-    if not isinstance(recorded, dict) or not {"name", "sha256"} <= set(recorded):
-        raise ConfigError(f"{folder / PIPELINE_FILE}: codec_identity must be an object with name and sha256")
-    found = codec.identity()
-    if (found["name"], found["sha256"]) != (recorded["name"], recorded["sha256"]):
-        raise ConfigError(f"{folder}: codec/ holds {found['name']!r} (weights sha256 {found['sha256'][:12]}), but this "
-                          f"model was made for {recorded['name']!r} (sha256 {str(recorded['sha256'])[:12]}); the "
-                          "folder's codec was replaced")
-
-
-class GenerationPipeline:
+class GenerationPipeline(BasePipeline):
     """Conditions -> codes -> audio, batched and seeded. Subclasses define the user-facing API."""
 
     kind = "generation"
@@ -137,17 +90,8 @@ class GenerationPipeline:
     def frame_rate(self) -> float:
         return self.codec.frame_rate
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.lm.parameters()).device
-
-    def to(self, device: str | torch.device) -> GenerationPipeline:
-        self.lm.to(device)
-        self.codec.to(device)
-        for m in (self.conditioner, self.melody_conditioner):
-            if m is not None:
-                m.to(device)
-        return self
+    def _modules(self) -> list:
+        return [self.lm, self.codec, self.conditioner, self.melody_conditioner]
 
     # -- input checks --------------------------------------------------------------------------
     @staticmethod
@@ -216,28 +160,12 @@ class GenerationPipeline:
         emb, mask = self._condition(prompts, melody)
         if emb is None and guidance_scale != 1.0:
             guidance_scale = 1.0  # nothing to guide with: an unconditional LM
-        generator = None
-        if do_sample and temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(0 if seed is None else int(seed))
-        bar = None
-        on_step = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.pattern.num_steps(n_frames), unit="step", desc=self.kind, leave=False)
-
-            def on_step(done, total):
-                bar.update(1)
-
-        try:
+        generator = self._generator(seed, do_sample and temperature > 0)
+        with self._progress(progress, self.pattern.num_steps(n_frames)) as on_step:
             yield from iter_codes(self.lm, self.pattern, len(prompts), n_frames, emb, mask,
                                   guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                   top_p=top_p, do_sample=do_sample, generator=generator,
                                   prompt_codes=prompt_codes, on_step=on_step)
-        finally:
-            if bar is not None:
-                bar.close()
 
     def _generate_codes(self, prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample,
                         prompt_codes=None, progress=False, melody=None) -> torch.Tensor:
@@ -277,14 +205,16 @@ class GenerationPipeline:
             self.conditioner.save_folder(folder / "text")
         if self.melody_conditioner is not None:
             self.melody_conditioner.save_folder(folder / "melody")
-        info = {**self._pipeline_info(), "codec_identity": load_model(folder / "codec").identity()}  # as saved
-        (folder / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        info = self._pipeline_info()
+        info.pop("type", None)
+        info.pop("format", None)
+        self._write_info(folder, folder / "codec", **info)  # the codec as saved
         return folder
 
     @classmethod
     def _load_parts(cls, folder: str | os.PathLike):
         folder = Path(folder)
-        info = read_pipeline_info(folder, cls.kind, ("lm", "codec"))
+        info = cls._read_info(folder, ("lm", "codec"))
         lm = load_lm(folder / "lm")
         codec = load_model(folder / "codec")
         check_codec_identity(info, codec, folder)

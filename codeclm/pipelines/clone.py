@@ -41,10 +41,13 @@ import torch
 from codeclm.codec import Codec, load_model
 from codeclm.errors import AudioError, CodecLMError, ConfigError
 from codeclm.lm.valle import Valle
-from codeclm.pipelines.base import PIPELINE_FILE, check_codec_identity, read_pipeline_info
+from codeclm.pipelines.core import BasePipeline, audio_argument, check_codec_identity, pipeline_type
+from codeclm.pipelines.longform import window_seed
+from codeclm.pipelines.voices import PreparedVoice, check_voice_codec, load_voice, user_voices_dir
 from codeclm.pretrained import default_checkpoint
 from codeclm.tokenizers.normalize import TextError, check_language
 from codeclm.tokenizers.phonemes import PhonemeVocab, TextToPhonemes, split_phonemes
+from codeclm.tokenizers.sentences import Piece, fit_pieces, split_sentences
 
 __all__ = ["VoiceClone"]
 
@@ -53,12 +56,9 @@ SILENCE_DBFS = -50.0  # a reference whose RMS is below this is "silent"
 TRIM_DBFS = -40.0  # leading/trailing 20 ms frames this far below the loudest frame are trimmed
 
 
-def _pipeline_type(folder: Path) -> str | None:
-    """``pipeline.json``'s type, or None when it is missing or unreadable (read_pipeline_info says why)."""
-    try:
-        return json.loads((folder / PIPELINE_FILE).read_text()).get("type")
-    except (OSError, ValueError, AttributeError):
-        return None
+_pipeline_type = pipeline_type  # the one reader of pipeline.json's type (kept for old imports)
+MAX_BATCH = 8  # sentences decoded together in one AR batch
+PHONEMES_PER_SECOND = 12.0  # typical speech rate: how long a sentence is expected to take
 
 
 def _frame_db(wav: torch.Tensor, hop: int) -> torch.Tensor:
@@ -68,7 +68,7 @@ def _frame_db(wav: torch.Tensor, hop: int) -> torch.Tensor:
     return 10 * torch.log10(frames.pow(2).mean(-1).clamp(min=1e-12))
 
 
-class VoiceClone:
+class VoiceClone(BasePipeline):
     """Text + a reference voice -> speech ``[channels, samples]`` at ``sample_rate``."""
 
     kind = "voice-clone"
@@ -85,6 +85,17 @@ class VoiceClone:
         self.voices = dict(voices or {})
         self.voices_dir = voices_dir
         self.last_ref_text: str | None = None
+        self._codec_identity: dict | None = None
+
+    def _modules(self) -> list:
+        return [self.model, self.codec]
+
+    @property
+    def codec_identity(self) -> dict:
+        """Name and weight hash of the codec (what a prepared voice must match)."""
+        if self._codec_identity is None:
+            self._codec_identity = self.codec.identity()
+        return self._codec_identity
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -96,7 +107,7 @@ class VoiceClone:
             from codeclm.pipelines.dia import DiaVoiceClone
 
             return DiaVoiceClone.from_pretrained(folder, device)
-        info = read_pipeline_info(folder, cls.kind, ("valle", "codec", "phonemes"))
+        info = cls._read_info(folder, ("valle", "codec", "phonemes"))
         model = Valle.from_pretrained(folder / "valle")
         codec = load_model(folder / "codec")
         check_codec_identity(info, codec, folder)
@@ -129,23 +140,12 @@ class VoiceClone:
         if (self.voices_dir is not None and self.voices_dir.is_dir()
                 and self.voices_dir.resolve() != (folder / "voices").resolve()):
             shutil.copytree(self.voices_dir, folder / "voices", dirs_exist_ok=True)
-        info = {"type": self.kind, "format": 1, "languages": list(self.vocab.languages),
-                "codec_identity": load_model(folder / "codec").identity()}  # the codec as saved
-        (folder / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        self._write_info(folder, folder / "codec", languages=list(self.vocab.languages))  # the codec as saved
         return folder
-
-    def to(self, device: str | torch.device) -> VoiceClone:
-        self.model.to(device)
-        self.codec.to(device)
-        return self
 
     @property
     def sample_rate(self) -> int:
         return self.codec.sample_rate
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -160,21 +160,7 @@ class VoiceClone:
 
     def _reference(self, ref_audio, name: str) -> torch.Tensor:
         """Mono ``[N]`` at the codec rate, silence trimmed, checked for length and level."""
-        from codeclm.audio import load_audio, resample
-
-        if isinstance(ref_audio, (str, os.PathLike)):
-            wav, _ = load_audio(ref_audio, self.sample_rate, 1)
-        else:
-            wav, rate = ref_audio if isinstance(ref_audio, tuple) else (ref_audio, self.sample_rate)
-            if not torch.is_tensor(wav) or not wav.is_floating_point() or wav.dim() not in (1, 2) or wav.numel() == 0:
-                raise AudioError(f"{name}: must be an audio path or a float tensor [channels, samples]")
-            wav = wav.detach().float().cpu()
-            wav = wav.mean(0) if wav.dim() == 2 else wav
-            if int(rate) != self.sample_rate:
-                wav = resample(wav[None], int(rate), self.sample_rate)[0]
-            wav = wav[None]
-        if not torch.isfinite(wav).all():
-            raise AudioError(f"{name}: contains NaN or infinite samples")
+        wav = audio_argument(ref_audio, self.sample_rate, 1, name, default_rate=self.sample_rate)
         wav = wav[0]
         hop = self.sample_rate // 50  # 20 ms
         db = _frame_db(wav, hop)
@@ -220,7 +206,10 @@ class VoiceClone:
             ref_text = None
         if ref_text is None:
             ref_text = self._transcribe(wav, language, name)
-            warnings.warn(f"{name}: no reference transcript given; transcribed offline as {ref_text!r}", stacklevel=3)
+            crop = (f"reference cropped to {wav.shape[-1] / self.sample_rate:.2f} s (model limit "
+                    f"{self.model.config.max_prompt_seconds:g} s); " if cropped else "")
+            warnings.warn(f"{name}: {crop}no reference transcript given; transcribed offline as {ref_text!r}",
+                          stacklevel=3)
         elif cropped:
             seconds = self.model.config.max_prompt_seconds
             heard = None
@@ -241,7 +230,8 @@ class VoiceClone:
             codes = self.codec.encode(wav[None, None].to(self.device), bandwidth=None)[0, : self.model.config.n_q]
         return codes, ref_text
 
-    def _phonemes(self, ref_text: str, text: str, language: str) -> tuple[torch.Tensor, int]:
+    def _phonemes(self, ref_text: str, text: str, language: str,
+                  check_length: bool = True) -> tuple[torch.Tensor, int]:
         """Ids of ``ref_text + text`` (as in training: one utterance) and the target's phoneme count."""
         if not isinstance(text, str) or not text.strip():
             raise TextError("the text to speak is empty")
@@ -250,76 +240,202 @@ class VoiceClone:
         if n_target == 0:
             raise TextError(f"the text {text!r} has nothing to pronounce")
         ids = self.vocab.encode(both, language, bos=True, eos=True)
-        if len(ids) > 4 * self.model.config.max_frames:
+        if check_length and len(ids) > 4 * self.model.config.max_frames:
             raise TextError(f"the text is too long for this model ({len(ids)} phonemes); split it into sentences")
         return torch.tensor(ids), n_target
 
-    # -- generation ------------------------------------------------------------------------------
-    def generate(self, text: str, ref_audio, ref_text: str | None = None, seed: int | None = 0,
-                 language: str = "en", temperature: float = 1.0, top_k: int = 50, top_p: float = 0.0,
-                 progress: bool = False) -> torch.Tensor:
-        """Speech ``[channels, samples]`` (float32, CPU) saying ``text`` in the voice of ``ref_audio``
-        (an audio path, a tensor ``[channels, samples]`` at ``sample_rate``, or ``(tensor, rate)``).
-
-        ``ref_text`` is what the reference says (None: transcribed offline, English). Seeded: the
-        same call gives the same audio. ``temperature`` 0 is greedy (prone to loops: VALL-E samples).
-        """
+    # -- voices ----------------------------------------------------------------------------------
+    def prepare_voice(self, ref_audio, ref_text: str | None = None, language: str = "en",
+                      name: str = "voice") -> PreparedVoice:
+        """The reference's prompt (trimmed, cropped, encoded; transcribed when ``ref_text`` is
+        None) as a :class:`~codeclm.pipelines.voices.PreparedVoice` to save and reuse."""
         language = self._language(language)
-        name = str(ref_audio) if isinstance(ref_audio, (str, os.PathLike)) else "reference audio"
-        if not isinstance(text, str) or not text.strip():
+        label = str(ref_audio) if isinstance(ref_audio, (str, os.PathLike)) else "reference audio"
+        codes, ref_text = self._prompt(ref_audio, ref_text, language, label)
+        phonemes = self.front.phonemes([ref_text.strip()], language)[0]
+        return PreparedVoice(name, codes.cpu(), ref_text, language, dict(self.codec_identity), phonemes,
+                             float(self.codec.frame_rate), label if label != "reference audio" else "")
+
+    def find_voice(self, name: str, voices_dir: str | os.PathLike | None = None):
+        """A named voice: this model's prepared built-in (``voices/NAME.voice.json``), a saved user
+        voice (``voices_dir``, default the user folder), or a built-in listed in ``voices.json``
+        (returned as ``(audio file, transcript, language)``, prepared on use)."""
+        from codeclm.pipelines.voices import VOICE_SUFFIX
+
+        if self.voices_dir is not None and (self.voices_dir / f"{name}{VOICE_SUFFIX}").is_file():
+            return load_voice(name, self.voices_dir)
+        if name in self.voices:
+            return self.voice(name)
+        folder = user_voices_dir(voices_dir)
+        if (folder / f"{name}{VOICE_SUFFIX}").is_file():
+            return load_voice(name, folder)
+        known = sorted(set(self.voices) | set(self._builtin_prepared()))
+        raise CodecLMError(f"unknown voice {name!r}; this model has: {', '.join(known) or 'none'} (saved voices: "
+                           f"codeclm voice list)")
+
+    def _builtin_prepared(self) -> list[str]:
+        from codeclm.pipelines.voices import list_voices
+
+        return list_voices(self.voices_dir) if self.voices_dir is not None else []
+
+    def _voice_prompt(self, voice) -> tuple[torch.Tensor, str, str]:
+        """``(codes, transcript, language)`` of a prepared voice, refused if made with another codec."""
+        check_voice_codec(voice, self.codec_identity)
+        if voice.codes.shape[0] < self.model.config.n_q:
+            raise ConfigError(f"voice {voice.name!r} has {voice.codes.shape[0]} codebooks, this model needs "
+                              f"{self.model.config.n_q}")
+        return voice.codes[: self.model.config.n_q].to(self.device), voice.transcript, voice.language
+
+    # -- long text -------------------------------------------------------------------------------
+    def plan_text(self, text: str, ref_text: str, language: str, prompt_frames: int) -> list[Piece]:
+        """The text as pieces the model can speak at once (sentences; a sentence longer than the
+        model's frames after this prompt is split at commas, else between words, with a warning)."""
+        c = self.model.config
+        budget = c.max_frames - prompt_frames
+        per_phoneme = max(c.min_frames_per_phoneme, c.frame_rate / PHONEMES_PER_SECOND)
+
+        def fits(piece: str) -> bool:
+            try:
+                ids, n_target = self._phonemes(ref_text, piece, language, check_length=False)
+            except TextError:
+                return True  # nothing to pronounce: refused later with its own message
+            return n_target * per_phoneme <= budget and len(ids) <= 4 * c.max_frames
+
+        pieces = fit_pieces(split_sentences(text), fits)
+        words = [p.text for p in pieces if p.split == "words"]
+        if words:
+            warnings.warn(f"a sentence is longer than this model speaks at once (about {budget / c.frame_rate:.1f} s "
+                          f"after the reference); split between words into {len(words)} parts", stacklevel=3)
+        return pieces
+
+    # -- generation ------------------------------------------------------------------------------
+    def _job(self, text, ref_audio, ref_text, language, voice, voices_dir):
+        """``(prompt codes, transcript, language)`` of one job, from a prepared voice or a reference."""
+        if isinstance(text, str) and not text.strip() or not isinstance(text, str):
             raise TextError("the text to speak is empty")
+        if isinstance(ref_audio, PreparedVoice):
+            voice, ref_audio = ref_audio, None
+        if voice is not None:
+            if ref_audio is not None:
+                raise CodecLMError("give a reference or a voice, not both")
+            if isinstance(voice, str):
+                voice = self.find_voice(voice, voices_dir)
+            if isinstance(voice, tuple):  # a built-in listed in voices.json: prepared now
+                ref_audio, ref_text, voice_language = voice
+                language = self._language(language or voice_language)
+            else:
+                codes, ref_text, voice_language = self._voice_prompt(voice)
+                return codes, ref_text, self._language(language or voice_language)
+        if ref_audio is None:
+            raise CodecLMError("give a reference voice (ref_audio) or a voice name")
+        language = self._language(language or "en")
+        name = str(ref_audio) if isinstance(ref_audio, (str, os.PathLike)) else "reference audio"
         prompt, ref_text = self._prompt(ref_audio, ref_text, language, name)
-        self.last_ref_text = ref_text
-        ids, n_target = self._phonemes(ref_text, text, language)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(0 if seed is None else int(seed))
-        bar = None
-        on_frame = None
-        if progress:
-            from tqdm.auto import tqdm
+        return prompt, ref_text, language
 
-            bar = tqdm(unit="frame", desc="voice-clone", leave=False)
-
-            def on_frame(n):
-                bar.update(1)
-
-        try:
-            codes = self.model.generate(ids, prompt, target_phonemes=n_target, temperature=temperature,
-                                        top_k=top_k, top_p=top_p, do_sample=temperature > 0,
-                                        generator=generator, on_frame=on_frame)
-        finally:
-            if bar is not None:
-                bar.close()
+    def _synthesize(self, jobs: list[tuple], seeds: list[int | None], temperature: float, top_k: int,
+                    top_p: float, progress: bool) -> list[torch.Tensor]:
+        """Audio per job ``(text, prompt, ref_text, language)``: each text split into pieces, all
+        pieces decoded by the AR in batches (pieces of one voice share one batch), joined with pauses.
+        Piece ``j`` of job ``i`` samples with ``window_seed(seeds[i], j)`` (piece 0: the seed itself)."""
+        c = self.model.config
+        plans, flat = [], []
+        for i, (text, prompt, ref_text, language) in enumerate(jobs):
+            pieces = self.plan_text(text, ref_text, language, prompt.shape[1])
+            plans.append(pieces)
+            for j, piece in enumerate(pieces):
+                ids, n_target = self._phonemes(ref_text, piece.text, language)
+                flat.append((i, j, ids, n_target, prompt, seeds[i]))
+        codes: list[torch.Tensor] = []
+        with self._progress(progress, None, "frame", "voice-clone") as on_step:
+            for start in range(0, len(flat), MAX_BATCH):
+                part = flat[start: start + MAX_BATCH]
+                gens = [self._generator(window_seed(seed, j)) for _, j, _, _, _, seed in part]
+                codes += self.model.generate_batch([x[2] for x in part], [x[4] for x in part], [x[3] for x in part],
+                                                   temperature=temperature, top_k=top_k, top_p=top_p,
+                                                   do_sample=temperature > 0, generators=gens,
+                                                   on_frame=(lambda n: on_step()) if on_step else None)
+        for (i, j, _, n_target, prompt, _), out in zip(flat, codes):
+            limit = min(c.max_frames - prompt.shape[1], int(c.max_frames_per_phoneme * n_target))
+            if out.shape[1] >= limit and out.shape[1] >= c.max_frames - prompt.shape[1]:
+                warnings.warn(f"{plans[i][j].text[:40]!r}: reached the model's length limit ({limit / c.frame_rate:.1f} s) "
+                              "before the end of the utterance; its end may be missing", stacklevel=3)
+        audios, k = [], 0
         with torch.no_grad():
-            audio = self.codec.decode(codes[None])[0]
-        return audio.float().cpu()
+            for pieces in plans:
+                parts = []
+                for j, piece in enumerate(pieces):
+                    wav = self.codec.decode(codes[k][None])[0].float().cpu()
+                    k += 1
+                    parts.append(wav)
+                    if j < len(pieces) - 1:
+                        parts.append(wav.new_zeros(wav.shape[0], round(piece.pause * self.sample_rate)))
+                audios.append(torch.cat(parts, -1))
+        return audios
+
+    def generate(self, text: str, ref_audio=None, ref_text: str | None = None, seed: int | None = 0,
+                 language: str | None = None, temperature: float = 1.0, top_k: int = 50, top_p: float = 0.0,
+                 progress: bool = False, voice=None, voices_dir: str | os.PathLike | None = None) -> torch.Tensor:
+        """Speech ``[channels, samples]`` (float32, CPU) saying ``text`` in the voice of ``ref_audio``
+        (an audio path, a tensor ``[channels, samples]`` at ``sample_rate``, ``(tensor, rate)``, or
+        a :class:`~codeclm.pipelines.voices.PreparedVoice`) or of ``voice`` (a prepared voice or a
+        name: built-in, or saved with ``codeclm voice add``; no reference work then).
+
+        Any length: the text is split into sentences (a sentence too long for the model at commas,
+        else between words, with a warning), each spoken in the same voice and joined with pauses
+        of 0.25-0.4 s by punctuation. ``ref_text`` is what the reference says (None: transcribed
+        offline, English). ``language``: default the voice's, else English. Seeded: the same call
+        gives the same audio. ``temperature`` 0 is greedy (prone to loops: VALL-E samples).
+        """
+        job = self._job(text, ref_audio, ref_text, language, voice, voices_dir)
+        self.last_ref_text = job[1]
+        return self._synthesize([(text, *job)], [seed], temperature, top_k, top_p, progress)[0]
 
     def generate_batch(self, texts: list[str], ref_audios: list, ref_texts: list | None = None,
-                       seed: int | None = 0, language: str | list[str] = "en", **kwargs) -> list[torch.Tensor]:
-        """One waveform per (text, reference); item ``i`` uses seed ``seed + i`` (as the sharded CLI)."""
+                       seed: int | None = 0, language: str | list[str] | None = None,
+                       temperature: float = 1.0, top_k: int = 50, top_p: float = 0.0,
+                       progress: bool = False) -> list[torch.Tensor]:
+        """One waveform per (text, reference); item ``i`` uses seed ``seed + i`` (as the sharded CLI)
+        and equals ``generate`` of that item with that seed. References of one prompt length (e.g.
+        one voice) decode in one AR batch. A reference may be a prepared voice or its name."""
         n = len(texts)
         ref_texts = list(ref_texts) if ref_texts is not None else [None] * n
-        languages = [language] * n if isinstance(language, str) else list(language)
+        languages = [language] * n if language is None or isinstance(language, str) else list(language)
         if not (len(ref_audios) == len(ref_texts) == len(languages) == n) or n == 0:
             raise CodecLMError("generate_batch needs one reference (and transcript, language) per text")
+        jobs = []
+        for t, r, rt, lang in zip(texts, ref_audios, ref_texts, languages):
+            by_name = isinstance(r, str) and not os.path.exists(r) and self._is_voice_name(r)
+            jobs.append((t, *self._job(t, None if by_name else r, rt, lang, r if by_name else None, None)))
         base = 0 if seed is None else int(seed)
-        return [self.generate(t, r, rt, base + i, lang, **kwargs)
-                for i, (t, r, rt, lang) in enumerate(zip(texts, ref_audios, ref_texts, languages))]
+        return self._synthesize(jobs, [base + i for i in range(n)], temperature, top_k, top_p, progress)
+
+    def _is_voice_name(self, name: str) -> bool:
+        try:
+            self.find_voice(name)
+        except CodecLMError:
+            return False
+        return True
 
     def voice(self, name: str) -> tuple[Path, str, str]:
-        """``(audio file, transcript, language)`` of a named voice."""
+        """``(audio file, transcript, language)`` of a built-in voice listed in ``voices.json``."""
         if name not in self.voices or self.voices_dir is None:
-            known = ", ".join(sorted(self.voices)) or "none"
+            known = ", ".join(sorted(set(self.voices) | set(self._builtin_prepared()))) or "none"
             raise CodecLMError(f"unknown voice {name!r}; this model has: {known}")
         v = self.voices[name]
         return self.voices_dir / v["file"], v["text"], v.get("language", "en")
 
-    def say(self, text: str, voice: str | None = None, seed: int | None = 0, **kwargs) -> torch.Tensor:
-        """Plain TTS with a built-in named voice (default: the first one)."""
+    def voice_names(self) -> list[str]:
+        """This model's built-in voices: prepared files first, then those of ``voices.json``."""
+        return list(dict.fromkeys(self._builtin_prepared() + list(self.voices)))
+
+    def say(self, text: str, voice=None, seed: int | None = 0, voices_dir: str | os.PathLike | None = None,
+            **kwargs) -> torch.Tensor:
+        """Plain TTS with a named voice (default: the model's first built-in one): built-in,
+        saved with ``codeclm voice add`` (``voices_dir``), or a prepared voice."""
         if voice is None:
-            if not self.voices:
+            names = self.voice_names()
+            if not names:
                 raise CodecLMError("this model has no named voices; use generate() with a reference")
-            voice = next(iter(self.voices))
-        path, ref_text, language = self.voice(voice)
-        kwargs.setdefault("language", language)
-        return self.generate(text, path, ref_text, seed, **kwargs)
+            voice = names[0]
+        return self.generate(text, None, None, seed, voice=voice, voices_dir=voices_dir, **kwargs)

@@ -6,6 +6,8 @@
     torchrun --nproc_per_node 2 generate.py clone --jobs-file jobs.jsonl --out-dir out/
     codeclm say "Hello there." --voice allison -o hello.wav               # built-in named voices
     codeclm say --list-voices
+    codeclm voice add ref.wav --name anna --ref-text "what it says"      # prepare a voice once
+    codeclm clone --voice anna --text "new sentence" -o out.wav          # then no reference work
 
 Job ``i`` of a jobs file (from 0) uses seed ``--seed + i`` and writes ``OUT_DIR/{i:03d}_{slug}.wav``;
 under a launcher the jobs are split across processes and the files are the same as with one.
@@ -27,6 +29,8 @@ __all__ = ["add_clone_commands", "read_jobs"]
 
 def _common(p) -> None:
     p.add_argument("--model", default=None, help="voice-clone folder (default: the shipped checkpoints/voice)")
+    p.add_argument("--voices-dir", default=None,
+                   help="folder of saved voices (default: $CODECLM_VOICES_DIR or ~/.local/share/codeclm/voices)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed; job i of a jobs file uses seed + i")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (0: greedy; default: the model's, VALL-E 1.0)")
@@ -41,6 +45,8 @@ def add_clone_commands(subparsers) -> None:
     p = subparsers.add_parser("clone", help="speak text in the voice of a short reference clip (zero-shot)",
                               description="Zero-shot voice cloning (VALL-E, or a Dia folder): --text in the voice of --ref.")
     p.add_argument("--ref", default=None, help="reference audio of the voice (about 3 s; longer is cropped)")
+    p.add_argument("--voice", default=None,
+                   help="a saved voice (codeclm voice add) or built-in voice instead of --ref")
     p.add_argument("--ref-text", default=None, help="what the reference says (default: transcribed offline)")
     p.add_argument("--text", default=None, help="the text to speak")
     p.add_argument("--language", default="en", help="language of the texts (en, de, ...; default en)")
@@ -71,18 +77,20 @@ def read_jobs(path: str | Path) -> list[dict]:
 
 def _clone_jobs(args) -> list[tuple[dict, Path]]:
     if args.jobs_file is not None:
-        if any(v is not None for v in (args.ref, args.text, args.output, args.ref_text)):
+        if any(v is not None for v in (args.ref, args.text, args.output, args.ref_text, args.voice)):
             raise CodecLMError("give either --ref/--text/-o, or --jobs-file with --out-dir, not both")
         if args.out_dir is None:  # before reading the file: the usage error comes first
             raise CodecLMError("--jobs-file needs --out-dir")
         jobs = read_jobs(args.jobs_file)
         return list(zip(jobs, batch_outputs(args.out_dir, "--jobs-file", [j["text"] for j in jobs])))
-    if args.ref is None:
-        raise CodecLMError("give the reference voice with --ref (or --jobs-file)")
+    if args.ref is None and args.voice is None:
+        raise CodecLMError("give the reference voice with --ref or --voice (or --jobs-file)")
+    if args.ref is not None and args.voice is not None:
+        raise CodecLMError("give either --ref or --voice, not both")
     if args.text is None or not args.text.strip():
         raise CodecLMError("the text is empty (give --text)")
-    return [({"text": args.text, "ref": args.ref, "ref_text": args.ref_text, "language": args.language},
-             output_file(args.output))]
+    return [({"text": args.text, "ref": args.ref, "ref_text": args.ref_text, "language": args.language,
+              "voice": args.voice}, output_file(args.output))]
 
 
 def _check_model_arg(args) -> None:
@@ -99,8 +107,12 @@ def _generate(pipe, job: dict, seed: int, args) -> object:
         warnings.simplefilter("always")
         sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
                                       ("top_p", args.top_p)) if v is not None}  # None: the pipeline's default
-        audio = pipe.generate(job["text"], job["ref"], job.get("ref_text"), seed=seed,
-                              language=job.get("language", "en"), progress=not args.quiet, **sampling)
+        if job.get("voice") is not None:  # a prepared voice: no reference work
+            audio = pipe.generate(job["text"], seed=seed, language=job.get("language"), progress=not args.quiet,
+                                  voice=job["voice"], voices_dir=args.voices_dir, **sampling)
+        else:
+            audio = pipe.generate(job["text"], job["ref"], job.get("ref_text"), seed=seed,
+                                  language=job.get("language", "en"), progress=not args.quiet, **sampling)
     if not args.quiet:
         for w in caught:
             print(f"codeclm {args.command}: note: {w.message}", file=sys.stderr)
@@ -114,7 +126,8 @@ def run_clone(args) -> int:
     _check_model_arg(args)
     jobs = _clone_jobs(args)
     for job, _ in jobs:  # unreadable references: fail before loading the model
-        audio_info(job["ref"])
+        if job.get("voice") is None:
+            audio_info(job["ref"])
     shard = process_shard(jobs, args.device)
     try:
         mine = shard.items
@@ -139,7 +152,8 @@ def run_clone(args) -> int:
             save_audio(out, audio, pipe.sample_rate)
             if not args.quiet:
                 where = f" [process {shard.rank}/{shard.world}]" if shard.world > 1 else ""
-                print(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, seed {seed}, voice of {job['ref']}{where}",
+                who = job["ref"] if job.get("voice") is None else job["voice"]
+                print(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, seed {seed}, voice of {who}{where}",
                       file=sys.stderr)
         return 0
     finally:
@@ -163,15 +177,29 @@ def run_say(args) -> int:
 
     pipe = VoiceClone.from_pretrained(args.model, device=resolve_device(args.device))
     if args.list_voices:
-        for name, v in pipe.voices.items():
-            print(f"{name}\t{v.get('language', 'en')}\t{v.get('speaker', '')}\t{v['text']}")
+        for name in getattr(pipe, "voice_names", lambda: list(pipe.voices))():
+            v = pipe.voices.get(name)
+            if v is not None:
+                print(f"{name}\t{v.get('language', 'en')}\t{v.get('speaker', '')}\t{v['text']}")
+            else:
+                voice = pipe.find_voice(name)
+                print(f"{name}\t{voice.language}\tprepared\t{voice.transcript}")
+        if hasattr(pipe, "find_voice"):
+            from codeclm.pipelines.voices import list_voices, load_voice
+
+            for name in list_voices(args.voices_dir):
+                voice = load_voice(name, args.voices_dir)
+                print(f"{name}\t{voice.language}\tsaved\t{voice.transcript}")
         return 0
-    path, ref_text, language = pipe.voice(args.voice) if args.voice else pipe.voice(next(iter(pipe.voices), ""))
-    job = {"text": args.text, "ref": str(path), "ref_text": ref_text, "language": language}
+    if not hasattr(pipe, "find_voice"):  # Dia: no named voices
+        pipe.voice(args.voice or "")
+    name = args.voice or next(iter(pipe.voice_names()), None)
+    if name is None:
+        raise CodecLMError("this model has no named voices; use codeclm clone --ref")
+    job = {"text": args.text, "ref": None, "language": None, "voice": name}
     with torch.inference_mode():
         audio = _generate(pipe, job, args.seed, args)
     save_audio(out, audio, pipe.sample_rate)
     if not args.quiet:
-        print(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, voice {args.voice or next(iter(pipe.voices))}",
-              file=sys.stderr)
+        print(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, voice {name}", file=sys.stderr)
     return 0

@@ -30,7 +30,7 @@ import torch
 
 from codeclm.errors import AudioError, CodecLMError, ConfigError
 from codeclm.lm.dia import DiaModel, encode_text
-from codeclm.pipelines.base import PIPELINE_FILE, read_pipeline_info
+from codeclm.pipelines.core import BasePipeline, audio_argument
 from codeclm.tokenizers.normalize import TextError, check_language
 
 __all__ = ["DiaVoiceClone"]
@@ -40,7 +40,7 @@ DEFAULTS = {"guidance_scale": 3.0, "temperature": 1.3, "top_k": 35, "top_p": 0.9
 SPEAKER_TAGS = ("[S1]", "[S2]")
 
 
-class DiaVoiceClone:
+class DiaVoiceClone(BasePipeline):
     """Text (+ a reference voice) -> speech ``[1, samples]`` at the codec's rate (44.1 kHz for Dia)."""
 
     kind = "dia"
@@ -83,7 +83,7 @@ class DiaVoiceClone:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> DiaVoiceClone:
         folder = Path(folder)
-        info = read_pipeline_info(folder, cls.kind, ("dia",))
+        info = cls._read_info(folder, ("dia",))
         model = DiaModel.from_pretrained(folder / "dia")
         codec = None
         if (folder / "codec").is_dir():
@@ -99,19 +99,11 @@ class DiaVoiceClone:
         self.model.save_pretrained(folder / "dia", dtype)
         if self.codec is not None:
             self.codec.save_pretrained(folder / "codec", dtype, inference_only=True)
-        info = {"type": self.kind, "format": 1, "defaults": self.defaults}
-        (folder / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        self._write_info(folder, folder / "codec" if self.codec is not None else None, defaults=self.defaults)
         return folder
 
-    def to(self, device: str | torch.device) -> DiaVoiceClone:
-        self.model.to(device)
-        if self.codec is not None:
-            self.codec.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+    def _modules(self) -> list:
+        return [self.model, self.codec]
 
     @property
     def sample_rate(self) -> int:
@@ -154,20 +146,9 @@ class DiaVoiceClone:
 
     def _load_reference(self, ref_audio, name: str) -> torch.Tensor:
         """Mono ``[N]`` at the codec's rate."""
-        from codeclm.audio import load_audio, resample
-
         if self.codec is None:
             raise ConfigError("this Dia pipeline has no codec: pass the reference as codes [9, frames]")
-        if isinstance(ref_audio, (str, os.PathLike)):
-            wav = load_audio(ref_audio, self.sample_rate, 1)[0][0]
-        else:
-            wav, rate = ref_audio if isinstance(ref_audio, tuple) else (ref_audio, self.sample_rate)
-            if not torch.is_tensor(wav) or not wav.is_floating_point() or wav.dim() not in (1, 2) or wav.numel() == 0:
-                raise AudioError(f"{name}: must be an audio path, a float tensor [channels, samples] or codes")
-            wav = wav.detach().float().cpu()
-            wav = wav.mean(0) if wav.dim() == 2 else wav
-            if int(rate) != self.sample_rate:
-                wav = resample(wav[None], int(rate), self.sample_rate)[0]
+        wav = audio_argument(ref_audio, self.sample_rate, 1, name, default_rate=self.sample_rate)[0]
         if wav.numel() == 0 or not torch.isfinite(wav).all():
             raise AudioError(f"{name}: empty, or contains NaN or infinite samples")
         return wav
@@ -209,29 +190,14 @@ class DiaVoiceClone:
         if P + c.max_delay + 2 > c.max_seq_len:
             raise AudioError(f"the reference is too long for this model ({P - 1} frames; "
                              f"at most {c.max_seq_len - c.max_delay - 3})")
-        generator = None
-        if do_sample:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(0 if seed is None else int(seed))
-        bar = on_step = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=int(max_new_tokens), unit="step", desc="dia", leave=False)
-
-            def on_step(done, total):
-                bar.update(1)
-
+        generator = self._generator(seed, do_sample)
         self.last_text = texts[0] if len(texts) == 1 else None
         self.last_ref_text = ref_text
-        try:
+        with self._progress(progress, int(max_new_tokens), "step", "dia") as on_step:
             out = self.model.generate_steps(ids, mask, prompt, max_new_tokens=int(max_new_tokens),
                                             guidance_scale=guidance_scale, top_k=top_k, top_p=top_p,
                                             temperature=float(temperature), do_sample=do_sample,
                                             generator=generator, on_step=on_step)
-        finally:
-            if bar is not None:
-                bar.close()
         self.last_lengths = list(out.lengths)
         return out
 

@@ -46,28 +46,25 @@ def _with_checkpoint(src: Path, checkpoint: Path, tmp: Path) -> Path:
 def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool = False,
            checkpoint: str | Path | None = None) -> Path:
     src, dst = Path(src), Path(dst)
-    try:
-        kind = json.loads((src / "pipeline.json").read_text())["type"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{src}: not a pipeline folder ({exc})") from None
+    from codeclm.pipelines.core import PIPELINES, pipeline_class, read_pipeline_info
+
+    kind = read_pipeline_info(src)["type"]  # the one checked reader
+    if kind not in PIPELINES:
+        raise ConfigError(f"{src}: unknown pipeline type {kind!r} (known: {', '.join(PIPELINES)})")
     if dst.exists() and not force:
         raise CodecLMError(f"{dst}: exists (use --force to replace it)")
-    from codeclm.pipelines import TextToMusic, VoiceClone
-
-    classes = {TextToMusic.kind: TextToMusic, VoiceClone.kind: VoiceClone}
-    if kind not in classes:
-        raise ConfigError(f"{src}: unknown pipeline type {kind!r} (known: {', '.join(classes)})")
+    cls = pipeline_class(kind)  # the registry keyed by pipeline.json's type (lazy imports)
     tmp = dst.with_name(f".{dst.name}.tmp")
     staged = dst.with_name(f".{dst.name}.ckpt")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
     try:
-        pipe = classes[kind].from_pretrained(_with_checkpoint(src, Path(checkpoint), staged) if checkpoint else src)
+        pipe = cls.from_pretrained(_with_checkpoint(src, Path(checkpoint), staged) if checkpoint else src)
         pipe.save_pretrained(tmp, DTYPES[dtype])
-        if kind == TextToMusic.kind:  # keep the training run's description (pattern, bandwidth, ...)
+        if kind == "text-to-music":  # keep the training run's description (pattern, bandwidth, ...)
             info = {**json.loads((src / "pipeline.json").read_text()), **json.loads((tmp / "pipeline.json").read_text())}
             (tmp / "pipeline.json").write_text(json.dumps(info, indent=2) + "\n")
-        classes[kind].from_pretrained(tmp)  # loads back
+        cls.from_pretrained(tmp)  # loads back
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)

@@ -16,7 +16,6 @@ Seeds: window 0 uses ``seed`` (a single window equals ``pipe.generate(..., seed=
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -44,21 +43,17 @@ def window_seed(seed: int | None, index: int) -> int:
 def encode_clip(pipe, clip, sample_rate: int | None = None) -> torch.Tensor:
     """Codes ``[1, K, P]`` of a clip (a path, or a ``[C, T]`` tensor at ``sample_rate``) with the
     pipeline's codec, keeping the LM's K codebooks. The last partial frame is zero-padded."""
-    from codeclm.audio import check_waveform, convert_channels, load_audio, resample
+    from codeclm.pipelines.core import audio_argument
 
     codec = pipe.codec
-    if isinstance(clip, (str, os.PathLike)):
-        wav, _ = load_audio(clip, codec.sample_rate, codec.channels)
-    else:
-        wav = torch.as_tensor(clip).detach().float().cpu()
-        if wav.dim() == 1:
-            wav = wav[None]
-        if wav.dim() != 2:
-            raise AudioError(f"clip must be [channels, samples], got {tuple(wav.shape)}")
-        check_waveform(wav, "clip")
+    if torch.is_tensor(clip) or hasattr(clip, "__array__"):
+        clip = torch.as_tensor(clip)
+        if clip.dim() not in (1, 2):
+            raise AudioError(f"clip must be [channels, samples], got {tuple(clip.shape)}")
         if sample_rate is None:
             raise AudioError("clip tensor: pass its sample_rate")
-        wav = resample(convert_channels(wav, codec.channels), int(sample_rate), codec.sample_rate)
+        clip = (clip.float(), sample_rate)
+    wav = audio_argument(clip, codec.sample_rate, codec.channels, "clip")
     with torch.no_grad():
         codes, scales = codec.encode(wav[None].to(pipe.device), return_scales=True)
     if scales is not None:

@@ -78,8 +78,8 @@ class TextToMusic(GenerationPipeline):
 
     def melody_indices(self, melody, batch: int, n_frames: int) -> torch.Tensor:
         """``[batch, n_frames]`` chroma indices (-1: no melody) of one melody or one per prompt."""
-        from codeclm.audio import load_audio
         from codeclm.lm.melody import chroma_indices
+        from codeclm.pipelines.core import audio_argument
 
         if not self.has_melody:
             raise CodecLMError("this model has no melody conditioning (no melody/ in its folder); "
@@ -93,16 +93,7 @@ class TextToMusic(GenerationPipeline):
             if item is None:
                 rows.append(torch.full((n_frames,), -1, dtype=torch.long))
                 continue
-            if isinstance(item, (str, os.PathLike)):
-                wav, _ = load_audio(item, self.sample_rate)
-            else:
-                wav, rate = item if isinstance(item, tuple) else (item, self.sample_rate)
-                if not torch.is_tensor(wav) or not wav.is_floating_point() or wav.dim() not in (1, 2):
-                    raise CodecLMError("melody must be an audio path or a float tensor [channels, samples]")
-                if int(rate) != self.sample_rate:
-                    from codeclm.audio import resample
-
-                    wav = resample(wav, int(rate), self.sample_rate)
+            wav = audio_argument(item, self.sample_rate, name="melody", default_rate=self.sample_rate)
             if wav.shape[-1] < self.codec.hop_length:
                 raise CodecLMError(f"melody clip is too short ({wav.shape[-1]} samples)")
             rows.append(chroma_indices(wav, self.sample_rate, self.codec.hop_length, n_frames=n_frames)[0])
