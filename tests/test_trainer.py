@@ -198,3 +198,207 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert list((straight / "tb").rglob("events.out.tfevents.*"))
     kept = sorted(p.name for p in (straight / "checkpoints").iterdir())
     assert kept == ["latest", "step_000006", "step_000008"]
+
+
+# -- recipe names, YAML booleans (issue 11) ---------------------------------------------------------
+def test_recipe_by_name_and_mixed_precision_no(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a name is found in the checkout's recipes/ from anywhere
+    for name in ("codec_tiny", "codec_tiny.yaml", str(TINY), str(TINY)[: -len(".yaml")]):
+        assert load_recipe(name).model.name == "codeclm-codec-tiny"
+    with pytest.raises(ConfigError, match=r"nope: recipe file not found; recipes in .*codec_tiny"):
+        load_recipe("nope")
+    # `no` is a YAML boolean; on the command line and in a file alike it means fp32
+    assert load_recipe("codec_tiny", ["mixed_precision=no"]).mixed_precision == "no"
+    assert load_recipe("codec_tiny", ["mixed_precision=auto"]).mixed_precision == "auto"
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(TINY.read_text() + "mixed_precision: no\n")
+    assert load_recipe(recipe).mixed_precision == "no"
+    assert load_recipe(recipe, ["mixed_precision=bf16"]).mixed_precision == "bf16"
+    sys.path.insert(0, str(REPO))
+    try:
+        import train as train_py
+    finally:
+        sys.path.remove(str(REPO))
+    assert train_py.main(["nope", "max_steps=1"]) == 2
+    assert "train.py: error: nope: recipe file not found" in capsys.readouterr().err
+
+
+def test_train_py_takes_a_recipe_name(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(REPO / "train.py"), "codec_tiny", f"out_dir={out}", "max_steps=1",
+                          "mixed_precision=no", "data.segment_seconds=0.25", "data.batch_size=2",
+                          "data.synthetic_items=2", "data.valid_items=0", "codec.adv_weight=0", "codec.feat_weight=0"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (out / "model" / "config.json").is_file()
+
+
+# -- the LR schedule (issue 11) --------------------------------------------------------------------
+def _lr_run(tmp_path, overrides: list[str]) -> tuple[list[dict], list[tuple[int, float]], list[str]]:
+    """Train in this process; returns the metrics rows, (parameter count, lr) of every inner
+    optimizer step in order, and the warnings raised."""
+    import warnings
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from codeclm.training.trainer import train
+
+    steps = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: steps.append((sum(p.numel() for g in opt.param_groups for p in g["params"]),
+                                                opt.param_groups[0]["lr"])))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(load_recipe(TINY, [f"out_dir={tmp_path / 'run'}", "data.segment_seconds=0.25", "data.batch_size=2",
+                                     "data.valid_items=0", "log_every=1", "valid_every=0", "ckpt_every=0",
+                                     "optim.schedule=cosine", "optim.warmup_steps=2", "optim.lr=1e-3",
+                                     "mixed_precision=no", *overrides]))
+    finally:
+        handle.remove()
+    return _metrics(tmp_path / "run"), steps, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("case", ["late_discriminator", "grad_accum"])
+def test_lr_is_exact_per_step_without_scheduler_warning(tmp_path, case):
+    """The update of step s uses lr * lr_lambda(s - 1), for every optimizer, also a discriminator
+    that starts late (it used to print "Detected call of lr_scheduler.step() before optimizer.step()")
+    or skips steps, and with gradient accumulation (one optimizer step per trainer step)."""
+    max_steps = 6
+    if case == "late_discriminator":
+        extra = ["codec.disc_start_step=2", "codec.disc_prob=0.5"]
+    else:
+        extra = ["grad_accum=2", "codec.adv_weight=0", "codec.feat_weight=0"]
+    rows, steps, caught = _lr_run(tmp_path, [f"max_steps={max_steps}", *extra])
+    assert not [w for w in caught if "lr_scheduler" in w], caught
+    f = lr_lambda(load_recipe(TINY, [f"max_steps={max_steps}", "optim.schedule=cosine", "optim.warmup_steps=2"]))
+    expect = {s: 1e-3 * f(s - 1) for s in range(1, max_steps + 1)}
+    assert [r["step"] for r in rows] == list(expect)
+    for r in rows:  # the logged LR is the one the step used
+        assert r["lr/generator"] == pytest.approx(expect[r["step"]], rel=1e-12)
+        if case == "late_discriminator":
+            assert r["lr/discriminator"] == pytest.approx(expect[r["step"]], rel=1e-12)
+    sizes = sorted({n for n, _ in steps})
+    generator = max(sizes)  # the generator has more parameters than the tiny discriminator
+    gen_lrs = [lr for n, lr in steps if n == generator]
+    assert gen_lrs == pytest.approx([expect[s] for s in expect], rel=1e-12)
+    if case == "late_discriminator":
+        disc_steps = [r["step"] for r in rows if "train/disc" in r]
+        assert disc_steps and min(disc_steps) == 3 and len(disc_steps) < max_steps - 2 + 1
+        disc_lrs = [lr for n, lr in steps if n != generator]
+        assert disc_lrs == pytest.approx([expect[s] for s in disc_steps], rel=1e-12)
+
+
+# -- the discriminator and the generator pass (issue 11) ---------------------------------------------
+@pytest.mark.parametrize("balancer", [True, False])
+def test_generator_pass_leaves_no_discriminator_gradient(balancer):
+    """After a step the discriminator holds no gradient, and its next update equals one computed
+    from its own loss alone (the generator's adversarial loss used to leak into it with balancer=false)."""
+    import copy
+
+    from codeclm.training.codec_task import Task
+    from codeclm.training.losses import hinge_discriminator_loss
+
+    torch.manual_seed(0)
+    cfg = load_recipe(TINY, ["data.segment_seconds=0.25", "data.batch_size=2", "data.valid_items=0",
+                             "codec.disc_start_step=0", f"codec.balancer={str(balancer).lower()}", "mixed_precision=no"])
+    acc = _accelerator()
+    task = Task(cfg, acc)
+    task.prepare(acc)
+    disc = task.models["discriminator"]
+    batches = [task.collate([task.train_set[i] for i in (2 * k, 2 * k + 1)]) for k in range(2)]
+
+    logs = task.train_step(batches[0], 0)
+    assert "disc" in logs and "adv" in logs
+    assert all(p.grad is None or not p.grad.any() for p in disc.parameters())
+
+    # reference: the discriminator update of the next step from its own loss only
+    ref = copy.deepcopy(disc)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    ref_opt.load_state_dict(copy.deepcopy(task.optimizers["discriminator"].state_dict()))
+    seen = {}
+    step = task._discriminator_step
+
+    def spy(x, fake):
+        seen["x"], seen["fake"] = x.clone(), fake.clone()
+        return step(x, fake)
+
+    task._discriminator_step = spy
+    task.train_step(batches[1], 1)
+    logits, _ = ref(torch.cat([seen["x"], seen["fake"]]))
+    b = seen["x"].shape[0]
+    hinge_discriminator_loss([z[:b] for z in logits], [z[b:] for z in logits]).backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.optim.grad_clip)
+    ref_opt.step()
+    for (name, p), q in zip(disc.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-7), name
+    assert all(p.grad is None or not p.grad.any() for p in disc.parameters())
+
+
+# -- mixed precision on CPU (issue 11) --------------------------------------------------------------
+def test_cpu_precision_choice(monkeypatch):
+    from codeclm.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    assert trainer.resolve_precision("auto", has_gpu=False)[0] == "no"  # emulated bf16 is slower here
+    mixed, note = trainer.resolve_precision("bf16", has_gpu=False)
+    assert mixed == "bf16" and "much slower" in note
+    assert trainer.resolve_precision("fp16", has_gpu=False)[0] == "bf16"
+    assert trainer.resolve_precision("no", has_gpu=False) == ("no", None)
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    assert trainer.resolve_precision("auto", has_gpu=False) == ("bf16", None)
+    assert trainer.resolve_precision("bf16", has_gpu=False) == ("bf16", None)
+
+
+def test_bf16_on_cpu_is_really_used(tmp_path):
+    """mixed_precision=bf16 on a CPU trains the codec's convolutions in bf16 (no silent fp32
+    fallback) while the quantizer and the optimizer state stay fp32."""
+    from codeclm.training.codec_task import Task
+    from codeclm.training.trainer import make_accelerator
+
+    cfg = load_recipe(TINY, ["data.segment_seconds=0.25", "data.batch_size=2", "data.valid_items=0",
+                             "codec.adv_weight=0", "codec.feat_weight=0", "mixed_precision=bf16",
+                             f"out_dir={tmp_path}"])
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU path")
+    acc, _ = make_accelerator(cfg, tmp_path)
+    assert acc.mixed_precision == "bf16"
+    task = Task(cfg, acc)
+    task.prepare(acc)
+    seen = {}
+    conv = next(m for m in task.codec.encoder.modules() if isinstance(m, torch.nn.Conv1d))
+    conv.register_forward_hook(lambda m, i, o: seen.update(conv=o.dtype))
+    task.codec.quantizer.register_forward_hook(lambda m, i, o: seen.update(commit=o.commitment_loss.dtype))
+    logs = task.train_step(task.collate([task.train_set[0], task.train_set[1]]), 0)
+    assert seen["conv"] == torch.bfloat16 and seen["commit"] == torch.float32  # the quantizer computes in fp32
+    assert all(b.dtype == torch.float32 for b in task.codec.quantizer.buffers() if b.is_floating_point())
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in logs.values())
+    state = task.optimizers["generator"].state_dict()["state"]
+    assert state and all(s["exp_avg"].dtype == torch.float32 for s in state.values())
+
+
+def test_step_schedule_reads_and_writes_lambdalr_state():
+    """Checkpoints of runs made before StepSchedule hold LambdaLR states: they resume at the same LR."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from codeclm.training.trainer import StepSchedule
+
+    cfg = load_recipe(TINY, ["max_steps=10", "optim.schedule=cosine", "optim.warmup_steps=3"])
+    f = lr_lambda(cfg)
+    old_opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    old = LambdaLR(old_opt, f)
+    for _ in range(4):
+        old_opt.step()
+        old.step()
+    new_opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    new = StepSchedule(new_opt, f)
+    new_opt.load_state_dict(old_opt.state_dict())
+    new.load_state_dict(old.state_dict())
+    assert new.last_epoch == 4 and new_opt.param_groups[0]["lr"] == old_opt.param_groups[0]["lr"] == 1e-3 * f(4)
+    back_opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    back = LambdaLR(back_opt, f)
+    back.load_state_dict(new.state_dict())
+    back_opt.step()
+    back.step()
+    assert back.get_last_lr() == [1e-3 * f(5)]

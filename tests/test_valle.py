@@ -202,6 +202,24 @@ def test_save_load_round_trip(tmp_path):
         Valle.from_pretrained(tmp_path / "v")
 
 
+def test_forward_is_both_training_losses():
+    """Training calls the module's forward (what DDP wraps): the AR and NAR losses of one pass, and
+    their gradients reach both stages."""
+    m = tiny_valle().train()
+    g = torch.Generator().manual_seed(3)
+    ph, pm = torch.randint(5, 20, (2, 9), generator=g), torch.ones(2, 9, dtype=torch.bool)
+    codes, frames = torch.randint(0, 32, (2, 3, 8), generator=g), torch.tensor([8, 6])
+    prompts, levels = torch.tensor([2, 3]), torch.tensor([1, 2])
+    out = m(ph, pm, codes, frames, prompts, levels)
+    ar, ar_acc = m.ar_loss(ph, pm, codes[:, 0], frames)
+    nar, nar_acc = m.nar_loss(ph, pm, codes, frames, prompts, levels)
+    assert torch.equal(out["ar_ce"], ar) and torch.equal(out["nar_ce"], nar) and torch.equal(out["loss"], ar + nar)
+    assert torch.equal(out["ar_acc"], ar_acc) and torch.equal(out["nar_acc"], nar_acc)
+    out["loss"].backward()
+    for stage in (m.ar, m.ar_text, m.nar, m.nar_text):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.parameters())
+
+
 # -- training + pipeline, on espeak-ng speech and a tiny codec -------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -123,6 +123,16 @@ class Valle(nn.Module):
         return next(self.parameters()).device
 
     # -- training losses ------------------------------------------------------------------------------
+    def forward(self, phonemes: torch.Tensor, phoneme_mask: torch.Tensor, codes: torch.Tensor, frames: torch.Tensor,
+                prompt_frames: torch.Tensor, levels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both training losses in one pass: :meth:`ar_loss` on the first codebook of ``codes
+        [B, K, T]`` and :meth:`nar_loss` at ``levels`` after ``prompt_frames``. Training goes
+        through ``forward`` so that a DDP-wrapped model synchronises the gradients of both stages.
+        Returns ``{"loss": ar + nar, "ar_ce", "nar_ce", "ar_acc", "nar_acc"}``."""
+        ar, ar_acc = self.ar_loss(phonemes, phoneme_mask, codes[:, 0], frames)
+        nar, nar_acc = self.nar_loss(phonemes, phoneme_mask, codes, frames, prompt_frames, levels)
+        return {"loss": ar + nar, "ar_ce": ar, "nar_ce": nar, "ar_acc": ar_acc, "nar_acc": nar_acc}
+
     def ar_loss(self, phonemes: torch.Tensor, phoneme_mask: torch.Tensor, codes: torch.Tensor,
                 frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-token CE of the first codebook + EOS: ``codes [B, T]`` with ``frames[b]`` real frames.

@@ -11,6 +11,7 @@ adversary first (cheap on CPU); ``adv_weight = feat_weight = 0`` drops the discr
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from codeclm.training.losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
+from codeclm.training.task import Task as BaseTask
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,6 +54,7 @@ class CodecTaskConfig:
     disc_start_step: int = 0  # generator-only warm-up steps
     disc_prob: float = 1.0  # probability of a discriminator update per step
     export_dtype: str | None = None  # float16 | bfloat16: also write out_dir/model_<dtype>
+    init_from: str | None = None  # a codec folder of the same architecture to start from (fine-tuning)
     log_audio: int = 2  # validation clips sent to TensorBoard
 
 
@@ -114,6 +117,31 @@ def build_datasets(cfg: Recipe) -> tuple[Dataset, Dataset | None]:
     return train, valid
 
 
+def _init_weights(folder: str, config: CodecConfig) -> dict[str, torch.Tensor]:
+    """The weights of the codec folder ``folder`` (fp32), refused unless its architecture is ``config``'s."""
+    source = Codec.from_pretrained(folder)
+    mine = {k: v for k, v in config.to_dict().items() if k != "name"}
+    theirs = {k: v for k, v in source.config.to_dict().items() if k != "name"}
+    diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if diff:
+        raise ConfigError(f"recipe: codec.init_from {folder} has another architecture ({', '.join(diff)} differ)")
+    return {k: v.float() for k, v in source.state_dict().items()}
+
+
+@contextmanager
+def read_only(module: torch.nn.Module):
+    """Freeze ``module``'s parameters for a pass through it (AudioCraft's adversary read-only mode):
+    gradients flow to its input, not into its parameters."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 class _JoinBackward(torch.autograd.Function):
     """Identity on ``y`` whose backward scales the gradient by ``scale`` and sends ``scale`` to the
     scalar ``extra``. The balancer's single ``y.backward(g)`` then also carries the commitment loss
@@ -130,12 +158,16 @@ class _JoinBackward(torch.autograd.Function):
         return grad * ctx.scale, torch.full((), ctx.scale, dtype=ctx.extra_dtype, device=grad.device), None
 
 
-class Task:
-    """Generator + discriminator, their optimizers, losses and data (see trainer.py for the protocol)."""
+class Task(BaseTask):
+    """Generator + discriminator, their optimizers, losses and data (see trainer.py and task.py)."""
 
     def __init__(self, cfg: Recipe, accelerator):
-        self.cfg, self.acc, c, o = cfg, accelerator, cfg.codec, cfg.optim
-        self.codec = Codec(cfg.model).apply_weight_norm().train()  # the quantizer keeps itself in fp32
+        super().__init__(cfg, accelerator)  # self.rng: the same codebook counts and disc updates everywhere
+        c = cfg.codec
+        self.codec = Codec(cfg.model)
+        if c.init_from:  # before weight norm: its (g, v) are computed from the loaded weights
+            self.codec.load_state_dict(_init_weights(c.init_from, cfg.model))
+        self.codec.apply_weight_norm().train()  # the quantizer keeps itself in fp32
         self.models = {"generator": self.codec}
         self.weights = {"l1": c.l1_weight, "mel": c.mel_weight}
         if c.adv_weight or c.feat_weight:
@@ -144,48 +176,35 @@ class Task:
             self.weights.update(adv=c.adv_weight, feat=c.feat_weight)
         self.weights = {k: w for k, w in self.weights.items() if w > 0}
         self.ema_model = "generator"
-        self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                                   weight_decay=o.weight_decay) for name, m in self.models.items()}
+        self.optimizers = {name: self.adamw(m.parameters()) for name, m in self.models.items()}
         sr = cfg.model.sample_rate
         self.mel = (MultiScaleMelLoss.encodec(sr) if c.mel_loss == "encodec" else MultiScaleMelLoss.dac(sr))
         self.mel_metric = MultiScaleMelLoss.dac(sr)  # validation's mel distance, whatever the training loss
         self.balancer = Balancer(self.weights, ema_decay=c.balancer_ema)
-        # one generator on every process (same seed): same codebook count and same disc updates everywhere
-        self.rng = torch.Generator().manual_seed(cfg.seed)
         self.train_set, self.valid_set = build_datasets(cfg)
         self.collate = collate_audio
         self._logged_originals = False
 
     # -- setup / state ----------------------------------------------------------------------------
     def prepare(self, accelerator) -> list[torch.nn.Module]:
-        names = list(self.models)
-        out = accelerator.prepare(*(self.models[n] for n in names), *(self.optimizers[n] for n in names))
-        self.wrapped = dict(zip(names, out[: len(names)]))
-        self.optimizers = dict(zip(names, out[len(names):]))
+        wrapped = super().prepare(accelerator)
         self.mel.to(accelerator.device)
         self.mel_metric.to(accelerator.device)
-        return list(self.wrapped.values())
+        return wrapped
 
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.get_state(), "balancer": self.balancer.state_dict()}
+    def extra_state(self) -> dict:
+        return {"balancer": self.balancer.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.set_state(state["rng"])
+    def load_extra_state(self, state: dict) -> None:
         self.balancer.load_state_dict(state["balancer"])
 
     # -- one step ---------------------------------------------------------------------------------
-    def _optimizer_step(self, name: str) -> None:
-        if self.acc.sync_gradients and self.cfg.optim.grad_clip > 0:
-            self.acc.clip_grad_norm_(self.models[name].parameters(), self.cfg.optim.grad_clip)
-        self.optimizers[name].step()
-        self.optimizers[name].zero_grad(set_to_none=True)
-
     def _discriminator_step(self, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         logits, _ = self.wrapped["discriminator"](torch.cat([x, fake]))  # one forward, one backward (DDP)
         b = x.shape[0]
         loss = hinge_discriminator_loss([z[:b] for z in logits], [z[b:] for z in logits])
-        self.acc.backward(loss)
-        self._optimizer_step("discriminator")
+        self.backward(loss)
+        self.optimizer_step("discriminator")
         return loss.detach()
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -201,44 +220,37 @@ class Task:
         commit = c.commit_weight * out.commitment_loss
         scale = 1.0 / acc.gradient_accumulation_steps * (acc.scaler.get_scale() if acc.scaler is not None else 1.0)
         y = _JoinBackward.apply(out.audio, commit, scale) if c.balancer else out.audio
-        with acc.autocast():
-            losses = {"l1": F.l1_loss(y, x), "mel": self.mel(y, x)}
-            if adversarial:
-                disc = self.models["discriminator"]  # unwrapped: this pass sends no gradient to it
-                with torch.no_grad():
-                    _, real_feats = disc(x)
-                fake_logits, fake_feats = disc(y)
-                losses["adv"] = hinge_generator_loss(fake_logits)
-                losses["feat"] = feature_matching_loss(real_feats, fake_feats)
-        losses = {k: v for k, v in losses.items() if k in self.weights}
-        if c.balancer:
-            self.balancer.backward(losses, y)
-        else:
-            acc.backward(sum(self.weights[k] * v for k, v in losses.items()) + commit)
-        self._optimizer_step("generator")
+        # the adversary is read-only for the whole generator pass, its backward included: with
+        # balancer=false the summed loss would otherwise leave gradients in its parameters
+        with read_only(self.models["discriminator"]) if adversarial else nullcontext():
+            with acc.autocast():
+                losses = {"l1": F.l1_loss(y, x), "mel": self.mel(y, x)}
+                if adversarial:
+                    disc = self.models["discriminator"]  # unwrapped: DDP allows one backward per forward
+                    with torch.no_grad():
+                        _, real_feats = disc(x)
+                    fake_logits, fake_feats = disc(y)
+                    losses["adv"] = hinge_generator_loss(fake_logits)
+                    losses["feat"] = feature_matching_loss(real_feats, fake_feats)
+            losses = {k: v for k, v in losses.items() if k in self.weights}
+            if c.balancer:
+                self.balancer.backward(losses, y)
+            else:
+                self.backward(sum(self.weights[k] * v for k, v in losses.items()) + commit)
+        self.optimizer_step("generator")
         return {**logs, **{k: v.detach() for k, v in losses.items()}}
 
     # -- validation / export ----------------------------------------------------------------------
-    def _valid_batches(self, batch_size: int, rank: int, world: int):
-        indices = list(range(rank, len(self.valid_set) if self.valid_set is not None else 0, world))
-        for i in range(0, len(indices), batch_size):
-            yield self.collate([self.valid_set[j] for j in indices[i:i + batch_size]])
+    validation_width = 3
 
-    @torch.no_grad()
-    def validate(self, model: Codec, batch_size: int) -> dict[str, float]:
-        """Mel distance (DAC's multi-scale log-mel L1) and L1 at the top bandwidth, over the whole set."""
-        if self.valid_set is None:
-            return {}
-        acc = self.acc
-        sums = torch.zeros(3, dtype=torch.float64, device=acc.device)
-        model.eval()
-        for batch in self._valid_batches(batch_size, acc.process_index, acc.num_processes):
-            x = batch["wav"].to(acc.device)
-            y = model(x).audio.float()
-            sums += torch.tensor([self.mel_metric(y, x).item() * len(x), F.l1_loss(y, x).item() * len(x), len(x)],
-                                 dtype=torch.float64, device=acc.device)
-        model.train()
-        sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
+    def validation_sums(self, model: Codec, batch: dict) -> torch.Tensor:
+        """Mel distance (DAC's multi-scale log-mel L1) and L1 at the top bandwidth, summed over items."""
+        x = batch["wav"].to(self.acc.device)
+        y = model(x).audio.float()
+        return torch.tensor([self.mel_metric(y, x).item() * len(x), F.l1_loss(y, x).item() * len(x), len(x)],
+                            dtype=torch.float64)
+
+    def validation_metrics(self, sums: torch.Tensor) -> dict[str, float]:
         n = max(float(sums[2]), 1.0)
         return {"mel": float(sums[0]) / n, "l1": float(sums[1]) / n}
 

@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 1000  # optimizer steps
     resume: str = "auto"  # auto: latest checkpoint in out_dir if any | never | a checkpoint folder
-    mixed_precision: str = "no"  # no | bf16 | fp16 (forced to "no" on CPU)
+    mixed_precision: str = "no"  # no | bf16 | fp16 | auto (bf16 where the hardware has it, else fp32)
     grad_accum: int = 1
     ema_decay: float = 0.0  # weight EMA of the task's main model, 0 = off
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn_only)
@@ -86,8 +86,10 @@ def _check(cfg: TrainConfig) -> None:
                   f"(got {cfg.max_steps}, {cfg.grad_accum}, {cfg.log_every})")
     if cfg.valid_every < 0 or cfg.ckpt_every < 0 or cfg.keep_last < 1:
         raise bad("valid_every and ckpt_every must be >= 0 and keep_last >= 1")
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise bad(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
+    if cfg.mixed_precision in ("False", "false"):  # YAML 1.1 reads `no` as a boolean, in files and overrides
+        cfg.mixed_precision = "no"
+    if cfg.mixed_precision not in ("no", "bf16", "fp16", "auto"):
+        raise bad(f"mixed_precision must be no, bf16, fp16 or auto, got {cfg.mixed_precision!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise bad(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not cfg.out_dir:
@@ -124,8 +126,28 @@ def _unknown_keys(schema: DictConfig, given: Any, where: str, prefix: str = "") 
             _unknown_keys(child, given._get_node(key), where, f"{full}.")
 
 
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"  # the source checkout's recipes/
+
+
+def find_recipe(name: str | Path) -> Path:
+    """The recipe file ``name``: a path (with or without ``.yaml``), else a recipe name from
+    ``./recipes`` or the checkout's ``recipes/`` (``codec_tiny`` or ``codec_tiny.yaml``)."""
+    given = Path(name)
+    names = [given.name] + ([f"{given.name}.yaml"] if given.name and given.suffix != ".yaml" else [])
+    candidates = [given.with_name(n) for n in names] if given.name else [given]
+    if given.name and given.name == str(name):  # a bare name: look in the recipe folders too
+        candidates += [folder / n for folder in (Path("recipes"), RECIPES_DIR) for n in names]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    hint = f"; recipes in {RECIPES_DIR}: {', '.join(known)}" if known else ""
+    raise ConfigError(f"{name}: recipe file not found{hint}")
+
+
 def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a recipe (``path`` may be None: defaults + overrides only) and apply ``key=value`` overrides."""
+    """Read a recipe (a file or a recipe name, see :func:`find_recipe`; None: defaults + overrides
+    only) and apply ``key=value`` overrides."""
     try:
         for item in overrides:
             if "=" not in item or item.startswith("="):
@@ -134,8 +156,7 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
         if path is None:
             raw = OmegaConf.create({})
         else:
-            if not Path(path).is_file():
-                raise ConfigError(f"{path}: recipe file not found")
+            path = find_recipe(path)
             raw = OmegaConf.load(path)
             if not isinstance(raw, DictConfig):
                 raise ConfigError(f"{path}: a recipe must be a YAML mapping")

@@ -34,7 +34,6 @@ text+melody prompts.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,6 +54,8 @@ from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import fused_state_dict, save_folder
 from codeclm.tokenizers.text import PAD_ID, CaptionTokenizer, train_caption_tokenizer
 from codeclm.training.config import DataConfig, TrainConfig
+from codeclm.training.task import Task as BaseTask
+from codeclm.training.task import held_out
 
 TOKENIZER_DIR = "text_tokenizer"
 
@@ -124,11 +125,6 @@ def caption_of(entry: dict) -> str:
     return entry.get("caption") or entry.get("text") or ""
 
 
-def _held_out(path: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
-    return h / 2 ** 64 < fraction
-
-
 class TokenSegments(Dataset):
     """Crops of ``frames`` frames of the first ``n_q`` codebooks of some records of a token cache:
     ``{"codes": [n_q, <= frames], "caption": str, "index": i}``. Random crops are seeded by
@@ -190,7 +186,7 @@ def build_datasets(cfg: Recipe, n_q: int) -> tuple[TokenSegments, TokenSegments 
         train_idx, vcache = list(range(len(cache))), TokenCache(d.valid_token_cache)
         valid_idx = list(range(len(vcache)))
     else:
-        held = [_held_out(e["path"], d.valid_fraction) for e in cache.entries]
+        held = [held_out(e["path"], d.valid_fraction) for e in cache.entries]
         train_idx = [i for i, h in enumerate(held) if not h]
         valid_idx, vcache = [i for i, h in enumerate(held) if h], cache
     if not train_idx:
@@ -221,11 +217,12 @@ def lm_loss(lm, codes: torch.Tensor, frames: torch.Tensor, cond: torch.Tensor, c
     return loss, sums.detach(), counts
 
 
-class Task:
-    """TokenLM + built-in text conditioner, one optimizer over both (see trainer.py for the protocol)."""
+class Task(BaseTask):
+    """TokenLM + built-in text conditioner, one optimizer over both (see trainer.py and task.py)."""
 
     def __init__(self, cfg: Recipe, accelerator):
-        self.cfg, self.acc, o, t = cfg, accelerator, cfg.optim, cfg.text
+        super().__init__(cfg, accelerator)  # self.rng: condition dropout, the same on every process
+        t = cfg.text
         meta = TokenCache(cfg.data.token_cache).meta
         if cfg.model.n_q > meta["n_q"]:
             raise ConfigError(f"recipe: model.n_q={cfg.model.n_q} but {cfg.data.token_cache} holds {meta['n_q']} codebooks")
@@ -246,10 +243,8 @@ class Task:
         if cfg.lm.melody:
             self.models["melody"] = MelodyConditioner(dim=t.dim).train()
         self.ema_model = "lm"
-        params = [p for m in self.models.values() for p in m.parameters()]
-        self.optimizers = {"lm": torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)}
+        self.optimizers = {"lm": self.adamw([p for m in self.models.values() for p in m.parameters()])}
         self.collate = Collate(tokenizer)
-        self.rng = torch.Generator().manual_seed(cfg.seed)  # condition dropout: the same on every process
 
     def _tokenizer(self) -> CaptionTokenizer:
         t, acc = self.cfg.text, self.acc
@@ -259,28 +254,16 @@ class Task:
             tok.max_len = t.max_len
             return tok
         folder = Path(self.cfg.out_dir) / TOKENIZER_DIR
-        if not (folder / "tokenizer.json").is_file():  # a fresh run (a resumed one reuses its tokenizer)
-            if acc.is_main_process:
-                model = train_caption_tokenizer(self.train_set.captions(), folder / "spm", vocab_size=t.vocab_size,
-                                                model_type=t.model_type, seed=self.cfg.seed)
-                CaptionTokenizer(model, max_len=t.max_len).save(folder)
-                model.unlink()
-            acc.wait_for_everyone()
+        # a fresh run trains it on the main process (a resumed one reuses it). Every process waits
+        # whatever it sees: one that looked after the main process had written the file used to
+        # skip the barrier and deadlock the run
+        if acc.is_main_process and not (folder / "tokenizer.json").is_file():
+            model = train_caption_tokenizer(self.train_set.captions(), folder / "spm", vocab_size=t.vocab_size,
+                                            model_type=t.model_type, seed=self.cfg.seed)
+            CaptionTokenizer(model, max_len=t.max_len).save(folder)
+            model.unlink()
+        acc.wait_for_everyone()
         return CaptionTokenizer.load(folder)
-
-    # -- setup / state ----------------------------------------------------------------------------
-    def prepare(self, accelerator) -> list[torch.nn.Module]:
-        names = list(self.models)
-        *prepared, opt = accelerator.prepare(*[self.models[n] for n in names], self.optimizers["lm"])
-        self.wrapped = dict(zip(names, prepared))
-        self.optimizers = {"lm": opt}
-        return prepared
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.set_state(state["rng"])
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -298,11 +281,8 @@ class Task:
             cond, cond_mask = self._condition(self.wrapped, ids, mask, chroma)
             loss, sums, counts = lm_loss(self.wrapped["lm"], codes, batch["frames"], cond, cond_mask,
                                          self.pattern, self.lm_config.special_token)
-        acc.backward(loss)
-        if acc.sync_gradients and self.cfg.optim.grad_clip > 0:
-            acc.clip_grad_norm_([p for m in self.models.values() for p in m.parameters()], self.cfg.optim.grad_clip)
-        self.optimizers["lm"].step()
-        self.optimizers["lm"].zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.optimizer_step("lm")
         logs = {"ce": loss.detach(), "cond_dropped": drop.float().mean()}
         per = sums / counts.clamp(min=1)
         logs.update({f"ce_q{k}": per[k] for k in range(per.shape[0])})
@@ -318,35 +298,27 @@ class Task:
         return cond, cond_mask
 
     # -- validation / export ----------------------------------------------------------------------
-    @torch.no_grad()
-    def validate(self, model: TokenLM, batch_size: int) -> dict[str, float]:
-        """Cross-entropy (nats per token) and perplexity over the validation crops, with captions."""
-        if self.valid_set is None:
-            return {}
-        acc, K = self.acc, self.lm_config.n_q
-        sums = torch.zeros(2 * K, dtype=torch.float64, device=acc.device)
+    def eval_modules(self, model: TokenLM) -> list[torch.nn.Module]:
+        return [model, *(m for k, m in self.models.items() if k != "lm")]
+
+    @property
+    def validation_width(self) -> int:
+        return 2 * self.lm_config.n_q  # per-codebook CE sums and token counts
+
+    def validation_sums(self, model: TokenLM, batch: dict) -> torch.Tensor:
         conds = {k: v for k, v in self.models.items() if k != "lm"}
-        for m in conds.values():
-            m.eval()
-        model.eval()
-        indices = list(range(acc.process_index, len(self.valid_set), acc.num_processes))
-        for i in range(0, len(indices), batch_size):
-            batch = self.collate([self.valid_set[j] for j in indices[i:i + batch_size]])
-            cond, cond_mask = self._condition(conds, batch["input_ids"], batch["attention_mask"], batch.get("chroma")
-                                              if "melody" in conds else None)
-            _, s, c = lm_loss(model, batch["codes"].to(acc.device), batch["frames"], cond, cond_mask,
-                              self.pattern, self.lm_config.special_token)
-            sums += torch.cat([s.double(), c.double()])
-        model.train()
-        for m in conds.values():
-            m.train()
-        sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
+        cond, cond_mask = self._condition(conds, batch["input_ids"], batch["attention_mask"],
+                                          batch.get("chroma") if "melody" in conds else None)
+        _, s, c = lm_loss(model, batch["codes"].to(self.acc.device), batch["frames"], cond, cond_mask,
+                          self.pattern, self.lm_config.special_token)
+        return torch.cat([s.double(), c.double()])
+
+    def validation_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        """Cross-entropy (nats per token) and perplexity over the validation crops, with captions."""
+        K = self.lm_config.n_q
         per = sums[:K] / sums[K:].clamp(min=1)
         ce = float(per.mean())
         return {"ce": ce, "ppl": math.exp(min(ce, 50.0)), **{f"ce_q{k}": float(per[k]) for k in range(K)}}
-
-    def log_audio(self, model, logger, step: int) -> None:
-        return None  # no codec in the loop: generation is the pipelines' business
 
     def export(self, model: TokenLM, folder: Path) -> None:
         """``folder/lm`` + ``folder/text`` + ``folder/pipeline.json`` (see the module docstring)."""

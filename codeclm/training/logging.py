@@ -79,7 +79,7 @@ class RunLogger:
         self.window_start = time.perf_counter()
         self.write(step, row)
         if self.main:
-            main_loss = next((row[k] for k in ("train/mel", "train/loss") if k in row), None)
+            main_loss = next((row[k] for k in ("train/mel", "train/loss", "train/ce") if k in row), None)
             post = {"sps": f"{row['train/samples_per_s']:.1f}"}
             if main_loss is not None:
                 post = {"loss": f"{main_loss:.4g}", **post}
@@ -101,12 +101,20 @@ class RunLogger:
         """A ``[C, T]`` clip to TensorBoard (first channel)."""
         if not self.main:
             return
+        clip = wav.detach().float().cpu()[0].clamp(-1, 1)
+        writer = None
         try:
             writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
         except (ValueError, KeyError):
+            pass
+        if writer is not None and hasattr(writer, "add_audio"):
+            writer.add_audio(tag, clip, global_step=step, sample_rate=sample_rate)
             return
-        clip = wav.detach().float().cpu()[0].clamp(-1, 1)
-        writer.add_audio(tag, clip, global_step=step, sample_rate=sample_rate)
+        from codeclm.audio import save_audio  # no TensorBoard: a WAV file per clip under out_dir/audio
+
+        path = self.path.parent / "audio" / f"{tag.replace('/', '_')}_step{step}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_audio(path, clip[None], sample_rate)
 
     def close(self) -> None:
         self.bar.close()

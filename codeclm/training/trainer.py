@@ -1,18 +1,20 @@
 """The one training loop of codeclm, on Hugging Face Accelerate (1 process, N processes, N machines).
 
-A *task* (``codeclm.training.codec_task.Task`` for ``task: codec``) owns the models, the
-optimizers, the datasets and what one step computes; this file owns everything around it:
-processes and devices, seeding, the data order, LR schedules, weight EMA, logging, validation,
-checkpoints and resume. A task provides::
+A *task* (``codeclm.training.codec_task.Task`` for ``task: codec``, all subclasses of
+``codeclm.training.task.Task``, which writes prepare, state, clip/step/zero and the sharded
+validation loop once) owns the models, the optimizers, the datasets and what one step computes;
+this file owns everything around it: processes and devices, seeding, the data order, LR
+schedules, weight EMA, logging, validation, checkpoints and resume. A task provides::
 
     models: dict[str, nn.Module]         # checkpointed (unwrapped modules)
-    optimizers: dict[str, Optimizer]     # one LR schedule each
+    optimizers: dict[str, Optimizer]     # one LR schedule each (StepSchedule: a function of the step)
     ema_model: str | None                # the model the weight EMA follows (and export uses)
     train_set, valid_set, collate        # map-style datasets of dicts, a collate function
     prepare(accelerator) -> list         # wrap models/optimizers (DDP, mixed precision); the wrapped models
+    attach_logger(logger)                # the task's own log lines go to the run logger
     train_step(batch, step) -> dict      # forward/backward/optimizer steps, scalars to log
-    validate(model, batches) -> dict     # metrics, reduced across processes
-    log_audio(model, logger, step)       # a few clips to TensorBoard (main process)
+    validate(model, batch_size) -> dict  # metrics, reduced across processes
+    log_audio(model, logger, step)       # a few clips (TensorBoard, or WAV files without it; main process)
     export(model, folder)                # the released model folder (main process)
     state_dict() / load_state_dict()     # extra state to checkpoint (balancer, seeded generators)
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -36,7 +39,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 
 from codeclm.errors import ConfigError
@@ -98,6 +100,40 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
+class StepSchedule:
+    """The learning rate of one optimizer as a function of the trainer's step: the updates made in
+    step ``s + 1`` use ``base_lr * lr_lambda(s)``, for every optimizer alike, also one that does not
+    update at every step (the discriminator before ``codec.disc_start_step`` or when ``disc_prob``
+    skips it, an fp16 step the loss scaler skips). The trainer sets it before each step, so it
+    never depends on how often ``optimizer.step`` ran; torch's ``LambdaLR`` stepped once per trainer
+    step warned "Detected call of lr_scheduler.step() before optimizer.step()" for a discriminator
+    that starts late. The state dict is a ``LambdaLR``'s (``base_lrs``, ``last_epoch`` = steps
+    done), so checkpoints written with either load with the other."""
+
+    def __init__(self, optimizer, factor):
+        self.optimizer, self.factor = optimizer, factor
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.set(0)
+
+    def set(self, step: int) -> None:
+        """The learning rates for step ``step + 1`` (``step`` steps done)."""
+        self.last_epoch = int(step)
+        self.last_lr = [base * self.factor(self.last_epoch) for base in self.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self.last_lr):
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return {"base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch, "_step_count": self.last_epoch + 1,
+                "_is_initial": False, "_get_lr_called_within_step": False, "_last_lr": list(self.last_lr),
+                "lr_lambdas": [None]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lrs = list(state["base_lrs"])
+        self.set(state["last_epoch"])
+
+
 class ModelEMA:
     """Exponential moving average of a module's parameters (buffers, e.g. codebooks, are taken
     from the live model when a copy is made)."""
@@ -125,14 +161,47 @@ class ModelEMA:
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16). Elsewhere oneDNN
+    emulates bf16 and autocast makes convolutions 10-80x *slower* than fp32 (measured on an AVX2
+    AMD EPYC), so ``mixed_precision: auto`` keeps fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(requested: str, has_gpu: bool) -> tuple[str, str | None]:
+    """The precision a run uses and a note for the log: ``auto`` is bf16 where it is fast (a GPU
+    with bf16, or a CPU with native bf16), else fp32; fp16 on a CPU becomes bf16."""
+    if requested == "auto":
+        if has_gpu:
+            return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), None
+        if cpu_has_native_bf16():
+            return "bf16", None
+        return "no", "mixed_precision=auto: this CPU has no native bf16 (AMX/AVX512-BF16), training in fp32"
+    if not has_gpu and requested == "fp16":  # CPU fp16 autocast is slow and needs a loss scaler
+        requested = "bf16"
+        note = "mixed_precision=fp16 needs a GPU; training with bf16 autocast on CPU"
+        return requested, note + ("" if cpu_has_native_bf16() else " (emulated here: slower than fp32)")
+    if not has_gpu and requested == "bf16" and not cpu_has_native_bf16():
+        return "bf16", ("warning: this CPU has no native bf16 (AMX/AVX512-BF16): bf16 autocast is emulated and "
+                        "much slower than fp32; use mixed_precision=auto or no")
+    return requested, None
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+
+
 def make_accelerator(cfg: TrainConfig, out_dir: Path) -> tuple[Accelerator, str | None]:
-    mixed, note = cfg.mixed_precision, None
     has_gpu = torch.cuda.is_available()
-    if not has_gpu and mixed != "no":
-        mixed, note = "no", f"mixed_precision={cfg.mixed_precision} needs a GPU; training in fp32 on CPU"
+    mixed, note = resolve_precision(cfg.mixed_precision, has_gpu)
     accelerator = Accelerator(
         cpu=not has_gpu,  # on a CPU-only host this makes torchrun/`accelerate launch --multi_gpu` use gloo
-        gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed, log_with="tensorboard",
+        gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed,
+        log_with="tensorboard" if tensorboard_available() else None,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir)))
     return accelerator, note
 
@@ -157,7 +226,7 @@ def train(cfg: TrainConfig) -> Path:
     task = importlib.import_module(TASKS[cfg.task]).Task(cfg, accelerator)
     wrapped_models = task.prepare(accelerator)
     set_seed(cfg.seed, device_specific=True)  # from here on each process draws its own numbers
-    schedulers = {name: LambdaLR(opt, lr_lambda(cfg)) for name, opt in task.optimizers.items()}
+    schedulers = {name: StepSchedule(opt, lr_lambda(cfg)) for name, opt in task.optimizers.items()}
     ema_target = task.models[task.ema_model] if cfg.ema_decay > 0 and task.ema_model else None
     ema = ModelEMA(ema_target, cfg.ema_decay) if ema_target is not None else None
 
@@ -178,12 +247,17 @@ def train(cfg: TrainConfig) -> Path:
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.yaml").write_text(to_yaml(cfg))
-    tb_kwargs = {"purge_step": pos.step + 1} if pos.step else {}
-    accelerator.init_trackers("tb", init_kwargs={"tensorboard": tb_kwargs})
+    if tensorboard_available():
+        tb_kwargs = {"purge_step": pos.step + 1} if pos.step else {}
+        accelerator.init_trackers("tb", init_kwargs={"tensorboard": tb_kwargs})
     samples_per_step = cfg.data.batch_size * accelerator.num_processes * cfg.grad_accum
     log = RunLogger(accelerator, out_dir, cfg.max_steps, pos.step, samples_per_step // cfg.grad_accum)
+    task.attach_logger(log)  # the task's own lines (data sizes, ...) go to the same log
     if precision_note:
         log.info(precision_note)
+    if not tensorboard_available():
+        log.info("TensorBoard is not installed: metrics go to metrics.jsonl and audio clips to "
+                 f"{out_dir / 'audio'}; pip install 'codeclm[train]' for TensorBoard logs")
     log.info(f"{cfg.task}: {accelerator.num_processes} process(es) on {accelerator.device}, "
              f"{samples_per_step} samples/step, " + (f"resuming from {ckpt}" if ckpt else "from scratch"))
 
@@ -213,22 +287,24 @@ def train(cfg: TrainConfig) -> Path:
     timed_steps, timed_seconds, start_step = 0, 0.0, pos.step
     while pos.step < cfg.max_steps:
         t0 = time.perf_counter()
+        for scheduler in schedulers.values():  # the LR of this step's updates (exact after a resume too)
+            scheduler.set(pos.step)
+        lrs = {f"lr/{n}": s.last_lr[0] for n, s in schedulers.items()}
         for _ in range(cfg.grad_accum):
             epoch, index, batch = next(data)
             with accelerator.accumulate(*wrapped_models):
                 logs = task.train_step(batch, pos.step)
             log.add(logs)
         pos = Position(pos.step + 1, epoch, index + 1)
-        for scheduler in schedulers.values():
-            scheduler.step()
+        for scheduler in schedulers.values():  # checkpointed: the LR of the next step
+            scheduler.set(pos.step)
         if ema is not None:
             ema.update(ema_target)
         if pos.step - start_step > 2:  # the first steps pay for k-means init and warm caches
             timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.perf_counter() - t0
         log.advance()
         if pos.step % cfg.log_every == 0 or pos.step == cfg.max_steps:
-            lrs = {f"lr/{n}": s.get_last_lr()[0] for n, s in schedulers.items()}
-            log.log_step(pos.step, lrs)
+            log.log_step(pos.step, lrs)  # the LR this step used
         if cfg.valid_every and pos.step % cfg.valid_every == 0 and pos.step < cfg.max_steps:
             validate()
         if cfg.ckpt_every and pos.step % cfg.ckpt_every == 0 and pos.step < cfg.max_steps:

@@ -41,7 +41,9 @@ from codeclm.lm.valle import Valle, ValleConfig
 from codeclm.tokenizers.normalize import TextError, check_language
 from codeclm.tokenizers.phonemes import VOCAB_NAME, PhonemeVocab, TextToPhonemes
 from codeclm.training.config import TrainConfig
-from codeclm.training.lm_task import LMDataConfig, _held_out
+from codeclm.training.lm_task import LMDataConfig
+from codeclm.training.task import Task as BaseTask
+from codeclm.training.task import held_out
 
 PHONEMES_FILE = "phonemes.jsonl"
 
@@ -133,9 +135,11 @@ def collate(items: list[dict]) -> dict:
 
 
 # -- the task ------------------------------------------------------------------------------------------
-class Task:
+class Task(BaseTask):
+    """The VALL-E model (AR + NAR), one optimizer over both (see trainer.py and task.py)."""
+
     def __init__(self, cfg: Recipe, accelerator):
-        self.cfg, self.acc = cfg, accelerator
+        super().__init__(cfg, accelerator)  # self.rng: prompt lengths and NAR levels, the same everywhere
         cache = TokenCache(cfg.data.token_cache)
         meta = cache.meta
         if cfg.model.n_q > meta["n_q"]:
@@ -151,7 +155,7 @@ class Task:
         self.config = dataclasses.replace(cfg.model, vocab_size=len(self.vocab), frame_rate=float(meta["frame_rate"]))
         usable = [i for i, e in enumerate(cache.entries)
                   if phonemes[i] is not None and 2 <= e["n_frames"] <= self.config.max_frames]
-        held = [_held_out(cache.entries[i]["path"], cfg.data.valid_fraction) for i in usable]
+        held = [held_out(cache.entries[i]["path"], cfg.data.valid_fraction) for i in usable]
         train_idx = [i for i, h in zip(usable, held) if not h]
         valid_idx = [i for i, h in zip(usable, held) if h][: cfg.data.valid_items]
         if not train_idx:
@@ -163,25 +167,10 @@ class Task:
         self.model = Valle(self.config).train()
         self.models = {"valle": self.model}
         self.ema_model = "valle"
-        o = cfg.optim
-        self.optimizers = {"valle": torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                                      weight_decay=o.weight_decay)}
-        self.rng = torch.Generator().manual_seed(cfg.seed)
-        if accelerator.is_main_process:
-            print(f"valle: {len(train_idx)} training / {len(valid_idx)} validation utterances, {self.skipped} "
+        self.optimizers = {"valle": self.adamw(self.model.parameters())}
+        self.info(f"valle: {len(train_idx)} training / {len(valid_idx)} validation utterances, {self.skipped} "
                   f"skipped (too long or no phonemes); {len(self.vocab)} phoneme tokens; "
                   f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f} M parameters")
-
-    def prepare(self, accelerator) -> list[torch.nn.Module]:
-        model, opt = accelerator.prepare(self.model, self.optimizers["valle"])
-        self.wrapped, self.optimizers = model, {"valle": opt}
-        return [model]
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.set_state(state["rng"])
 
     def _nar_draws(self, frames: torch.Tensor, rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt length and codebook level per item (deterministic when ``rng`` is None)."""
@@ -198,47 +187,29 @@ class Task:
                 levels.append(int(torch.randint(1, K, (1,), generator=rng)))
         return torch.tensor(prompts), torch.tensor(levels)
 
-    def _losses(self, model: Valle, batch: dict, rng) -> dict[str, torch.Tensor]:
+    def _losses(self, model, batch: dict, rng) -> dict[str, torch.Tensor]:
+        """Both stages' losses through ``model``'s forward (the DDP-wrapped module in training)."""
         device = self.acc.device
-        codes, frames = batch["codes"].to(device), batch["frames"]
-        ph, pm = batch["phonemes"].to(device), batch["phoneme_mask"].to(device)
-        prompts, levels = self._nar_draws(frames, rng)
-        ar, ar_acc = model.ar_loss(ph, pm, codes[:, 0], frames)
-        nar, nar_acc = model.nar_loss(ph, pm, codes, frames, prompts, levels)
-        return {"loss": ar + nar, "ar_ce": ar, "nar_ce": nar, "ar_acc": ar_acc, "nar_acc": nar_acc}
+        prompts, levels = self._nar_draws(batch["frames"], rng)
+        return model(batch["phonemes"].to(device), batch["phoneme_mask"].to(device), batch["codes"].to(device),
+                     batch["frames"], prompts, levels)
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        acc = self.acc
-        model = acc.unwrap_model(self.wrapped) if not hasattr(self.wrapped, "ar_loss") else self.wrapped
-        with acc.autocast():
-            out = self._losses(model, batch, self.rng)
-        acc.backward(out["loss"])
-        if acc.sync_gradients and self.cfg.optim.grad_clip > 0:
-            acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizers["valle"].step()
-        self.optimizers["valle"].zero_grad(set_to_none=True)
+        with self.acc.autocast():
+            out = self._losses(self.wrapped["valle"], batch, self.rng)
+        self.backward(out["loss"])
+        self.optimizer_step("valle")
         return {k: v.detach() for k, v in out.items()}
 
-    @torch.no_grad()
-    def validate(self, model: Valle, batch_size: int) -> dict[str, float]:
-        if self.valid_set is None:
-            return {}
-        acc = self.acc
-        sums = torch.zeros(4, dtype=torch.float64, device=acc.device)
-        model.eval()
-        indices = list(range(acc.process_index, len(self.valid_set), acc.num_processes))
-        for i in range(0, len(indices), batch_size):
-            batch = collate([self.valid_set[j] for j in indices[i:i + batch_size]])
-            out = self._losses(model, batch, None)
-            sums += torch.tensor([float(out["ar_ce"]), float(out["nar_ce"]), float(out["ar_acc"]), 1.0],
-                                 dtype=torch.float64, device=acc.device)
-        model.train()
-        sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
-        n = float(sums[3].clamp(min=1))
-        return {"ar_ce": float(sums[0]) / n, "nar_ce": float(sums[1]) / n, "ar_acc": float(sums[2]) / n}
+    validation_width = 4
 
-    def log_audio(self, model, logger, step: int) -> None:
-        return None
+    def validation_sums(self, model: Valle, batch: dict) -> torch.Tensor:
+        out = self._losses(model, batch, None)  # deterministic prompts and levels
+        return torch.tensor([float(out["ar_ce"]), float(out["nar_ce"]), float(out["ar_acc"]), 1.0], dtype=torch.float64)
+
+    def validation_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        n = float(sums[3].clamp(min=1))  # batches: the mean of the batch means, as before
+        return {"ar_ce": float(sums[0]) / n, "nar_ce": float(sums[1]) / n, "ar_acc": float(sums[2]) / n}
 
     # -- export ---------------------------------------------------------------------------------------
     def _voices(self) -> dict[str, dict]:
