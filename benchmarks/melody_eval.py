@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from codeclm.audio import load_audio
 from codeclm.data.manifest import read_manifest
-from codeclm.lm.melody import SILENT, chroma_indices
+from codeclm.evaluation.music_eval import melody_following, pitch_class_agreement
 from codeclm.pipelines import TextToMusic
 
-
-def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    keep = (a != SILENT) & (b != SILENT)
-    return float((a[keep] == b[keep]).float().mean()) if keep.any() else 0.0
+agreement = pitch_class_agreement  # the measure (codeclm.evaluation.music_eval), under its old name
 
 
 def main() -> None:
@@ -41,23 +37,12 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = TextToMusic.from_pretrained(args.model)
     records = [r for r in read_manifest(args.manifest) if r.caption][-args.n:]
-    frames = round(args.seconds * pipe.frame_rate)
-    with_m, without, gen_s, audio_s = [], [], 0.0, 0.0
-    for r in records:
-        wav, _ = load_audio(r.path, pipe.sample_rate, 1, duration=args.seconds)
-        ref = chroma_indices(wav, pipe.sample_rate, pipe.codec.hop_length, n_frames=frames)[0]
-        t = time.perf_counter()
-        out = pipe.generate([r.caption], duration=args.seconds, melody=wav, seed=args.seed)[0]
-        gen_s += time.perf_counter() - t
-        audio_s += args.seconds
-        plain = pipe.generate([r.caption], duration=args.seconds, seed=args.seed)[0]
-        with_m.append(agreement(ref, chroma_indices(out, pipe.sample_rate, pipe.codec.hop_length, n_frames=frames)[0]))
-        without.append(agreement(ref, chroma_indices(plain, pipe.sample_rate, pipe.codec.hop_length,
-                                                     n_frames=frames)[0]))
+    items = [(r.caption, load_audio(r.path, pipe.sample_rate, 1, duration=args.seconds)[0]) for r in records]
+    res = melody_following(pipe, items, args.seconds, seed=args.seed)
     print(json.dumps({"n": len(records), "seconds": args.seconds,
-                      "chroma_agreement_melody": round(sum(with_m) / len(with_m), 4),
-                      "chroma_agreement_text_only": round(sum(without) / len(without), 4),
-                      "chance": round(1 / 12, 4), "x_realtime": round(audio_s / gen_s, 3),
+                      "chroma_agreement_melody": round(sum(res["with"]) / len(res["with"]), 4),
+                      "chroma_agreement_text_only": round(sum(res["without"]) / len(res["without"]), 4),
+                      "chance": round(1 / 12, 4), "x_realtime": round(res["audio_s"] / res["gen_s"], 3),
                       "threads": torch.get_num_threads(), "model": args.model or "checkpoints/music"}))
 
 

@@ -48,13 +48,13 @@ class TextToMusic(GenerationPipeline):
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompts, duration: float = 8.0, seed: int | None = 0, melody=None,
-                 guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
-                 do_sample: bool = True, progress: bool = False) -> list[torch.Tensor]:
+                 guidance_scale: float | None = 3.0, temperature: float = 1.0, top_k: int = 250,
+                 top_p: float = 0.0, do_sample: bool = True, progress: bool = False) -> list[torch.Tensor]:
         """One waveform ``[channels, round(duration * sample_rate)]`` (float32, CPU) per prompt.
 
         Sampling is seeded per call (``seed``): the same call gives the same audio. ``do_sample``
-        False (or ``temperature`` 0) is greedy. ``guidance_scale`` 1 disables classifier-free
-        guidance.
+        False (or ``temperature`` 0) is greedy. ``guidance_scale`` 1 or None (transformers'
+        MusicGen convention) disables classifier-free guidance.
 
         ``melody`` (a model with melody conditioning): an audio file path or a float tensor
         ``[channels, samples]`` at ``sample_rate`` (or ``(tensor, rate)``), or one such per prompt
@@ -71,6 +71,12 @@ class TextToMusic(GenerationPipeline):
         codes = self._generate_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p,
                                      do_sample, progress=progress, melody=chroma)
         return self._decode(codes, round(float(duration) * self.sample_rate))
+
+    def _iter_codes(self, prompts, n_frames, seed, guidance_scale, *args, **kwargs):
+        # transformers' MusicGen: guidance_scale=None means no guidance, as 1.0 does (also for
+        # codeclm.pipelines.longform, which calls this through _generate_codes)
+        return super()._iter_codes(prompts, n_frames, seed, 1.0 if guidance_scale is None else guidance_scale,
+                                   *args, **kwargs)
 
     @property
     def has_melody(self) -> bool:
@@ -100,10 +106,11 @@ class TextToMusic(GenerationPipeline):
         return torch.stack(rows).to(self.device)
 
     def generate_tokens(self, prompts, max_new_tokens: int = 256, do_sample: bool = False,
-                        guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int = 250,
+                        guidance_scale: float | None = 3.0, temperature: float = 1.0, top_k: int = 250,
                         top_p: float = 0.0, seed: int | None = 0) -> torch.Tensor:
         """Codes ``[batch, n_q, frames]`` after ``max_new_tokens`` LM steps (transformers' count:
-        with the delay pattern, ``frames = max_new_tokens - (n_q - 1)``). Greedy by default."""
+        with the delay pattern, ``frames = max_new_tokens - (n_q - 1)``). Greedy by default;
+        ``guidance_scale`` None or 1: no classifier-free guidance."""
         prompts = self._prompts(prompts)
         n_frames = self.pattern.frames_for_steps(int(max_new_tokens))
         if n_frames < 1:
@@ -113,7 +120,7 @@ class TextToMusic(GenerationPipeline):
             raise CodecLMError(f"max_new_tokens={max_new_tokens} exceeds the LM's max_seq_len={self.lm.config.max_seq_len}")
         return self._generate_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample)
 
-    def stream(self, prompt, duration: float = 8.0, seed: int | None = 0, guidance_scale: float = 3.0,
+    def stream(self, prompt, duration: float = 8.0, seed: int | None = 0, guidance_scale: float | None = 3.0,
                temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
                do_sample: bool = True) -> Iterator[torch.Tensor]:
         """Audio chunks ``[channels, n]`` as frames complete (a streamable codec), else one chunk at

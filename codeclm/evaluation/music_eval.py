@@ -1,0 +1,686 @@
+"""Reading musical attributes back from audio: the yardstick of text-to-music adherence.
+
+    from codeclm.evaluation.music_eval import estimate_tempo, estimate_key, tonality, InstrumentClassifier
+    bpm = estimate_tempo(wav, 24000)                      # librosa's beat tracker, BPM
+    key = estimate_key(wav, 24000)                        # KeyEstimate(tonic=2, mode="major", ...)
+    scores = tonality(wav, 24000)                         # flatness, onsets, harmonicity, chroma clarity
+    clf = InstrumentClassifier.load()                     # checkpoints/music_eval: lead family
+    clf.predict(wav, 24000)                               # "pipe" (flute), "reed", ...
+
+Every estimator takes a waveform (numpy or torch; ``[N]``, ``[C, N]`` or ``[1, C, N]``) and its
+sample rate; audio is mixed to mono and resampled to :data:`EVAL_SR` (the synthetic corpus's
+rate) first, so models at other rates are measured the same way.
+
+* **Tempo** (:func:`estimate_tempo`): ``librosa.beat.beat_track`` on the onset envelope.
+* **Key and mode** (:func:`estimate_key`): a Krumhansl-Schmuckler key-profile estimator: the
+  clip's mean chromagram (``librosa.feature.chroma_cqt`` on the harmonic part of an HPSS split)
+  correlated with the 24 rotated major / minor profiles (Krumhansl-Kessler, or Temperley's).
+  :meth:`KeyEstimate.mode_given_tonic` answers "major or minor?" for a known tonic.
+* **Instrument family** (:class:`InstrumentClassifier`): a logistic regression over log-mel and
+  MFCC statistics, trained on renders of the synthetic corpus (``codeclm data synth-music``) to
+  name the General MIDI family of the piece's *lead* instrument (the first one its caption
+  names); :func:`train_instrument_classifier` and ``python -m codeclm.evaluation.music_eval train``.
+* **Tonality** (:func:`tonality`): spectral flatness, onset peakiness and onset rate, HPSS
+  harmonicity and chroma clarity: "notes like the training corpus" vs "noise" as numbers.
+* **Melody** (:func:`pitch_class_agreement`, :func:`melody_agreement`): how often the dominant
+  pitch class per codec frame (:func:`codeclm.lm.melody.chroma_indices`) equals a reference's.
+* **Held-out captions** (:func:`corpus_pieces`, :func:`vary`, :func:`training_captions`):
+  pieces drawn like the corpus's (``codeclm.data.synth_music.plan_piece``) from a seed the
+  training corpus did not use, varied one attribute at a time, and checked against the
+  training captions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codeclm.errors import CodecLMError
+
+__all__ = [
+    "EVAL_SR", "FAMILIES", "KeyEstimate", "InstrumentClassifier", "DEFAULT_CLASSIFIER",
+    "to_mono", "estimate_tempo", "estimate_key", "tonality", "instrument_features", "family_of",
+    "train_instrument_classifier", "pitch_class_agreement", "melody_agreement", "spearman",
+    "corpus_pieces", "training_captions", "vary", "lead_choices", "render_piece", "key_from_chroma",
+    "mean_chroma", "default_classifier_folder", "melody_following", "scale_melody", "noise",
+    "tonality_reference", "TONALITY_KEYS",
+]
+
+EVAL_SR = 24000
+DEFAULT_CLASSIFIER = "music_eval"  # under checkpoints/
+# General MIDI families (program // 8).
+FAMILIES = ("piano", "chromatic percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
+            "reed", "pipe", "synth lead", "synth pad", "synth effects", "ethnic", "percussive",
+            "sound effects")
+_NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+# Key profiles, index 0 = tonic.
+PROFILES = {
+    "krumhansl": (np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
+                  np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])),
+    "temperley": (np.array([5.0, 2.0, 3.5, 2.0, 4.5, 4.0, 2.0, 4.5, 2.0, 3.5, 1.5, 4.0]),
+                  np.array([5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0])),
+}
+
+
+def _quiet(fn):
+    """Silence librosa's warnings about short clips / tuning (the estimates are what we report)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def family_of(program: int) -> str:
+    """General MIDI family name of a (0-based) program number."""
+    if not 0 <= int(program) < 128:
+        raise CodecLMError(f"GM program must be in 0..127, got {program}")
+    return FAMILIES[int(program) // 8]
+
+
+# -- audio in ------------------------------------------------------------------------------------
+def to_mono(wav, sample_rate: int, target_sr: int = EVAL_SR) -> np.ndarray:
+    """float32 mono ``[N]`` at ``target_sr`` from ``[N]``, ``[C, N]`` or ``[1, C, N]`` (numpy/torch)."""
+    if torch.is_tensor(wav):
+        wav = wav.detach().float().cpu().numpy()
+    x = np.asarray(wav, dtype=np.float32)
+    while x.ndim > 1:
+        if x.ndim == 3 and x.shape[0] != 1:
+            raise CodecLMError(f"one clip at a time, got a batch of {x.shape[0]}")
+        x = x[0] if x.ndim == 3 else x.mean(axis=0)
+    if x.size == 0:
+        raise CodecLMError("empty audio")
+    if not np.isfinite(x).all():
+        raise CodecLMError("audio contains NaN or infinite samples")
+    if int(sample_rate) != target_sr:
+        import soxr
+
+        x = soxr.resample(x, int(sample_rate), target_sr).astype(np.float32)
+    return np.ascontiguousarray(x)
+
+
+def _normalized(x: np.ndarray, rms_db: float = -20.0) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+    return x * (10 ** (rms_db / 20) / rms) if rms > 1e-8 else x
+
+
+# -- tempo ---------------------------------------------------------------------------------------
+@_quiet
+def estimate_tempo(wav, sample_rate: int, hop_length: int = 256) -> float:
+    """Tempo in BPM from librosa's beat tracker (0.0 for silence)."""
+    import librosa
+
+    x = to_mono(wav, sample_rate)
+    if float(np.abs(x).max()) < 1e-6:
+        return 0.0
+    env = librosa.onset.onset_strength(y=_normalized(x), sr=EVAL_SR, hop_length=hop_length)
+    tempo, _ = librosa.beat.beat_track(onset_envelope=env, sr=EVAL_SR, hop_length=hop_length)
+    return float(np.atleast_1d(tempo)[0])
+
+
+# -- key and mode --------------------------------------------------------------------------------
+@dataclass
+class KeyEstimate:
+    """Best of 24 keys; ``scores [2, 12]`` are the correlations (row 0 major, row 1 minor, column
+    the tonic pitch class, C = 0)."""
+
+    tonic: int
+    mode: str
+    score: float
+    scores: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"{_NOTE_NAMES[self.tonic]} {self.mode}"
+
+    def mode_given_tonic(self, tonic: int) -> str:
+        """Major or minor, the tonic being known."""
+        return "major" if self.scores[0, int(tonic) % 12] >= self.scores[1, int(tonic) % 12] else "minor"
+
+
+@_quiet
+def mean_chroma(wav, sample_rate: int, harmonic: bool = True) -> np.ndarray:
+    """``[12]`` mean CQT chromagram (C = 0) of the clip (its harmonic part by default)."""
+    import librosa
+
+    x = _normalized(to_mono(wav, sample_rate))
+    if harmonic:
+        x = librosa.effects.harmonic(x, margin=2.0)
+    chroma = librosa.feature.chroma_cqt(y=x, sr=EVAL_SR, hop_length=512, fmin=librosa.note_to_hz("C1"),
+                                        n_octaves=7, norm=None)
+    return chroma.mean(axis=1)
+
+
+def key_from_chroma(chroma: np.ndarray, profile: str = "krumhansl") -> KeyEstimate:
+    """Krumhansl-Schmuckler: Pearson correlation of a ``[12]`` chroma with each rotated profile."""
+    if profile not in PROFILES:
+        raise CodecLMError(f"unknown key profile {profile!r} (choose from {sorted(PROFILES)})")
+    c = np.asarray(chroma, dtype=np.float64)
+    scores = np.zeros((2, 12))
+    for m, prof in enumerate(PROFILES[profile]):
+        for tonic in range(12):
+            p = np.roll(prof, tonic)  # p[pc] = weight of pitch class pc in the key on `tonic`
+            scores[m, tonic] = 0.0 if c.std() < 1e-12 else float(np.corrcoef(c, p)[0, 1])
+    m, tonic = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return KeyEstimate(int(tonic), ("major", "minor")[int(m)], float(scores[m, tonic]), scores)
+
+
+def estimate_key(wav, sample_rate: int, profile: str = "krumhansl") -> KeyEstimate:
+    """Tonic pitch class and major/minor of a clip (see :func:`key_from_chroma`)."""
+    return key_from_chroma(mean_chroma(wav, sample_rate), profile)
+
+
+# -- tonality proxies ----------------------------------------------------------------------------
+def _peak_harmonicity(x: np.ndarray, threshold_db: float = 10.0, width: int = 31) -> float:
+    import librosa
+    from scipy.ndimage import median_filter
+
+    S = np.abs(librosa.stft(x, n_fft=4096, hop_length=1024)) ** 2
+    freqs = np.fft.rfftfreq(4096, 1.0 / EVAL_SR)
+    S = S[(freqs >= 50.0) & (freqs <= 5000.0)]
+    local = median_filter(S, size=(width, 1), mode="nearest")
+    peaks = S > local * 10 ** (threshold_db / 10)
+    return float((S * peaks).sum() / max(float(S.sum()), 1e-20))
+
+
+@_quiet
+def tonality(wav, sample_rate: int) -> dict[str, float]:
+    """Numbers that tell notes from noise (the clip is mixed to mono, 24 kHz, -20 dBFS RMS).
+
+    * ``flatness``: median spectral flatness (geometric / arithmetic mean of the power spectrum;
+      1 for white noise, near 0 for a few partials).
+    * ``harmonicity``: share of the power (50 Hz - 5 kHz, 4096-point STFT) in spectral peaks, bins
+      at least 10 dB above the median of their 31 neighbours across frequency: partials near 1,
+      noise of any colour (white, pink, brown, a low rumble) below 0.06. (An HPSS harmonic/percussive
+      ratio does not do this: brown noise's steep spectrum reads 0.96 "harmonic".)
+    * ``onset_peakiness``: 95th percentile / median of the onset-strength envelope: note attacks
+      stand out of it (music), a noise's flux does not.
+    * ``onset_rate``: onsets per second (librosa's onset detector).
+    * ``chroma_clarity``: mean over loud frames of the largest pitch class's share of the STFT
+      chromagram: 1/12 = 0.083 for a flat spectrum, higher when a few pitch classes dominate.
+    """
+    import librosa
+
+    x = _normalized(to_mono(wav, sample_rate))
+    if float(np.abs(x).max()) < 1e-6:
+        return {"flatness": 0.0, "harmonicity": 0.0, "onset_peakiness": 0.0, "onset_rate": 0.0,
+                "chroma_clarity": 0.0}
+    S = np.abs(librosa.stft(x, n_fft=2048, hop_length=512))
+    flat = librosa.feature.spectral_flatness(S=S, power=2.0)[0]
+    harm = _peak_harmonicity(x)
+    env = librosa.onset.onset_strength(S=librosa.amplitude_to_db(
+        librosa.feature.melspectrogram(S=S ** 2, sr=EVAL_SR), ref=np.max), sr=EVAL_SR)
+    peaky = float(np.percentile(env, 95) / max(np.median(env), 1e-6))
+    onsets = librosa.onset.onset_detect(onset_envelope=env, sr=EVAL_SR, hop_length=512)
+    chroma = librosa.feature.chroma_stft(S=S ** 2, sr=EVAL_SR, norm=None, tuning=0.0)
+    energy = chroma.sum(axis=0)
+    loud = energy > energy.max() * 1e-3
+    clarity = float((chroma.max(axis=0)[loud] / energy[loud]).mean()) if loud.any() else 0.0
+    return {"flatness": float(np.median(flat)), "harmonicity": harm, "onset_peakiness": peaky,
+            "onset_rate": float(len(onsets) / (len(x) / EVAL_SR)), "chroma_clarity": clarity}
+
+
+TONALITY_KEYS = ("flatness", "harmonicity", "onset_peakiness", "onset_rate", "chroma_clarity")
+
+
+def noise(kind: str, seconds: float, sample_rate: int = EVAL_SR, seed: int = 0) -> np.ndarray:
+    """White or brown (integrated white, DC removed over 0.1 s) noise at -20 dBFS RMS."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    x = rng.standard_normal(n)
+    if kind == "brown":
+        x = np.cumsum(x)
+        k = max(3, int(0.1 * sample_rate) | 1)
+        x = x - np.convolve(x, np.ones(k) / k, mode="same")
+    elif kind != "white":
+        raise CodecLMError(f"noise kind must be white or brown, got {kind!r}")
+    return _normalized(x.astype(np.float32))
+
+
+def tonality_reference(clips, sample_rate: int = EVAL_SR, seconds: float = 8.0) -> dict:
+    """``{"corpus": {score: {min, p5, median, p95, max}}, "noise": {"white": ..., "brown": ...}}``
+    of an iterable of clips (e.g. training-corpus renders) and of noise of ``seconds``."""
+    rows = [tonality(w, sample_rate) for w in clips]
+    if not rows:
+        raise CodecLMError("tonality_reference needs at least one clip")
+    corpus = {k: {"min": round(float(np.min([r[k] for r in rows])), 4),
+                  "p5": round(float(np.percentile([r[k] for r in rows], 5)), 4),
+                  "median": round(float(np.median([r[k] for r in rows])), 4),
+                  "p95": round(float(np.percentile([r[k] for r in rows], 95)), 4),
+                  "max": round(float(np.max([r[k] for r in rows])), 4)} for k in TONALITY_KEYS}
+    noises = {kind: {k: round(v, 4) for k, v in tonality(noise(kind, seconds), EVAL_SR).items()}
+              for kind in ("white", "brown")}
+    return {"n": len(rows), "corpus": corpus, "noise": noises}
+
+
+# -- instrument family ---------------------------------------------------------------------------
+@_quiet
+def instrument_features(wav, sample_rate: int) -> np.ndarray:
+    """``[F]`` float32: mean and std over time of 64 log-mel bands, 20 MFCCs and their deltas,
+    spectral contrast (7 bands), and mean/std of centroid, bandwidth, rolloff and flatness."""
+    import librosa
+
+    x = _normalized(to_mono(wav, sample_rate))
+    S = np.abs(librosa.stft(x, n_fft=2048, hop_length=512)) ** 2
+    mel = librosa.power_to_db(librosa.feature.melspectrogram(S=S, sr=EVAL_SR, n_mels=64, fmax=12000),
+                              ref=1.0, top_db=80.0)
+    mfcc = librosa.feature.mfcc(S=mel, n_mfcc=20)
+    d_mfcc = librosa.feature.delta(mfcc, width=min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2)))\
+        if mfcc.shape[1] >= 3 else np.zeros_like(mfcc)
+    mag = np.sqrt(S)
+    contrast = librosa.feature.spectral_contrast(S=mag, sr=EVAL_SR)
+    spec = np.stack([librosa.feature.spectral_centroid(S=mag, sr=EVAL_SR)[0] / 1000.0,
+                     librosa.feature.spectral_bandwidth(S=mag, sr=EVAL_SR)[0] / 1000.0,
+                     librosa.feature.spectral_rolloff(S=mag, sr=EVAL_SR)[0] / 1000.0,
+                     np.log(librosa.feature.spectral_flatness(S=mag)[0] + 1e-6)])
+    parts = [mel, mfcc, d_mfcc, contrast, spec]
+    return np.concatenate([np.concatenate([p.mean(axis=1), p.std(axis=1)]) for p in parts]).astype(np.float32)
+
+
+def default_classifier_folder() -> Path:
+    """``checkpoints/music_eval`` (or under ``$CODECLM_CHECKPOINTS``)."""
+    from codeclm.pretrained import CHECKPOINTS_DIR
+
+    return Path(os.environ.get("CODECLM_CHECKPOINTS", CHECKPOINTS_DIR)) / DEFAULT_CLASSIFIER
+
+
+class InstrumentClassifier:
+    """Multinomial logistic regression over standardized :func:`instrument_features`.
+
+    Folder: ``model.safetensors`` (``weight [K, F]``, ``bias [K]``, ``mean [F]``, ``std [F]``) and
+    ``classes.json`` (``{"classes": [...], "feature": ..., "sample_rate": ..., "command": ...}``).
+    """
+
+    FEATURE = "mel64+mfcc20+delta+contrast+spectral mean/std v1"
+
+    def __init__(self, classes: list[str], weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, info: dict | None = None) -> None:
+        self.classes = list(classes)
+        self.weight, self.bias = weight.float(), bias.float()
+        self.mean, self.std = mean.float(), std.float()
+        self.info = dict(info or {})
+        if self.weight.shape != (len(self.classes), self.mean.numel()):
+            raise CodecLMError(f"classifier weight {tuple(self.weight.shape)} does not match "
+                               f"{len(self.classes)} classes x {self.mean.numel()} features")
+
+    def logits_of_features(self, feats) -> torch.Tensor:
+        f = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+        if f.dim() == 1:
+            f = f[None]
+        return ((f - self.mean) / self.std) @ self.weight.T + self.bias
+
+    def probabilities(self, wav, sample_rate: int) -> dict[str, float]:
+        p = self.logits_of_features(instrument_features(wav, sample_rate)).softmax(-1)[0]
+        return {c: float(v) for c, v in zip(self.classes, p)}
+
+    def predict(self, wav, sample_rate: int, among=None) -> str:
+        """The most probable family (``among``: only these class names compete)."""
+        return self.predict_features(instrument_features(wav, sample_rate), among)
+
+    def predict_features(self, feats, among=None) -> str:
+        logits = self.logits_of_features(feats)[0]
+        if among is not None:
+            unknown = [c for c in among if c not in self.classes]
+            if unknown:
+                raise CodecLMError(f"classifier does not know {unknown} (it knows {self.classes})")
+            keep = torch.tensor([c in set(among) for c in self.classes])
+            logits = logits.masked_fill(~keep, float("-inf"))
+        return self.classes[int(logits.argmax())]
+
+    # files
+    def save(self, folder: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous(),
+                   "mean": self.mean.contiguous(), "std": self.std.contiguous()},
+                  str(folder / "model.safetensors"))
+        info = {"classes": self.classes, "feature": self.FEATURE, "sample_rate": EVAL_SR, **self.info}
+        (folder / "classes.json").write_text(json.dumps(info, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike | None = None) -> InstrumentClassifier:
+        from safetensors.torch import load_file
+
+        folder = Path(folder) if folder is not None else default_classifier_folder()
+        if not (folder / "classes.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise CodecLMError(f"{folder}: not an instrument classifier folder "
+                               "(needs classes.json and model.safetensors)")
+        info = json.loads((folder / "classes.json").read_text())
+        if info.get("feature") != cls.FEATURE:
+            raise CodecLMError(f"{folder}: classifier made for features {info.get('feature')!r}, "
+                               f"this code computes {cls.FEATURE!r}")
+        w = load_file(str(folder / "model.safetensors"))
+        extra = {k: v for k, v in info.items() if k not in ("classes", "feature", "sample_rate")}
+        return cls(info["classes"], w["weight"], w["bias"], w["mean"], w["std"], extra)
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2, steps: int = 300,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardize ``X [N, F]`` and fit softmax regression (L-BFGS, L2 ``l2`` on the weights, class
+    weights inverse to frequency). Returns ``(weight [K, F], bias [K], mean [F], std [F])``."""
+    torch.manual_seed(seed)
+    Xt = torch.as_tensor(X, dtype=torch.float64)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    mean, std = Xt.mean(0), Xt.std(0).clamp(min=1e-6)
+    Z = (Xt - mean) / std
+    counts = torch.bincount(yt, minlength=n_classes).double()
+    cw = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    W = torch.zeros(n_classes, Z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(Z @ W.T + b, yt, weight=cw) + l2 * W.pow(2).sum() / 2
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach().float(), b.detach().float(), mean.float(), std.float()
+
+
+def _lead_labels(records) -> list[str]:
+    """Lead family of each manifest record (from its caption: the first instrument named)."""
+    from codeclm.data.synth_music import GM_NAMES
+
+    by_name = {name: family_of(p) for p, name in GM_NAMES.items()}
+    out = []
+    for r in records:
+        cap = r.caption or ""
+        if " with " not in cap:
+            raise CodecLMError(f"{r.path}: caption {cap!r} is not a synthetic-corpus caption")
+        lead = cap.split(" with ", 1)[1].split(",")[0].strip()
+        if lead not in by_name:
+            raise CodecLMError(f"{r.path}: unknown lead instrument {lead!r} in {cap!r}")
+        out.append(by_name[lead])
+    return out
+
+
+def manifest_features(manifest: str | os.PathLike, progress: bool = True) -> tuple[np.ndarray, list[str], list]:
+    from tqdm.auto import tqdm
+
+    from codeclm.audio import load_audio
+    from codeclm.data.manifest import read_manifest
+
+    records = [r for r in read_manifest(manifest) if r.caption]
+    if not records:
+        raise CodecLMError(f"{manifest}: no captioned records")
+    labels = _lead_labels(records)
+    feats = []
+    for r in tqdm(records, desc="features", unit="clip", disable=not progress):
+        wav, sr = load_audio(r.path)
+        feats.append(instrument_features(wav, sr))
+    return np.stack(feats), labels, records
+
+
+def train_instrument_classifier(train_manifests, heldout_manifests=(), l2: float = 1e-2,
+                                progress: bool = True, command: str | None = None):
+    """Fit the lead-family classifier on synthetic-corpus manifests (e.g. renders and the same
+    renders through a codec); returns ``(classifier, report)``, the report holding each held-out
+    manifest's accuracy (overall, and among each style's own lead families)."""
+    if isinstance(train_manifests, (str, os.PathLike)):
+        train_manifests = [train_manifests]
+    if isinstance(heldout_manifests, (str, os.PathLike)):
+        heldout_manifests = [heldout_manifests]
+    parts = [manifest_features(m, progress)[:2] for m in train_manifests]
+    X = np.concatenate([x for x, _ in parts])
+    labels = [lab for _, labs in parts for lab in labs]
+    classes = sorted(set(labels), key=FAMILIES.index)
+    y = np.array([classes.index(lab) for lab in labels])
+    W, b, mean, std = fit_logistic(X, y, len(classes), l2=l2)
+    info = {"trained_on": [str(m) for m in train_manifests], "n_train": int(len(y)), "l2": l2,
+            "label": "GM family of the lead instrument (the first instrument of the caption)"}
+    if command:
+        info["command"] = command
+    clf = InstrumentClassifier(classes, W, b, mean, std, info)
+    report = {"n_train": int(len(y)), "classes": classes,
+              "train_accuracy": round(float(np.mean([clf.predict_features(f) == lab for f, lab in zip(X, labels)])), 4),
+              "heldout": {}}
+    for m in heldout_manifests:
+        Xh, lh, recs = manifest_features(m, progress)
+        report["heldout"][str(m)] = classifier_accuracy(clf, Xh, lh, [r.caption for r in recs])
+    clf.info["heldout"] = report["heldout"]
+    return clf, report
+
+
+def classifier_accuracy(clf: InstrumentClassifier, feats, labels, captions) -> dict:
+    """Accuracy over all classes, and among the lead families of each clip's own style (the
+    benchmark's question: which of this style's instruments is it?), with that task's chance."""
+    styles = [c.split(" track", 1)[0].split()[-1] for c in captions]
+    known = [i for i, lab in enumerate(labels) if lab in clf.classes]
+    acc = float(np.mean([clf.predict_features(feats[i]) == labels[i] for i in known])) if known else 0.0
+    within, chance = [], []
+    for i in known:
+        among = lead_choices(styles[i])
+        if len(among) < 2:
+            continue
+        within.append(clf.predict_features(feats[i], among) == labels[i])
+        chance.append(1.0 / len(among))
+    return {"n_heldout": len(known), "heldout_accuracy": round(acc, 4),
+            "heldout_accuracy_within_style": round(float(np.mean(within)), 4) if within else None,
+            "chance_within_style": round(float(np.mean(chance)), 4) if chance else None,
+            "chance": round(1.0 / len(clf.classes), 4)}
+
+
+# -- melody --------------------------------------------------------------------------------------
+def pitch_class_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of frames, both voiced, whose dominant pitch classes (``chroma_indices``) agree."""
+    from codeclm.lm.melody import SILENT
+
+    n = min(a.shape[-1], b.shape[-1])
+    a, b = a[..., :n], b[..., :n]
+    keep = (a != SILENT) & (b != SILENT)
+    return float((a[keep] == b[keep]).float().mean()) if keep.any() else 0.0
+
+
+def melody_agreement(reference, output, sample_rate: int, hop_length: int, n_frames: int | None = None) -> float:
+    """:func:`pitch_class_agreement` of two clips at ``sample_rate``, one chroma frame per
+    ``hop_length`` samples (the codec's frames)."""
+    from codeclm.lm.melody import chroma_indices
+
+    ref = chroma_indices(torch.as_tensor(reference).float(), sample_rate, hop_length, n_frames=n_frames)[0]
+    out = chroma_indices(torch.as_tensor(output).float(), sample_rate, hop_length, n_frames=n_frames)[0]
+    return pitch_class_agreement(ref, out)
+
+
+def melody_following(pipe, items, seconds: float, seed: int = 0, guidance_scale: float | None = 3.0,
+                     batch: int = 1) -> dict:
+    """Generate each ``(caption, melody wav [C, N] at pipe.sample_rate)`` with and without its
+    melody (same seed) and measure :func:`pitch_class_agreement` of each output with the melody
+    over ``seconds``. Returns ``{"with": [...], "without": [...], "gen_s": ..., "audio_s": ...}``
+    (``gen_s``: the with-melody generation time)."""
+    import time
+
+    from codeclm.lm.melody import chroma_indices
+
+    hop, sr = pipe.codec.hop_length, pipe.sample_rate
+    frames = round(seconds * pipe.frame_rate)
+    with_m, without, gen_s = [], [], 0.0
+    for i in range(0, len(items), batch):
+        chunk = items[i: i + batch]
+        caps, wavs = [c for c, _ in chunk], [w[..., : int(round(seconds * sr))] for _, w in chunk]
+        t = time.perf_counter()
+        outs = pipe.generate(caps, duration=seconds, melody=wavs, seed=seed, guidance_scale=guidance_scale)
+        gen_s += time.perf_counter() - t
+        plain = pipe.generate(caps, duration=seconds, seed=seed, guidance_scale=guidance_scale)
+        for wav, out, pl in zip(wavs, outs, plain):
+            ref = chroma_indices(wav, sr, hop, n_frames=frames)[0]
+            with_m.append(pitch_class_agreement(ref, chroma_indices(out, sr, hop, n_frames=frames)[0]))
+            without.append(pitch_class_agreement(ref, chroma_indices(pl, sr, hop, n_frames=frames)[0]))
+    return {"with": with_m, "without": without, "gen_s": gen_s, "audio_s": seconds * len(items)}
+
+
+def scale_melody(seconds: float, sample_rate: int, note_s: float = 0.5) -> torch.Tensor:
+    """``[1, N]``: a C-major scale (C4 upwards, repeating) of sine tones with their 2nd-4th partials."""
+    n = int(round(seconds * sample_rate))
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    steps = (0, 2, 4, 5, 7, 9, 11, 12)
+    midi = torch.tensor([60 + steps[int(k) % len(steps)] for k in (t // note_s)], dtype=torch.float64)
+    f = 440.0 * 2 ** ((midi - 69) / 12)
+    phase = 2 * math.pi * torch.cumsum(f / sample_rate, 0)
+    wav = sum(torch.sin(h * phase) / h for h in range(1, 5))
+    return (0.2 * wav / wav.abs().max()).float()[None]
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties; 0.0 if either side is constant)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for val in np.unique(v):
+            idx = v == val
+            r[idx] = r[idx].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# -- held-out captions ---------------------------------------------------------------------------
+def corpus_pieces(seed: int, n: int):
+    """The ``n`` pieces ``codeclm data synth-music --seed seed`` plans (no rendering)."""
+    from codeclm.data.synth_music import plan_piece
+
+    return [plan_piece(np.random.default_rng([seed, i])) for i in range(n)]
+
+
+def training_captions(spec: str) -> set[str]:
+    """Captions of a training corpus given as ``"SEED:N,SEED:N"`` (``synth-music`` runs)."""
+    caps = set()
+    for part in filter(None, (s.strip() for s in spec.split(","))):
+        seed, _, n = part.partition(":")
+        caps |= {p.caption for p in corpus_pieces(int(seed), int(n))}
+    return caps
+
+
+def lead_choices(style: str) -> list[str]:
+    """The lead families a style's pieces can have, in GM order."""
+    from codeclm.data.synth_music import STYLES
+
+    return sorted({family_of(p) for p in STYLES[style]["lead"]}, key=FAMILIES.index)
+
+
+def vary(piece, **changes):
+    """``piece`` with some attributes changed; the mood follows the corpus's rule (it is drawn from
+    the mode and whether bpm >= 110), keeping the same position in its word list."""
+    from codeclm.data.synth_music import _MOODS, _PROGRESSIONS
+
+    new = dataclasses.replace(piece, **changes)
+    old_list = _MOODS[(piece.mode, piece.bpm >= 110)]
+    k = old_list.index(piece.mood) if piece.mood in old_list else 0
+    new = dataclasses.replace(new, mood=_MOODS[(new.mode, new.bpm >= 110)][k])
+    if new.mode != piece.mode and "progression" not in changes:
+        progs = _PROGRESSIONS[new.mode]
+        j = _PROGRESSIONS[piece.mode].index(piece.progression) if piece.progression in _PROGRESSIONS[piece.mode] else 0
+        new = dataclasses.replace(new, progression=progs[j % len(progs)])
+    return new
+
+
+def render_piece(piece, duration: float, seed: int, folder: str | os.PathLike, name: str,
+                 soundfont=None) -> torch.Tensor:
+    """Render a planned piece with the corpus's own MIDI writer and fluidsynth settings: ``[C, N]``
+    at 24 kHz, cut and levelled like the corpus (``codeclm.data.synth_music``)."""
+    from codeclm.audio import load_audio
+    from codeclm.data.synth_music import _finish, _render, find_soundfont, piece_to_midi
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 10_000])
+    piece_to_midi(piece, duration, rng, folder / f"{name}.mid")
+    raw = folder / f"{name}.render.wav"
+    try:
+        _render(folder / f"{name}.mid", raw, find_soundfont(soundfont), EVAL_SR)
+        wav, _ = load_audio(raw)
+    finally:
+        raw.unlink(missing_ok=True)
+    return _finish(wav, int(round(duration * EVAL_SR)), EVAL_SR)
+
+
+def codec_round_trip_corpus(manifest, codec_folder, bandwidth: float, out_dir, n: int | None = None,
+                            progress: bool = True) -> Path:
+    """Write ``out_dir/wavs/*.wav`` (the clips through the codec at ``bandwidth`` kbps) and
+    ``out_dir/manifest.jsonl`` with the same captions; existing outputs are kept (resumable)."""
+    from tqdm.auto import tqdm
+
+    from codeclm.audio import load_audio, save_audio
+    from codeclm.codec import load_model
+    from codeclm.data.manifest import AudioRecord, read_manifest, write_manifest
+
+    codec = load_model(codec_folder)
+    out_dir = Path(out_dir)
+    (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
+    records = [r for r in read_manifest(manifest) if r.caption][:n]
+    out = []
+    for r in tqdm(records, desc="codec", unit="clip", disable=not progress):
+        dst = out_dir / "wavs" / Path(r.path).name
+        if not dst.is_file():
+            wav, _ = load_audio(r.path, codec.sample_rate, codec.channels)
+            with torch.no_grad():
+                y = codec.decode(codec.encode(wav[None], bandwidth=bandwidth))[0, :, : wav.shape[-1]]
+            save_audio(dst, y, codec.sample_rate)
+        out.append(AudioRecord.from_info(dst, caption=r.caption))
+    write_manifest(out, out_dir / "manifest.jsonl")
+    return out_dir / "manifest.jsonl"
+
+
+# -- command line: train the classifier -----------------------------------------------------------
+def main(argv=None) -> int:
+    import argparse
+    import shlex
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m codeclm.evaluation.music_eval",
+                                description="Train the lead-instrument-family classifier on synth-music renders.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("train_manifest", nargs="+")
+    t.add_argument("--heldout", nargs="*", default=[], help="manifests of pieces made with another seed")
+    t.add_argument("-o", "--out", default="checkpoints/music_eval")
+    t.add_argument("--l2", type=float, default=1e-2)
+    t.add_argument("--reference-n", type=int, default=120,
+                   help="training clips whose tonality scores make reference.json (the corpus range)")
+    c = sub.add_parser("codec", help="a manifest's clips through a codec (training / held-out data for the classifier)")
+    c.add_argument("manifest")
+    c.add_argument("--codec", default="checkpoints/music/codec")
+    c.add_argument("-b", "--bandwidth", type=float, default=2.0)
+    c.add_argument("-n", type=int, default=None, help="only the first N clips")
+    c.add_argument("-o", "--out", required=True)
+    args = p.parse_args(argv)
+    if args.cmd == "codec":
+        print(codec_round_trip_corpus(args.manifest, args.codec, args.bandwidth, args.out, args.n))
+        return 0
+    command = "python -m codeclm.evaluation.music_eval " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    clf, report = train_instrument_classifier(args.train_manifest, args.heldout, l2=args.l2, command=command)
+    clf.save(args.out)
+    from codeclm.audio import load_audio
+    from codeclm.data.manifest import read_manifest
+
+    records = [r for r in read_manifest(args.train_manifest[0]) if r.caption][: args.reference_n]
+    ref = tonality_reference(load_audio(r.path)[0] for r in records)
+    ref.update({"clips": f"the first {len(records)} of {args.train_manifest[0]}", "command": command})
+    (Path(args.out) / "reference.json").write_text(json.dumps(ref, indent=2) + "\n")
+    report["tonality_reference"] = ref
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
