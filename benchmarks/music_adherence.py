@@ -298,7 +298,7 @@ def main(argv=None) -> dict:
         through = {g: [codec_round_trip(pipe, w) for w in rendered[g]] for g in groups}
         out["oracle_codec"] = oracle_summary(score(cases, through, sr, clf), reference)
     if args.melody:
-        out["melody"] = run_melody(pipe, args)
+        out["melody"] = run_melody(pipe, args, train_caps)
     if args.long:
         out["long"] = run_long(pipe, args, clf, train_caps)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -311,12 +311,12 @@ def main(argv=None) -> dict:
     return out
 
 
-def run_melody(pipe, args) -> dict:
+def run_melody(pipe, args, train_caps) -> dict:
     from codeclm.audio import resample
 
     if not pipe.has_melody:
         return {"error": "this model has no melody conditioning"}
-    pool = me.corpus_pieces(args.heldout_seed + 1, args.n_melody)
+    pool = [p for p in me.corpus_pieces(args.heldout_seed + 1, 50) if p.caption not in train_caps][: args.n_melody]
     items = []
     with tempfile.TemporaryDirectory() as d:
         for i, piece in enumerate(pool):
