@@ -61,6 +61,7 @@ def test_click_track_tempo(bpm):
     est = me.estimate_tempo(click_track(bpm), SR)
     assert abs(est / bpm - 1) < 0.04, est
     assert me.estimate_tempo(torch.zeros(1, SR), SR) == 0.0
+    assert me.fold_tempo(60) == 120 and me.fold_tempo(161) == 80.5 and me.fold_tempo(140) == 140
 
 
 def test_key_and_mode_of_triads():

@@ -11,7 +11,8 @@ Every estimator takes a waveform (numpy or torch; ``[N]``, ``[C, N]`` or ``[1, C
 sample rate; audio is mixed to mono and resampled to :data:`EVAL_SR` (the synthetic corpus's
 rate) first, so models at other rates are measured the same way.
 
-* **Tempo** (:func:`estimate_tempo`): ``librosa.beat.beat_track`` on the onset envelope.
+* **Tempo** (:func:`estimate_tempo`): ``librosa.beat.beat_track`` on the onset envelope;
+  :func:`fold_tempo` maps it into one octave ([80, 160) BPM) where the tracker's octave is ambiguous.
 * **Key and mode** (:func:`estimate_key`): a Krumhansl-Schmuckler key-profile estimator: the
   clip's mean chromagram (``librosa.feature.chroma_cqt`` on the harmonic part of an HPSS split)
   correlated with the 24 rotated major / minor profiles (Krumhansl-Kessler, or Temperley's).
@@ -52,7 +53,7 @@ __all__ = [
     "train_instrument_classifier", "pitch_class_agreement", "melody_agreement", "spearman",
     "corpus_pieces", "training_captions", "vary", "lead_choices", "render_piece", "key_from_chroma",
     "mean_chroma", "default_classifier_folder", "melody_following", "scale_melody", "noise",
-    "tonality_reference", "TONALITY_KEYS",
+    "tonality_reference", "TONALITY_KEYS", "fold_tempo", "TEMPO_FOLD",
 ]
 
 EVAL_SR = 24000
@@ -126,6 +127,24 @@ def estimate_tempo(wav, sample_rate: int, hop_length: int = 256) -> float:
     env = librosa.onset.onset_strength(y=_normalized(x), sr=EVAL_SR, hop_length=hop_length)
     tempo, _ = librosa.beat.beat_track(onset_envelope=env, sr=EVAL_SR, hop_length=hop_length)
     return float(np.atleast_1d(tempo)[0])
+
+
+TEMPO_FOLD = (80.0, 160.0)
+
+
+def fold_tempo(bpm: float, low: float = TEMPO_FOLD[0], high: float = TEMPO_FOLD[1]) -> float:
+    """``bpm`` doubled or halved into ``[low, high)`` (an octave): a beat tracker's octave is
+    ambiguous (60 bpm with eighth-note hi-hats reads as 120), so asked tempos inside one octave
+    are compared with estimates folded into it. 0 stays 0."""
+    if bpm <= 0:
+        return 0.0
+    if high != 2 * low:
+        raise CodecLMError(f"tempo fold range must be one octave, got [{low}, {high})")
+    while bpm < low:
+        bpm *= 2
+    while bpm >= high:
+        bpm /= 2
+    return float(bpm)
 
 
 # -- key and mode --------------------------------------------------------------------------------
