@@ -195,7 +195,12 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     codec = Codec.from_pretrained(straight / "model")
     assert codec.config.name == "codeclm-codec-tiny"
     assert codec.encode(torch.zeros(1, 1, 2400)).shape == (1, codec.num_codebooks, 75)
-    assert list((straight / "tb").rglob("events.out.tfevents.*"))
+    from codeclm.training.trainer import tensorboard_available
+
+    if tensorboard_available():  # the train extra
+        assert list((straight / "tb").rglob("events.out.tfevents.*"))
+    else:  # a base install: clips as WAV files
+        assert list((straight / "audio").glob("*.wav"))
     kept = sorted(p.name for p in (straight / "checkpoints").iterdir())
     assert kept == ["latest", "step_000006", "step_000008"]
 
@@ -351,7 +356,7 @@ def test_cpu_precision_choice(monkeypatch):
     assert trainer.resolve_precision("bf16", has_gpu=False) == ("bf16", None)
 
 
-def test_bf16_on_cpu_is_really_used(tmp_path):
+def test_bf16_on_cpu_is_really_used(tmp_path, request):
     """mixed_precision=bf16 on a CPU trains the codec's convolutions in bf16 (no silent fp32
     fallback) while the quantizer and the optimizer state stay fp32."""
     from codeclm.training.codec_task import Task
@@ -362,6 +367,10 @@ def test_bf16_on_cpu_is_really_used(tmp_path):
                              f"out_dir={tmp_path}"])
     if torch.cuda.is_available():
         pytest.skip("checks the CPU path")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one Accelerator state per process: start afresh
+    request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
     acc, _ = make_accelerator(cfg, tmp_path)
     assert acc.mixed_precision == "bf16"
     task = Task(cfg, acc)
