@@ -359,9 +359,13 @@ def test_cpu_precision_choice(monkeypatch):
 def test_bf16_on_cpu_is_really_used(tmp_path, request):
     """mixed_precision=bf16 on a CPU trains the codec's convolutions in bf16 (no silent fp32
     fallback) while the quantizer and the optimizer state stay fp32."""
+    from accelerate.state import AcceleratorState
+
     from codeclm.training.codec_task import Task
     from codeclm.training.trainer import make_accelerator
 
+    AcceleratorState._reset_state(True)  # an earlier test's Accelerator may have fixed another precision
+    request.addfinalizer(lambda: AcceleratorState._reset_state(True))
     cfg = load_recipe(TINY, ["data.segment_seconds=0.25", "data.batch_size=2", "data.valid_items=0",
                              "codec.adv_weight=0", "codec.feat_weight=0", "mixed_precision=bf16",
                              f"out_dir={tmp_path}"])
