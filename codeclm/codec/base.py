@@ -208,7 +208,7 @@ class CompressionModel(StreamingModule):
             raise AudioError(f"encode expects floating-point audio, got {wav.dtype}")
         if wav.shape[1] != self.channels:
             raise AudioError(f"this codec takes {self.channels}-channel audio, got {wav.shape[1]} channels")
-        if wav.shape[-1] == 0:
+        if not self.is_streaming and wav.shape[-1] == 0:  # a stream may be fed an empty chunk
             raise AudioError("cannot encode empty audio (0 samples)")
         if not torch.isfinite(wav).all():
             raise AudioError("audio contains NaN or infinite samples")

@@ -144,35 +144,7 @@ class Codec(CompressionModel):
         """Bitrate in kbps of ``n_q`` raw (not entropy-coded) codebooks."""
         return n_q * self.frame_rate * self.config.bits_per_codebook / 1000
 
-    # -- input checks --------------------------------------------------------------------------
-    def _check_wav(self, wav: torch.Tensor) -> torch.Tensor:
-        if not isinstance(wav, torch.Tensor):
-            raise AudioError(f"encode expects a torch.Tensor [batch, channels, samples], got {type(wav).__name__}")
-        if wav.dim() != 3:
-            raise AudioError(f"encode expects audio shaped [batch, channels, samples], got {tuple(wav.shape)}")
-        if not wav.is_floating_point():
-            raise AudioError(f"encode expects floating-point audio, got {wav.dtype}")
-        if wav.shape[1] != self.channels:
-            raise AudioError(f"this codec takes {self.channels}-channel audio, got {wav.shape[1]} channels")
-        if not self.is_streaming and wav.shape[-1] == 0:
-            raise AudioError("cannot encode empty audio (0 samples)")
-        if not torch.isfinite(wav).all():
-            raise AudioError("audio contains NaN or infinite samples")
-        return wav.to(self._dtype)
-
-    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
-            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-            raise CodesError(f"decode expects codes shaped [batch, n_q, frames], got {shape}")
-        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-            raise CodesError(f"codes must be an integer tensor, got {codes.dtype}")
-        if not 1 <= codes.shape[1] <= self.num_codebooks:
-            raise CodesError(f"codes have {codes.shape[1]} codebooks; this codec has 1..{self.num_codebooks}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
-            raise CodesError(f"codes out of range: values must be in [0, {self.cardinality - 1}], "
-                             f"got [{int(codes.min())}, {int(codes.max())}]")
-        return codes.long()
-
+    # -- input checks: CompressionModel.check_wav / check_codes, in the weights' dtype ---------
     @property
     def _dtype(self) -> torch.dtype:
         return self.quantizer.layers[0].embed.dtype
@@ -185,7 +157,7 @@ class Codec(CompressionModel):
         normalise loudness per chunk (EnCodec 48 kHz) need ``return_scales=True`` and give
         ``(codes, scales [B, chunks])``.
         """
-        wav = self._check_wav(wav)
+        wav = self.check_wav(wav, self._dtype)
         n_q = self.num_codebooks_for(bandwidth)
         with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
             if self.is_streaming:
@@ -204,7 +176,7 @@ class Codec(CompressionModel):
 
     def decode(self, codes: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
         """Codes ``[B, K, F]`` -> audio ``[B, C, F * hop]`` (K <= n_q: fewer codebooks, lower quality)."""
-        codes = self._check_codes(codes)
+        codes = self.check_codes(codes)
         with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
             if self.is_streaming:
                 return self._decode_stream(codes)
