@@ -43,6 +43,7 @@ __all__ = ["CompressionModel", "MODELS", "HF_CONVERTERS", "load_model", "from_hf
 MODELS = {
     "codeclm-codec": "codeclm.codec.model:Codec",
     "codeclm-dac": "codeclm.codec.dac:DacCodec",
+    "codeclm-frame-codec": "codeclm.codec.frame:FrameCodec",
 }
 # transformers model_type -> "module:function" converting a transformers model (object or folder)
 HF_CONVERTERS = {
@@ -195,6 +196,15 @@ class CompressionModel(StreamingModule):
         return {"name": self.name, "sha256": weights_hash(fused_state_dict(self))}
 
     # -- streaming: refused unless a subclass supports it ------------------------------------------
+    def flush_decoder(self) -> torch.Tensor:
+        """End of a decoding stream: audio the decoder still holds ``[B, C, n]``. Codecs whose
+        decoder looks ahead (a frame's audio needs later frames) hold some back; a decode-only
+        stream calls this once at its end (after the encoder's ``flush()`` the last ``decode``
+        already emitted it). Empty for codecs that hold nothing back."""
+        if not self.is_streaming:
+            raise StreamingError("flush_decoder() is only meaningful inside a streaming() block")
+        return torch.zeros(self._streaming_batch_size, self.channels, 0)
+
     def _init_streaming_state(self, batch_size: int):
         raise StreamingError(f"{type(self).__name__} cannot stream exactly; encode/decode whole signals")
 

@@ -54,12 +54,13 @@ _VEC_BLOCK = 64  # a multiple of two SIMD vectors on every CPU torch supports (A
 _PIECE = 32768  # torch's element-wise grain size: pieces this big run on one thread
 
 
-def elu_exact(x: torch.Tensor) -> torch.Tensor:
-    """ELU computed so every element takes torch's vectorised code path.
+def pointwise_exact(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for an element-wise ``fn`` (ELU, GELU, exp, log, sin...) computed so every element
+    takes torch's vectorised code path.
 
     Torch evaluates the last ``n % 32`` elements of an element-wise op (and the edges of each
-    thread's slice) with a scalar ``exp`` whose rounding differs from the vectorised one, so
-    ``elu(x)[i]`` depends on the tensor's length. Feeding pieces that are whole multiples of the
+    thread's slice) with scalar code whose rounding differs from the vectorised one, so
+    ``fn(x)[i]`` depends on the tensor's length. Feeding pieces that are whole multiples of the
     SIMD block, each on one thread, removes that dependence.
     """
     flat = x.contiguous().view(-1)
@@ -68,12 +69,17 @@ def elu_exact(x: torch.Tensor) -> torch.Tensor:
     full = n - n % _VEC_BLOCK
     for start in range(0, full, _PIECE):
         end = min(start + _PIECE, full)
-        out[start:end] = F.elu(flat[start:end])
+        out[start:end] = fn(flat[start:end])
     if full < n:
         tail = flat.new_zeros(_VEC_BLOCK)
         tail[: n - full] = flat[full:]
-        out[full:] = F.elu(tail)[: n - full]
+        out[full:] = fn(tail)[: n - full]
     return out.view_as(x)
+
+
+def elu_exact(x: torch.Tensor) -> torch.Tensor:
+    """ELU whose result for an element does not depend on the tensor's length (:func:`pointwise_exact`)."""
+    return pointwise_exact(F.elu, x)
 
 
 class ELU(StreamingModule):

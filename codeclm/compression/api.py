@@ -326,6 +326,7 @@ def _decode_chunks(f: BinaryIO, header: Header, codec: Codec, name: str) -> Iter
                 audio = codec.decode(chunk_codes[..., i: i + step])[0][:, :left]
                 left -= audio.shape[-1]
                 yield audio
+        yield codec.flush_decoder()[0][:, :left]  # a decoder that looks ahead holds the last frames back
 
 
 def read_info(src: str | os.PathLike | bytes, verify: bool = True) -> dict:

@@ -186,6 +186,7 @@ class GenerationPipeline(BasePipeline):
             with torch.no_grad(), self.codec.streaming(batch):
                 for codes in chunks:
                     yield self.codec.decode(codes).float().cpu()
+                yield self.codec.flush_decoder().float().cpu()  # what a look-ahead decoder still holds
         else:
             codes = torch.cat(list(chunks), 2)
             with torch.no_grad():

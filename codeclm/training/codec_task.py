@@ -117,9 +117,9 @@ def build_datasets(cfg: Recipe) -> tuple[Dataset, Dataset | None]:
     return train, valid
 
 
-def _init_weights(folder: str, config: CodecConfig) -> dict[str, torch.Tensor]:
+def _init_weights(folder: str, config, codec_class=Codec) -> dict[str, torch.Tensor]:
     """The weights of the codec folder ``folder`` (fp32), refused unless its architecture is ``config``'s."""
-    source = Codec.from_pretrained(folder)
+    source = codec_class.from_pretrained(folder)
     mine = {k: v for k, v in config.to_dict().items() if k != "name"}
     theirs = {k: v for k, v in source.config.to_dict().items() if k != "name"}
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
@@ -159,14 +159,20 @@ class _JoinBackward(torch.autograd.Function):
 
 
 class Task(BaseTask):
-    """Generator + discriminator, their optimizers, losses and data (see trainer.py and task.py)."""
+    """Generator + discriminator, their optimizers, losses and data (see trainer.py and task.py).
+
+    ``codec_class`` is the generator's class (any codec with ``forward -> CodecOutput``,
+    ``sample_n_q`` and ``apply_weight_norm``): a task for another codec subclasses this one and
+    sets it with its own ``Recipe.model`` (see ``frame_codec_task``)."""
+
+    codec_class = Codec
 
     def __init__(self, cfg: Recipe, accelerator):
         super().__init__(cfg, accelerator)  # self.rng: the same codebook counts and disc updates everywhere
         c = cfg.codec
-        self.codec = Codec(cfg.model)
+        self.codec = self.codec_class(cfg.model)
         if c.init_from:  # before weight norm: its (g, v) are computed from the loaded weights
-            self.codec.load_state_dict(_init_weights(c.init_from, cfg.model))
+            self.codec.load_state_dict(_init_weights(c.init_from, cfg.model, self.codec_class))
         self.codec.apply_weight_norm().train()  # the quantizer keeps itself in fp32
         self.models = {"generator": self.codec}
         self.weights = {"l1": c.l1_weight, "mel": c.mel_weight}

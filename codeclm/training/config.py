@@ -25,8 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from codeclm.errors import ConfigError
 
 # task name -> module defining `Recipe` (a TrainConfig subclass) and `Task` (see trainer.py)
-TASKS = {"codec": "codeclm.training.codec_task", "lm": "codeclm.training.lm_task",
-         "valle": "codeclm.training.valle_task"}
+TASKS = {"codec": "codeclm.training.codec_task", "frame_codec": "codeclm.training.frame_codec_task",
+         "lm": "codeclm.training.lm_task", "valle": "codeclm.training.valle_task"}
 
 
 @dataclass

@@ -1,0 +1,502 @@
+"""A frame-rate codec: STFT features -> ConvNeXt -> RVQ -> ConvNeXt -> inverse-STFT head.
+
+Every layer after the front end runs at the code frame rate (50 Hz at 24 kHz / hop 480), so the
+model is cheap to train on a CPU and has no transposed convolutions (the SEANet decoder's
+upsampling stacks leave tonal lines at multiples of their rates). Layout:
+
+* **front end** (fixed, no weights): causal STFT log-power features. A long window of two hops
+  (``hop + 1`` bins: pitch) and four short windows of half a hop per frame (time detail), each
+  ending at the frame's last sample, computed as a convolution with a fixed windowed DFT basis.
+* **encoder**: linear projection, ``encoder_layers`` causal ConvNeXt blocks (depthwise conv over
+  past frames, LayerNorm, MLP, layer scale; Vocos' block made causal), projection to the
+  quantizer's ``dimension``.
+* **quantizer**: the residual VQ of :mod:`codeclm.codec.quantizer` (EMA codebooks, k-means init,
+  dead-code revival, quantizer dropout over ``target_bandwidths``).
+* **decoder**: projection, ``decoder_layers`` causal ConvNeXt blocks, and a Vocos-style head that
+  predicts each frame's log-magnitude and phase for a window of two hops; the inverse real FFT
+  of each frame, Hann-windowed, is overlap-added. A frame's window covers its own hop and the one
+  before, so the audio of hop ``t`` is complete once frame ``t + 1`` is decoded: the decoder
+  looks one frame ahead (latency two frames, 40 ms at 50 Hz). The last hop of a signal takes
+  the last frame's unwindowed output.
+
+Exact streaming. Inference (``encode``/``decode``, offline or inside ``streaming()``) always runs
+the frame-synchronous path whose kernels give a frame the same bits whatever else is in the
+call (:func:`~codeclm.codec.layers.rows_matmul`, :func:`~codeclm.codec.layers.conv_exact`,
+:func:`~codeclm.codec.layers.pointwise_exact`, element-wise arithmetic in a fixed order,
+row-wise LayerNorm and FFT), so any chunking gives the offline bits. Training runs the same maths
+with the fast batched kernels (``forward``). A decode-only stream ends with ``flush_decoder()``
+(it emits the last hop); after the encoder's ``flush()`` the next ``decode`` emits it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codeclm.codec.base import CompressionModel
+from codeclm.codec.layers import conv_exact, pointwise_exact, rows_matmul
+from codeclm.codec.model import CodecOutput
+from codeclm.codec.quantizer import ResidualVectorQuantizer
+from codeclm.errors import ConfigError
+from codeclm.pretrained import (SavedConfig, default_checkpoint, fused_state_dict, load_weights_into, read_config,
+                                read_weights, save_folder)
+from codeclm.streaming import StreamingError, StreamingModule
+
+__all__ = ["FrameCodec", "FrameCodecConfig"]
+
+MODEL_TYPE = "codeclm-frame-codec"
+_EMA_STATS = (".embed_avg", ".cluster_size")
+_OFFLINE_BLOCK_FRAMES = 500  # frames per call of the offline frame-synchronous pass (bounds memory)
+_LOG_EPS = 1e-6
+_MAX_LOG_MAG = 8.0  # exp(8) ~ 3000: far above any real frame's DFT magnitude, bounds a wild output
+_SIZE_LIMITS = {"sample_rate": (1, 1_000_000), "hop_length": (8, 1 << 16), "encoder_dim": (1, 8192),
+                "encoder_layers": (0, 64), "decoder_dim": (1, 8192), "decoder_layers": (0, 64),
+                "kernel_size": (1, 63), "mlp_ratio": (1, 16), "dimension": (1, 8192), "bins": (2, 1 << 16),
+                "kmeans_iters": (0, 100_000)}
+
+
+@dataclass
+class FrameCodecConfig(SavedConfig):
+    """Hyper-parameters of :class:`FrameCodec` (``config.json``)."""
+
+    model_type: ClassVar[str] = MODEL_TYPE
+    kind: ClassVar[str] = "frame codec"
+
+    name: str = "codeclm-frame-codec"
+    sample_rate: int = 24_000
+    channels: int = 1
+    hop_length: int = 480  # samples per code frame (a multiple of 4)
+    encoder_dim: int = 256
+    encoder_layers: int = 6
+    decoder_dim: int = 384
+    decoder_layers: int = 8
+    kernel_size: int = 7  # depthwise conv over this many frames (the current one and the past)
+    mlp_ratio: int = 3
+    dimension: int = 128  # quantized latent
+    bins: int = 1024
+    target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0])
+    ema_decay: float = 0.99
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.target_bandwidths = [float(b) for b in self.target_bandwidths]
+        self.validate()
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_codebook(self) -> int:
+        return int(math.log2(self.bins))
+
+    @property
+    def n_q(self) -> int:
+        per_q = math.ceil(self.frame_rate) * self.bits_per_codebook
+        return max(1, int(1000 * max(self.target_bandwidths) // per_q))
+
+    @property
+    def n_features(self) -> int:
+        return (self.hop_length + 1) + 4 * (self.hop_length // 4 + 1)
+
+    def validate(self) -> None:
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"frame codec config: {msg}")
+
+        for key, (lo, hi) in _SIZE_LIMITS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise bad(f"{key} must be an integer in {lo}..{hi}, got {value!r}")
+        if self.channels != 1:
+            raise bad(f"channels must be 1 (mono), got {self.channels}")
+        if self.hop_length % 4:
+            raise bad(f"hop_length must be a multiple of 4, got {self.hop_length}")
+        if self.bins != 2 ** self.bits_per_codebook:
+            raise bad(f"bins must be a power of two, got {self.bins}")
+        if not self.target_bandwidths or not all(math.isfinite(b) and b > 0 for b in self.target_bandwidths):
+            raise bad(f"target_bandwidths must be positive and finite, got {self.target_bandwidths}")
+        if self.n_q > 1024:
+            raise bad(f"target_bandwidths need {self.n_q} codebooks (at most 1024)")
+        for key in ("ema_decay", "dead_code_threshold"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0) or (key == "ema_decay" and value > 1):
+                raise bad(f"{key} must be a finite number >= 0{' and <= 1' if key == 'ema_decay' else ''}, got {value}")
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        with torch.device("meta"):
+            model = FrameCodec(self)
+        return {k: tuple(v.shape) for k, v in fused_state_dict(model).items()}
+
+    def optional_weights(self) -> tuple[str, ...]:
+        return _EMA_STATS
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers. Activations are time-major [B, T, C]; each layer has a fast path (training) and an
+# exact frame-synchronous path (inference, streaming) computing the same function.
+# ---------------------------------------------------------------------------------------------
+def _linear_exact(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` for ``x [B, T, C]`` with every row rounded independently of ``T``."""
+    b, t, c = x.shape
+    bias = None if layer.bias is None else layer.bias.detach()
+    return rows_matmul(x.reshape(b * t, c), layer.weight.detach().t(), bias).view(b, t, -1)
+
+
+def dft_basis(n_fft: int) -> torch.Tensor:
+    """Periodic-Hann-windowed real DFT as conv weights ``[2 * (n_fft // 2 + 1), 1, n_fft]`` (cos, then -sin)."""
+    n = torch.arange(n_fft, dtype=torch.float64)
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / n_fft)
+    angle = 2 * math.pi * k * n / n_fft
+    basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window
+    return basis[:, None, :].float()
+
+
+class Frontend(StreamingModule):
+    """Causal STFT log-power features ``[B, 1, F * hop]`` -> ``[B, F, n_features]`` (no weights)."""
+
+    def __init__(self, hop: int):
+        super().__init__()
+        self.hop, self.short = hop, hop // 4
+        self.register_buffer("long_basis", dft_basis(2 * hop), persistent=False)
+        self.register_buffer("short_basis", dft_basis(2 * self.short), persistent=False)
+
+    def _init_streaming_state(self, batch_size: int) -> dict:
+        return {"previous": None}
+
+    @staticmethod
+    def _log_power(spec: torch.Tensor, exact: bool) -> torch.Tensor:
+        half = spec.shape[1] // 2
+        re, im = spec[:, :half], spec[:, half:]
+        power = re * re + im * im + _LOG_EPS
+        return 0.25 * (pointwise_exact(torch.log, power) if exact else torch.log(power))
+
+    def _features(self, window: torch.Tensor, exact: bool) -> torch.Tensor:
+        """``window``: the hop of context followed by ``n`` hops -> ``[B, n, n_features]``."""
+        conv = (lambda x, w, s: conv_exact(x, w, None, s, 1)) if exact else (lambda x, w, s: F.conv1d(x, w, stride=s))
+        long = self._log_power(conv(window, self.long_basis, self.hop), exact)  # [B, hop + 1, n]
+        start = self.hop - self.short  # the short windows need half a short window of context
+        short = self._log_power(conv(window[..., start:], self.short_basis, self.short), exact)  # [B, k, 4n]
+        b, k, m = short.shape
+        short = short.view(b, k, m // 4, 4).permute(0, 3, 1, 2).reshape(b, 4 * k, m // 4)
+        return torch.cat([long, short], 1).transpose(1, 2)
+
+    def forward(self, wav: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        if not self.is_streaming:
+            return self._features(F.pad(wav, (self.hop, 0)), exact)
+        state = self._streaming_state
+        previous = state["previous"]
+        if previous is None:
+            previous = wav.new_zeros(wav.shape[0], wav.shape[1], self.hop)
+        window = torch.cat([previous, wav], -1)
+        state["previous"] = window[..., -self.hop:].contiguous()
+        return self._features(window, True)
+
+
+class ConvNeXtBlock(StreamingModule):
+    """Causal ConvNeXt block (Vocos' with a past-only depthwise conv): x + s * MLP(LN(dwconv(x)))."""
+
+    def __init__(self, dim: int, kernel: int, mlp_ratio: int, layer_scale: float):
+        super().__init__()
+        self.kernel = kernel
+        self.dwconv = nn.Conv1d(dim, dim, kernel, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
+        self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def _init_streaming_state(self, batch_size: int) -> dict:
+        return {"previous": None}
+
+    def forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        return self._exact(x) if exact else self._fast(x)
+
+    def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv1d(F.pad(x.transpose(1, 2), (self.kernel - 1, 0)), self.dwconv.weight, self.dwconv.bias,
+                     groups=self.dwconv.groups).transpose(1, 2)
+        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
+        return x + self.gamma * y
+
+    def _exact(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        ctx = self.kernel - 1
+        state = self._streaming_state
+        previous = state["previous"] if state is not None else None
+        if previous is None:
+            previous = x.new_zeros(b, ctx, c)
+        xp = torch.cat([previous, x], 1)
+        if state is not None:
+            state["previous"] = xp[:, xp.shape[1] - ctx:].contiguous()
+        w = self.dwconv.weight.detach()[:, 0]  # [C, k]
+        y = xp[:, 0:n] * w[:, 0]
+        for j in range(1, self.kernel):  # fixed order of element-wise products and sums
+            y = y + xp[:, j: j + n] * w[:, j]
+        y = y + self.dwconv.bias.detach()
+        y = F.layer_norm(y, (c,), self.norm.weight.detach(), self.norm.bias.detach(), self.norm.eps)
+        y = _linear_exact(pointwise_exact(F.gelu, _linear_exact(y, self.pwconv1)), self.pwconv2)
+        return x + self.gamma.detach() * y
+
+
+class _Stack(nn.Module):
+    """Input projection, ConvNeXt blocks, final LayerNorm (+ optional output projection)."""
+
+    def __init__(self, d_in: int, dim: int, layers: int, kernel: int, mlp_ratio: int, d_out: int | None):
+        super().__init__()
+        self.proj_in = nn.Linear(d_in, dim)
+        self.blocks = nn.ModuleList([ConvNeXtBlock(dim, kernel, mlp_ratio, 1.0 / max(1, layers))
+                                     for _ in range(layers)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.proj_out = nn.Linear(dim, d_out) if d_out is not None else None
+
+    def forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        x = _linear_exact(x, self.proj_in) if exact else self.proj_in(x)
+        for block in self.blocks:
+            x = block(x, exact)
+        x = (F.layer_norm(x, x.shape[-1:], self.norm.weight.detach(), self.norm.bias.detach(), self.norm.eps)
+             if exact else self.norm(x))
+        if self.proj_out is not None:
+            x = _linear_exact(x, self.proj_out) if exact else self.proj_out(x)
+        return x
+
+
+class ISTFTHead(StreamingModule):
+    """Per frame: log-magnitude and phase of a two-hop window -> inverse real FFT -> Hann window.
+
+    ``forward`` returns the windowed blocks ``[B, F, 2 * hop]`` and the raw (unwindowed) second
+    halves ``[B, F, hop]``; :meth:`overlap_add` turns them into audio.
+    """
+
+    def __init__(self, dim: int, hop: int):
+        super().__init__()
+        self.hop = hop
+        self.n_bins = hop + 1
+        self.out = nn.Linear(dim, 2 * self.n_bins)
+        n = torch.arange(2 * hop, dtype=torch.float64)
+        self.register_buffer("window", (0.5 - 0.5 * torch.cos(math.pi * n / hop)).float(), persistent=False)
+
+    def _init_streaming_state(self, batch_size: int) -> dict:
+        return {"pending": None, "pending_raw": None}
+
+    def forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        h = _linear_exact(x, self.out) if exact else self.out(x)
+        h = h.float()  # the synthesis runs in float32 even under autocast
+        log_mag, phase = h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
+        pw = (lambda fn, t: pointwise_exact(fn, t)) if exact else (lambda fn, t: fn(t))
+        mag = pw(torch.exp, log_mag)
+        spec = torch.complex(mag * pw(torch.cos, phase), mag * pw(torch.sin, phase))
+        frames = torch.fft.irfft(spec, n=2 * self.hop)  # [B, F, 2 hop]
+        return frames * self.window, frames[..., self.hop:]
+
+    def overlap_add(self, blocks: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """Offline: hop ``t`` = falling half of frame ``t`` + rising half of frame ``t + 1``; the last
+        hop is the last frame's raw second half. ``[B, F, 2 hop]`` -> ``[B, 1, F * hop]``."""
+        hop = self.hop
+        out = torch.cat([blocks[:, :-1, hop:] + blocks[:, 1:, :hop], raw[:, -1:]], 1)
+        return out.reshape(out.shape[0], 1, -1)
+
+    def stream(self, blocks: torch.Tensor, raw: torch.Tensor, final: bool) -> torch.Tensor:
+        """Streaming: the hops completed by these frames (each needs the next frame), and at the
+        end (``final``) the last one. Same arithmetic as :meth:`overlap_add`."""
+        state = self._streaming_state
+        hop = self.hop
+        pieces = []
+        pending, pending_raw = state["pending"], state["pending_raw"]
+        for t in range(blocks.shape[1]):
+            if pending is not None:
+                pieces.append(pending + blocks[:, t, :hop])
+            pending, pending_raw = blocks[:, t, hop:], raw[:, t]
+        if final and pending is not None:
+            pieces.append(pending_raw)
+            pending = pending_raw = None
+        state["pending"], state["pending_raw"] = pending, pending_raw
+        if not pieces:
+            return blocks.new_zeros(blocks.shape[0], 1, 0)
+        return torch.stack(pieces, 1).reshape(blocks.shape[0], 1, -1)
+
+
+class FrameCodec(CompressionModel):
+    """STFT/ConvNeXt encoder, RVQ, ConvNeXt/iSTFT decoder at the frame rate; exact streaming."""
+
+    model_type = MODEL_TYPE
+
+    def __init__(self, config: FrameCodecConfig | None = None, **overrides):
+        super().__init__()
+        config = config or FrameCodecConfig(**overrides)
+        self.config = c = config
+        self.frontend = Frontend(c.hop_length)
+        self.encoder = _Stack(c.n_features, c.encoder_dim, c.encoder_layers, c.kernel_size, c.mlp_ratio, c.dimension)
+        self.quantizer = ResidualVectorQuantizer(
+            c.dimension, c.n_q, c.bins, decay=c.ema_decay, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
+            dead_code_threshold=c.dead_code_threshold)
+        self.decoder = _Stack(c.dimension, c.decoder_dim, c.decoder_layers, c.kernel_size, c.mlp_ratio, None)
+        self.head = ISTFTHead(c.decoder_dim, c.hop_length)
+        self.apply(_init)
+
+    # -- interface --------------------------------------------------------------------------------
+    sample_rate = property(lambda self: self.config.sample_rate)
+    channels = property(lambda self: self.config.channels)
+    hop_length = property(lambda self: self.config.hop_length)
+    num_codebooks = property(lambda self: self.config.n_q)
+    cardinality = property(lambda self: self.config.bins)
+
+    @property
+    def target_bandwidths(self) -> list[float]:
+        return list(self.config.target_bandwidths)
+
+    @property
+    def streamable(self) -> bool:
+        return True
+
+    @property
+    def can_stream(self) -> bool:
+        return True
+
+    @property
+    def latency(self) -> float:
+        """A frame's codes need its samples, and its audio the next frame: two frames."""
+        return 2 * self.hop_length / self.sample_rate
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.quantizer.layers[0].embed.dtype
+
+    # -- encode / decode ---------------------------------------------------------------------------
+    def encode(self, wav: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
+        """Audio ``[B, 1, T]`` -> codes ``[B, n_q, ceil(T / hop)]``; inside ``streaming()`` the codes
+        of the frames completed so far."""
+        wav = self.check_wav(wav, self._dtype)
+        n_q = self.num_codebooks_for(bandwidth)
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            if self.is_streaming:
+                return self._encode_stream(wav, n_q)
+            wav = F.pad(wav, (0, (-wav.shape[-1]) % self.hop_length))
+            block = _OFFLINE_BLOCK_FRAMES * self.hop_length
+            with self.streaming(wav.shape[0]):
+                return torch.cat([self._encode_stream(wav[..., i: i + block], n_q)
+                                  for i in range(0, wav.shape[-1], block)], -1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, K, F]`` (K <= n_q) -> audio ``[B, 1, F * hop]``. Inside ``streaming()``: the hops
+        completed so far (one frame behind, see the module notes)."""
+        codes = self.check_codes(codes)
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            if self.is_streaming:
+                return self._decode_stream(codes)
+            if codes.shape[-1] == 0:
+                return torch.zeros(codes.shape[0], self.channels, 0, dtype=self._dtype, device=codes.device)
+            with self.streaming(codes.shape[0]):
+                outs = [self._decode_stream(codes[..., i: i + _OFFLINE_BLOCK_FRAMES])
+                        for i in range(0, codes.shape[-1], _OFFLINE_BLOCK_FRAMES)]
+                outs.append(self.flush_decoder())
+            return torch.cat(outs, -1)
+
+    def flush(self, bandwidth: float | None = None, *, n_q: int | None = None) -> torch.Tensor:
+        """End of an encoding stream: codes of the last partial frame (zero-padded, as offline); the
+        next ``decode`` is the decoder's last (it also emits the final hop)."""
+        if not self.is_streaming:
+            raise StreamingError("flush() is only meaningful inside a streaming() block")
+        n_q = n_q or self.num_codebooks_for(bandwidth)
+        state = self._streaming_state
+        buf = state["buffer"]
+        state["decoder_final"] = True
+        if buf is None or buf.shape[-1] == 0:
+            return torch.zeros(self._streaming_batch_size, n_q, 0, dtype=torch.long)
+        state["buffer"] = None
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            return self._encode_stream(F.pad(buf, (0, self.hop_length - buf.shape[-1])), n_q)
+
+    def flush_decoder(self) -> torch.Tensor:
+        """End of a decoding stream: the last hop's audio ``[B, 1, hop]`` (empty if nothing is held)."""
+        if not self.is_streaming:
+            raise StreamingError("flush_decoder() is only meaningful inside a streaming() block")
+        self._streaming_state["decoder_final"] = True
+        empty = torch.zeros(self._streaming_batch_size, 0, 0, dtype=torch.long)
+        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+            return self._decode_stream(empty)
+
+    def _init_streaming_state(self, batch_size: int) -> dict:
+        return {"buffer": None, "decoder_final": False, "decoder_done": False}
+
+    def _encode_stream(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
+        self._check_stream_batch(wav.shape[0])
+        state = self._streaming_state
+        buf = wav if state["buffer"] is None else torch.cat([state["buffer"], wav], -1)
+        usable = buf.shape[-1] - buf.shape[-1] % self.hop_length
+        state["buffer"] = buf[..., usable:]
+        if usable == 0:
+            return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
+        latent = self.encoder(self.frontend(buf[..., :usable]), exact=True)  # [B, n, D]
+        return self.quantizer.encode(latent.transpose(1, 2), n_q)
+
+    def _decode_stream(self, codes: torch.Tensor) -> torch.Tensor:
+        self._check_stream_batch(codes.shape[0])
+        state = self._streaming_state
+        if state["decoder_done"]:
+            raise StreamingError("decode() after the stream's last decode (flush); reset_streaming() starts a new one")
+        final = state["decoder_final"]
+        state["decoder_done"] = final
+        if codes.shape[-1] == 0:
+            blocks = torch.zeros(codes.shape[0], 0, 2 * self.hop_length, dtype=self._dtype, device=codes.device)
+            raw = blocks[..., : self.hop_length]
+        else:
+            latent = self.quantizer.decode(codes).transpose(1, 2).contiguous()  # [B, n, D]
+            blocks, raw = self.head(self.decoder(latent, exact=True), exact=True)
+        return self.head.stream(blocks, raw, final)
+
+    # -- training ---------------------------------------------------------------------------------
+    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+        """Training pass (fast kernels): encode, quantize (EMA updates in train mode), decode."""
+        length = wav.shape[-1]
+        x = F.pad(wav, (0, (-length) % self.hop_length))
+        latent = self.encoder(self.frontend(x)).transpose(1, 2)  # [B, D, F]
+        q = self.quantizer(latent, n_q)
+        blocks, raw = self.head(self.decoder(q.quantized.transpose(1, 2)))
+        audio = self.head.overlap_add(blocks, raw)[..., :length]
+        return CodecOutput(audio, q.codes, q.commitment_loss, q.n_q, latent)
+
+    def sample_n_q(self, generator: torch.Generator | None = None) -> int:
+        """Quantizer dropout: a random bandwidth from the config's targets, as codebooks."""
+        choices = sorted({self.num_codebooks_for(b) for b in self.config.target_bandwidths})
+        return choices[int(torch.randint(len(choices), (1,), generator=generator))]
+
+    def apply_weight_norm(self) -> FrameCodec:
+        """No weight norm here (LayerNorm blocks); kept so the codec trainer treats every codec alike."""
+        return self
+
+    # -- folders ----------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        inference_only: bool = False) -> Path:
+        state = fused_state_dict(self)
+        if inference_only:
+            state = {k: v for k, v in state.items() if not k.endswith(_EMA_STATS)}
+        return save_folder(folder, self.config.to_dict(), state, dtype)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FrameCodec:
+        folder = Path(folder) if folder is not None else default_checkpoint("codec")
+        config = FrameCodecConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
+        model = cls(config)
+        weights = read_weights(folder)
+        for i in range(len(model.quantizer.layers)):  # inference-only folders: rebuild the EMA statistics
+            embed = weights.get(f"quantizer.layers.{i}.embed")
+            if embed is not None and f"quantizer.layers.{i}.embed_avg" not in weights:
+                weights[f"quantizer.layers.{i}.embed_avg"] = embed.clone()
+                weights[f"quantizer.layers.{i}.cluster_size"] = torch.ones(embed.shape[0])
+        load_weights_into(model, weights, str(folder))
+        return model.to(device).float().eval()
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Conv1d)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

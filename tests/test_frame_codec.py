@@ -1,0 +1,195 @@
+"""The frame-rate codec (codeclm.codec.frame): exact streaming, training path, folders, compressor, trainer."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from codeclm.codec import load_model
+from codeclm.codec.frame import FrameCodec, FrameCodecConfig, dft_basis
+from codeclm.compression import compress_tensor, decompress_tensor
+from codeclm.errors import ConfigError
+from codeclm.streaming import StreamingError
+
+SR = 24000
+
+
+def tiny(seed: int = 0, **overrides) -> FrameCodec:
+    """A small frame codec (hop 480, 2+2 blocks) whose codebooks are k-means'd on a test signal."""
+    torch.manual_seed(seed)
+    kw = dict(encoder_dim=32, encoder_layers=2, decoder_dim=48, decoder_layers=2, dimension=16, bins=64,
+              target_bandwidths=[0.9, 1.8], kmeans_iters=2)
+    kw.update(overrides)
+    codec = FrameCodec(FrameCodecConfig(**kw)).train()
+    with torch.no_grad():
+        codec(signal(SR)[None])
+    return codec.eval()
+
+
+def signal(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / SR
+    tone = 0.3 * torch.sin(2 * math.pi * 220 * t * (1 + 0.2 * torch.sin(2 * math.pi * 0.7 * t)))
+    return (tone + 0.03 * torch.randn(n, generator=g))[None]
+
+
+@pytest.fixture(scope="module")
+def codec():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny()
+    torch.set_num_threads(threads)
+
+
+def random_chunks(total: int, high: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    i = 0
+    while i < total:
+        n = int(torch.randint(0, high, (1,), generator=g))  # 0: an empty chunk is allowed
+        yield i, i + n
+        i += n
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_any_chunking_gives_the_offline_bits(codec, threads, batch):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        wav = torch.stack([signal(SR + 1234, seed=s) for s in range(batch)])
+        codes = codec.encode(wav, 1.8)
+        audio = codec.decode(codes)
+        assert codes.shape == (batch, codec.num_codebooks_for(1.8), math.ceil(wav.shape[-1] / 480))
+        assert audio.shape == (batch, 1, codes.shape[-1] * 480)
+        for seed in range(2):
+            with codec.streaming(batch):  # a live loop: chunk in, audio out
+                parts, pieces = [], []
+                for a, b in random_chunks(wav.shape[-1], 2000, seed):
+                    parts.append(codec.encode(wav[..., a:b], 1.8))
+                    pieces.append(codec.decode(parts[-1]))
+                parts.append(codec.flush(1.8))
+                pieces.append(codec.decode(parts[-1]))  # after flush() the decoder's last call emits the final hop
+                streamed, decoded = torch.cat(parts, -1), torch.cat(pieces, -1)
+            assert torch.equal(streamed, codes)
+            assert torch.equal(decoded, audio)
+            with codec.streaming(batch):  # decode-only stream: frames in any grouping, then flush_decoder
+                out = [codec.decode(codes[..., a:b]) for a, b in random_chunks(codes.shape[-1], 7, seed + 5)]
+                out.append(codec.flush_decoder())
+            assert torch.equal(torch.cat(out, -1), audio)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_a_batch_item_does_not_depend_on_its_neighbours(codec):
+    a, b = signal(9000, seed=1), signal(9000, seed=2)
+    both = torch.stack([a, b])
+    assert torch.equal(codec.encode(both)[1:], codec.encode(b[None]))
+    codes = codec.encode(both)
+    assert torch.equal(codec.decode(codes)[:1], codec.decode(codes[:1]))
+
+
+def test_training_pass_computes_the_inference_function(codec):
+    wav = signal(SR // 2)[None]
+    with torch.no_grad():
+        out = codec(wav, n_q=codec.num_codebooks)  # fast batched kernels (eval mode: no EMA update)
+    with codec.streaming(1):  # the exact path's latent: equal up to float rounding (codes may flip on near ties)
+        latent = codec.encoder(codec.frontend(wav), exact=True).transpose(1, 2)
+    assert (out.latent - latent).abs().max() < 1e-4 * latent.abs().max()
+    assert (out.codes[:, 0] == codec.encode(wav)[:, 0]).float().mean() > 0.8
+    exact = codec.decode(out.codes)[..., : wav.shape[-1]]
+    assert (out.audio - exact).abs().max() < 1e-5
+    assert out.audio.shape == wav.shape
+
+
+def test_latency_is_two_frames_and_the_first_hop_needs_the_next_frame(codec):
+    assert codec.latency == pytest.approx(2 * 480 / SR)
+    codes = codec.encode(signal(4800)[None])
+    with codec.streaming(1):
+        assert codec.decode(codes[..., :1]).shape[-1] == 0  # held until frame 1
+        assert codec.decode(codes[..., 1:3]).shape[-1] == 2 * 480
+        assert codec.flush_decoder().shape[-1] == 480
+        with pytest.raises(StreamingError, match="after the stream's last decode"):
+            codec.decode(codes[..., 3:])
+
+
+def test_front_end_is_a_windowed_dft():
+    hop = 480
+    x = torch.randn(2 * hop, dtype=torch.float64)
+    basis = dft_basis(2 * hop).double()[:, 0]
+    spec = basis @ x
+    window = torch.hann_window(2 * hop, periodic=True, dtype=torch.float64)
+    ref = torch.fft.rfft(x * window)
+    assert torch.allclose(spec[: hop + 1], ref.real, atol=1e-4)
+    assert torch.allclose(spec[hop + 1:], ref.imag, atol=1e-4)
+
+
+def test_head_windows_overlap_add_to_one():
+    from codeclm.codec.frame import ISTFTHead
+
+    head = ISTFTHead(8, 480)
+    w = head.window
+    assert torch.allclose(w[:480] + w[480:], torch.ones(480), atol=1e-6)
+
+
+def test_folder_round_trip_fp16_and_load_model(codec, tmp_path):
+    folder = codec.save_pretrained(tmp_path / "fc", dtype=torch.float16, inference_only=True)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "codeclm-frame-codec"
+    loaded = load_model(folder)
+    assert isinstance(loaded, FrameCodec)
+    wav = signal(7000)[None]
+    half = FrameCodec(codec.config)
+    half.load_state_dict({k: v.half().float() for k, v in codec.state_dict().items()})
+    half.eval()
+    assert torch.equal(loaded.encode(wav), half.encode(wav))
+    assert torch.equal(loaded.decode(loaded.encode(wav)), half.decode(half.encode(wav)))
+    assert loaded.identity()["sha256"] != codec.identity()["sha256"]  # fp16 weights are other weights
+
+
+def test_compressor_round_trip_is_exact(codec):
+    wav = signal(13_001)
+    data = compress_tensor(wav, codec, 1.8, chunk_seconds=0.1, block_seconds=0.23)
+    ref = codec.decode(codec.encode(wav[None], 1.8))[0, :, : wav.shape[-1]]
+    out = decompress_tensor(data, codec)
+    assert out.shape == wav.shape
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("hop_length", 482, "multiple of 4"), ("channels", 2, "mono"), ("bins", 1000, "power of two"),
+    ("decoder_layers", 1000, "decoder_layers"), ("target_bandwidths", [float("nan")], "target_bandwidths")])
+def test_bad_configs_are_refused(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        FrameCodecConfig(**{key: value})
+
+
+def test_config_with_wrong_sizes_is_refused_before_building(codec, tmp_path):
+    folder = codec.save_pretrained(tmp_path / "fc")
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder_dim"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="decoder|shape"):
+        load_model(folder)
+
+
+def test_trainer_learns_and_exports(tmp_path):
+    from codeclm.training.config import load_recipe
+    from codeclm.training.trainer import train
+
+    overrides = [f"out_dir={tmp_path / 'run'}", "max_steps=12", "log_every=4", "valid_every=0", "ckpt_every=0",
+                 "data.batch_size=4", "data.valid_items=4", "data.synthetic_items=16", "mixed_precision=no",
+                 "model.encoder_dim=32", "model.encoder_layers=1", "model.decoder_dim=32", "model.decoder_layers=1",
+                 "model.dimension=16", "model.bins=64", "model.target_bandwidths=[0.9,1.8]", "model.kmeans_iters=2",
+                 "codec.disc_start_step=6", "codec.disc_filters=4", "optim.lr=2e-3", "data.train_manifest=null",
+                 "data.valid_manifest=null", "data.num_workers=0"]
+    cfg = load_recipe("codec_frame", overrides)
+    assert cfg.task == "frame_codec"
+    train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    mel = [x["train/mel"] for x in lines if "train/mel" in x]
+    assert len(mel) >= 2 and all(math.isfinite(v) for v in mel)
+    assert any("train/disc" in x for x in lines)  # the adversary started at step 6
+    model = load_model(tmp_path / "run" / "model")
+    assert isinstance(model, FrameCodec)
+    assert load_model(tmp_path / "run" / "model_float16").config == model.config
