@@ -26,7 +26,7 @@ import torch
 
 from codeclm.audio import resample
 from codeclm.errors import AudioError, CodecLMError
-from codeclm.training.losses import MultiScaleMelLoss, stft_magnitude
+from codeclm.spectral import MultiScaleMelLoss, stft_magnitude
 
 __all__ = ["si_sdr", "mel_distance", "stft_distance", "pesq_score", "stoi_score", "spectral_lines", "evaluate_pair",
            "METRICS"]

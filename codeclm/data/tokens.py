@@ -223,7 +223,7 @@ def tokenize_corpus(
                  "n_frames": codes.shape[-1]}
         pending.append(codes)
         if chroma:
-            from codeclm.lm.melody import chroma_indices
+            from codeclm.chroma import chroma_indices
 
             pending_chroma.append(chroma_indices(wav[None], codec.sample_rate, codec.hop_length,
                                                  n_frames=codes.shape[-1]).to(torch.uint8))

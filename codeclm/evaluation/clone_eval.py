@@ -9,7 +9,7 @@ A *pair* is a reference clip (whose voice is to be cloned) and a target text:
 optional fifth field names the reference's speaker). For each pair the pipeline generates
 ``pipe.generate(text, ref_audio=path, ref_text=ref_text, seed=seed, language=language)`` (the
 same ``seed`` for every pair), which is timed, transcribed with pocketsphinx
-(:mod:`~codeclm.evaluation.asr`) and embedded with Resemblyzer (:mod:`~codeclm.evaluation.speaker`).
+(:mod:`~codeclm.asr`) and embedded with Resemblyzer (:mod:`~codeclm.evaluation.speaker`).
 
 The result (a plain dict, JSON-ready, floats rounded to 4 significant digits):
 
@@ -55,10 +55,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from codeclm.asr import asr_supports, normalize_words, transcribe, word_edit_distance
 from codeclm.audio import load_audio
 from codeclm.errors import AudioError, CodecLMError
 from codeclm.fileio import json_object
-from codeclm.evaluation.asr import asr_supports, normalize_words, transcribe, word_edit_distance
 from codeclm.evaluation.speaker import cosine, speaker_embedding
 
 __all__ = ["ClonePair", "evaluate_clone", "read_pairs", "check_dependencies"]
@@ -78,7 +78,7 @@ class ClonePair(NamedTuple):
 
 def check_dependencies() -> None:
     """Load the recogniser and the speaker encoder now (one-line error if either package is missing)."""
-    from codeclm.evaluation.asr import _decoder
+    from codeclm.asr import _decoder
     from codeclm.evaluation.speaker import _encoder
 
     _decoder()

@@ -5,7 +5,7 @@
 >>> result["original_wer"], result["codec"]["3"], result["opus"]["6"]
 
 The recogniser is pocketsphinx restricted to the vocabulary of the test sentences
-(:func:`codeclm.evaluation.asr.transcribe` with ``vocabulary``): a word loop, so WER measures
+(:func:`codeclm.asr.transcribe` with ``vocabulary``): a word loop, so WER measures
 whether the words can still be told apart, not the old recogniser's language model. The same ASR
 and grammar score the originals, each codec bandwidth and each Opus bitrate, so the differences
 are what coding destroyed.
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from codeclm.asr import transcribe, vocabulary_of, word_error_rate
 from codeclm.audio import load_audio
 from codeclm.baselines import opus_available, opus_roundtrip
 from codeclm.errors import CodecLMError
-from codeclm.evaluation.asr import transcribe, vocabulary_of, word_error_rate
 
 __all__ = ["SpokenItem", "UNSEEN_VOICES", "unseen_voice_sentences", "evaluate_intelligibility"]
 

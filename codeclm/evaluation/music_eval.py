@@ -24,7 +24,7 @@ rate) first, so models at other rates are measured the same way.
 * **Tonality** (:func:`tonality`): spectral flatness, onset peakiness and onset rate, HPSS
   harmonicity and chroma clarity: "notes like the training corpus" vs "noise" as numbers.
 * **Melody** (:func:`pitch_class_agreement`, :func:`melody_agreement`): how often the dominant
-  pitch class per codec frame (:func:`codeclm.lm.melody.chroma_indices`) equals a reference's.
+  pitch class per codec frame (:func:`codeclm.chroma.chroma_indices`) equals a reference's.
 * **Held-out captions** (:func:`corpus_pieces`, :func:`vary`, :func:`training_captions`):
   pieces drawn like the corpus's (``codeclm.data.synth_music.plan_piece``) from a seed the
   training corpus did not use, varied one attribute at a time, and checked against the
@@ -497,7 +497,7 @@ def classifier_accuracy(clf: InstrumentClassifier, feats, labels, captions) -> d
 # -- melody --------------------------------------------------------------------------------------
 def pitch_class_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Share of frames, both voiced, whose dominant pitch classes (``chroma_indices``) agree."""
-    from codeclm.lm.melody import SILENT
+    from codeclm.chroma import SILENT
 
     n = min(a.shape[-1], b.shape[-1])
     a, b = a[..., :n], b[..., :n]
@@ -508,7 +508,7 @@ def pitch_class_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 def melody_agreement(reference, output, sample_rate: int, hop_length: int, n_frames: int | None = None) -> float:
     """:func:`pitch_class_agreement` of two clips at ``sample_rate``, one chroma frame per
     ``hop_length`` samples (the codec's frames)."""
-    from codeclm.lm.melody import chroma_indices
+    from codeclm.chroma import chroma_indices
 
     ref = chroma_indices(torch.as_tensor(reference).float(), sample_rate, hop_length, n_frames=n_frames)[0]
     out = chroma_indices(torch.as_tensor(output).float(), sample_rate, hop_length, n_frames=n_frames)[0]
@@ -523,7 +523,7 @@ def melody_following(pipe, items, seconds: float, seed: int = 0, guidance_scale:
     (``gen_s``: the with-melody generation time)."""
     import time
 
-    from codeclm.lm.melody import chroma_indices
+    from codeclm.chroma import chroma_indices
 
     hop, sr = pipe.codec.hop_length, pipe.sample_rate
     frames = round(seconds * pipe.frame_rate)

@@ -17,7 +17,7 @@ so compare similarities over different texts.
 Resemblyzer pins ``webrtcvad``, which does not build on recent Pythons; install it with
 ``pip install resemblyzer --no-deps webrtcvad-wheels librosa``. Its import is lazy (the encoder is
 built once, on first use, and cached); a missing package raises a one-line
-:class:`~codeclm.evaluation.asr.MissingPackageError` naming that command. The checkpoint is loaded
+:class:`~codeclm.asr.MissingPackageError` naming that command. The checkpoint is loaded
 with ``torch.load(weights_only=True)`` and checked to hold every weight of the model.
 Silent audio (peak below -80 dBFS) has no speaker: :class:`~codeclm.errors.AudioError`.
 """
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codeclm.asr import ASR_SAMPLE_RATE, MissingPackageError, mono_16k
 from codeclm.errors import AudioError, CodecLMError
-from codeclm.evaluation.asr import ASR_SAMPLE_RATE, MissingPackageError, mono_16k
 
 __all__ = ["EMBEDDING_DIM", "INSTALL_HINT", "speaker_embedding", "cosine"]
 
@@ -81,7 +81,7 @@ def speaker_embedding(wav, sample_rate: int) -> np.ndarray:
     """Unit-norm float32 d-vector ``[256]`` of the voice in ``wav`` (``[C, N]`` or ``[N]`` at ``sample_rate``).
 
     Raises :class:`~codeclm.errors.AudioError` for empty, NaN or silent audio and a one-line
-    :class:`~codeclm.evaluation.asr.MissingPackageError` when resemblyzer is not installed.
+    :class:`~codeclm.asr.MissingPackageError` when resemblyzer is not installed.
     """
     encoder = _encoder()
     _, rz_audio = _import_resemblyzer()

@@ -190,7 +190,7 @@ class VoiceClone(BasePipeline):
     def _transcribe(self, wav: torch.Tensor, language: str, name: str) -> str:
         if language != "en":
             raise TextError(f"{name}: pass ref_text (--ref-text): the offline transcriber knows English only")
-        from codeclm.evaluation.asr import transcribe
+        from codeclm.asr import transcribe
 
         text = transcribe(wav[None], self.sample_rate)
         if not text.strip():
