@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -28,18 +27,7 @@ from codeclm.baselines import opus_available, opus_roundtrip
 from codeclm.codec import Codec, CodecConfig, load_model
 from codeclm.evaluation.intelligibility import UNSEEN_VOICES, evaluate_intelligibility, unseen_voice_sentences
 from codeclm.metrics import spectral_lines
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
+from codeclm.threads import cpu_model
 
 
 def line_scores(codec, items, bandwidth: float) -> dict:
@@ -75,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         voices, args.sentences, args.bandwidths, args.opus = UNSEEN_VOICES[:1], 1, [4.5], [6.0]
         name = "random-tiny"
     else:
-        codec = load_model(args.model) if args.model else Codec.from_pretrained()
+        codec = load_model(args.model)  # None: the shipped default, whatever its codec class
         voices, name = UNSEEN_VOICES, args.model or "checkpoints/codec"
     t0 = time.perf_counter()
     items = unseen_voice_sentences(args.sentences, voices, codec.sample_rate)
     result = evaluate_intelligibility(codec, items, args.bandwidths, args.opus)
     three = result["codec"].get("3")
-    row = {"benchmark": "codec_intelligibility", "model": name, **machine(), **result,
+    row = {"benchmark": "codec_intelligibility", "model": name, "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, **result,
            "codec_3kbps_minus_original": None if three is None else round(three - result["original_wer"], 4),
            "goal_3kbps_within_0.05": None if three is None else three <= result["original_wer"] + 0.05,
            "lines_6kbps": line_scores(codec, items, 6.0 if not args.tiny else args.bandwidths[0]),

@@ -27,20 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def best_time(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Best wall and CPU seconds of each function, the functions interleaved."""
-    for fn in fns.values():
-        fn()  # warm-up
-    wall, cpu = {k: float("inf") for k in fns}, {k: float("inf") for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            wall[k] = min(wall[k], time.perf_counter() - t0)
-            cpu[k] = min(cpu[k], time.process_time() - c0)
-    return wall, cpu
+from timing import interleaved  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 def main() -> None:
@@ -78,7 +65,7 @@ def main() -> None:
         codes = ours.encode(wav, bw)
         same_codes = bool(torch.equal(codes, ref.audio_codes[0]))
         max_diff = float((ours.decode(codes) - ref_audio).abs().max())
-        wall, cpu = best_time({
+        wall, cpu = interleaved({
             "transformers": lambda: hf.decode(*hf.encode(wav, bandwidth=bw)[:2]),
             "codeclm": lambda: ours.decode(ours.encode(wav, bw)),
             "zero_pad": lambda: zero_pad.decode(zero_pad.encode(wav, bw)),

@@ -15,35 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
+from timing import interleaved
 
-
-def interleaved(fns: dict, rounds: int) -> dict:
-    """Best time of each function over ``rounds`` rounds that run them in turn (alternating order),
-    so load from other processes on a shared machine hits every contender alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = {name: float("inf") for name in fns}
-    for r in range(rounds):
-        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            start = time.perf_counter()
-            fns[name]()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from codeclm.threads import cpu_model
 
 
 def main() -> None:
@@ -74,7 +51,7 @@ def main() -> None:
     wav = 0.1 * torch.randn(1, 1, length, generator=g)
     result = {"benchmark": "dac_speed", "model": "DAC 44.1 kHz layout (transformers DacConfig, random weights), "
               "9 codebooks", "parameters_M": round(sum(p.numel() for p in hf.parameters()) / 1e6, 1),
-              "audio_seconds": length / sr, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+              "audio_seconds": length / sr, "cpu": cpu_model(), "threads": torch.get_num_threads(),
               "torch": torch.__version__}
 
     with torch.inference_mode():
@@ -92,7 +69,7 @@ def main() -> None:
         def ours_roundtrip():
             ours.decode(ours.encode(wav))
 
-        t = interleaved({"hf": hf_roundtrip, "ours": ours_roundtrip,
+        t, _ = interleaved({"hf": hf_roundtrip, "ours": ours_roundtrip,
                          "hf_dec": lambda: hf.decode(audio_codes=codes), "ours_dec": lambda: ours.decode(codes)},
                         args.repeats)
         t_hf, t_ours, t_hf_dec, t_ours_dec = t["hf"], t["ours"], t["hf_dec"], t["ours_dec"]
@@ -119,7 +96,7 @@ def main() -> None:
             return run
 
         fns = {"whole": windowed(saved), **{str(w): windowed(w) for w in args.windows}}
-        t = interleaved(fns, args.repeats)
+        t, _ = interleaved(fns, args.repeats)
         for window in args.windows:
             diff = float((fns[str(window)]() - whole).abs().max())
             windows[str(window)] = {"time_ratio_vs_whole": round(t[str(window)] / t["whole"], 3),
@@ -145,7 +122,7 @@ def main() -> None:
                 c, audio = compiled_roundtrip()
                 result["compiled_identical_codes"] = bool(torch.equal(c, ref_codes))
                 result["compiled_max_abs_audio_diff"] = float((audio - ref_audio).abs().max())
-                t = interleaved({"hf": hf_roundtrip, "compiled": compiled_roundtrip}, args.repeats)
+                t, _ = interleaved({"hf": hf_roundtrip, "compiled": compiled_roundtrip}, args.repeats)
             result["compiled_x_realtime"] = round(seconds / t["compiled"], 3)
             result["compiled_speedup_vs_transformers"] = round(t["hf"] / t["compiled"], 3)
     print(json.dumps(result))

@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 import warnings
 
 import torch
+from timing import best_time
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from codeclm.threads import cpu_model
 
 
 def build(dim: int, layers: int, seed: int = 0):
@@ -48,17 +38,6 @@ def build(dim: int, layers: int, seed: int = 0):
             if p.dim() == 2:
                 p.normal_(0, 1.0 / p.shape[1] ** 0.5)
     return model
-
-
-def best_time(fn, repeats: int):
-    fn()  # warm-up
-    wall, cpu, out = [], [], None
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return min(wall), min(cpu), out
 
 
 def main() -> None:

@@ -82,20 +82,34 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
-def machine_info() -> dict:
-    """CPU model, CPUs usable, torch threads and ISA level: printed beside benchmark numbers."""
-    import platform
-
-    import torch
-
-    model = platform.processor() or platform.machine()
+def _cpuinfo_field(name: str) -> str | None:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor name elsewhere)."""
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``avx2``, ``avx512_bf16``, ``amx_bf16``...); empty where unknown."""
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def machine_info() -> dict:
+    """CPU model, CPUs usable, torch threads and ISA level: printed beside benchmark numbers."""
+    import torch
+
+    model = cpu_model()
     try:
         load = round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):

@@ -18,13 +18,16 @@ from torch import nn
 from codeclm.codec.layers import rowwise_linear
 
 
-def nearest_code(x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+def nearest_code(x: torch.Tensor, embed: torch.Tensor, embed_sqnorm: torch.Tensor | None = None) -> torch.Tensor:
     """Index of the closest codebook vector for each row of ``x`` ``[M, D]``.
 
     The dot products use :func:`rowwise_linear`, whose rounding does not depend on how many rows
-    come together, so streaming and offline encoding pick the same codes.
+    come together, so streaming and offline encoding pick the same codes. ``embed_sqnorm`` is
+    ``|embed|^2`` per row when the caller keeps it (it is the same tensor either way).
     """
-    dist_ = embed.pow(2).sum(-1)[None] - 2 * rowwise_linear(x, embed)  # |x|^2 does not change the argmin
+    if embed_sqnorm is None:
+        embed_sqnorm = embed.pow(2).sum(-1)
+    dist_ = embed_sqnorm[None] - 2 * rowwise_linear(x, embed)  # |x|^2 does not change the argmin
     return dist_.argmin(dim=-1)
 
 
@@ -76,9 +79,22 @@ class EMACodebook(nn.Module):
     def bins(self) -> int:
         return self.embed.shape[0]
 
+    def _sqnorm(self) -> torch.Tensor:
+        """``|embed|^2`` per code, recomputed only when the codebook changed (EMA update, loading,
+        ``to()``): a stream of 20 ms chunks would otherwise recompute it for every frame."""
+        try:
+            key = (self.embed.data_ptr(), self.embed._version, self.embed.dtype, self.embed.device)
+        except RuntimeError:  # an inference-mode tensor has no version counter: do not cache
+            return self.embed.pow(2).sum(-1)
+        cached = getattr(self, "_sqnorm_cache", None)
+        if cached is None or cached[0] != key or torch.is_grad_enabled() and self.embed.requires_grad:
+            cached = (key, self.embed.pow(2).sum(-1))
+            self._sqnorm_cache = cached
+        return cached[1]
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[M, D]`` -> codes ``[M]``."""
-        return nearest_code(x, self.embed)
+        return nearest_code(x, self.embed, self._sqnorm())
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return F.embedding(codes, self.embed)

@@ -42,6 +42,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 
 from codeclm.errors import ConfigError
+from codeclm.threads import cpu_flags
 from codeclm.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
 from codeclm.training.config import TASKS, TrainConfig, to_yaml
 from codeclm.training.logging import RunLogger
@@ -165,10 +166,7 @@ def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16). Elsewhere oneDNN
     emulates bf16 and autocast makes convolutions 10-80x *slower* than fp32 (measured on an AVX2
     AMD EPYC), so ``mixed_precision: auto`` keeps fp32 there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 

@@ -1,0 +1,37 @@
+"""Timing helpers shared by the speed benchmarks (scripts in this folder import it as ``timing``).
+
+On a shared machine other processes' load lands on whichever contender runs at the time, so the
+contenders run in turn (the order alternating each round) and each keeps its best round; the CPU
+time of this process is kept beside the wall time (it is far less sensitive to a busy machine).
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def interleaved(fns: dict, rounds: int, warmup: bool = True) -> tuple[dict, dict]:
+    """Best wall and best CPU seconds of each function over ``rounds`` interleaved rounds."""
+    if warmup:
+        for fn in fns.values():
+            fn()
+    wall = {name: float("inf") for name in fns}
+    cpu = {name: float("inf") for name in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fns[name]()
+            wall[name] = min(wall[name], time.perf_counter() - t0)
+            cpu[name] = min(cpu[name], time.process_time() - c0)
+    return wall, cpu
+
+
+def best_time(fn, repeats: int):
+    """``(best wall s, best CPU s, last result)`` of ``fn`` over ``repeats`` runs after a warm-up."""
+    out = {}
+
+    def keep():
+        out["value"] = fn()
+
+    wall, cpu = interleaved({"fn": keep}, repeats)
+    return wall["fn"], cpu["fn"], out.get("value")
