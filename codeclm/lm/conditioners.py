@@ -12,7 +12,9 @@ MusicGen it is all zeros with an all-False mask (:meth:`TextConditioner.null_con
 
 A folder written by :meth:`TextConditioner.save_folder` holds ``conditioner.json`` (its
 ``type``) beside the conditioner's own files; :func:`load_conditioner` dispatches on that type
-through :data:`CONDITIONERS` (:func:`register_conditioner` adds a type).
+through :data:`codeclm.lm.conditioning.CONDITIONERS` (:func:`register_conditioner` adds a type).
+A text conditioner is a :class:`codeclm.lm.conditioning.Conditioner`: its ``prepare`` is
+``tokenize`` (a :class:`~codeclm.lm.conditioning.ConditioningProvider` calls it by name).
 """
 
 from __future__ import annotations
@@ -24,26 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from codeclm.errors import ConfigError
+from codeclm.errors import CodecLMError, ConfigError
+from codeclm.lm.conditioning import CONDITIONERS, Conditioner, conditioner_class, register_conditioner
 
 __all__ = ["CONDITIONERS", "T5Conditioner", "TextConditioner", "load_conditioner", "register_conditioner"]
 
 CONDITIONER_FILE = "conditioner.json"
-CONDITIONERS: dict[str, type[TextConditioner]] = {}
 
 
-def register_conditioner(kind: str):
-    """Class decorator: make ``load_conditioner`` able to read folders of type ``kind``."""
-
-    def wrap(cls):
-        cls.kind = kind
-        CONDITIONERS[kind] = cls
-        return cls
-
-    return wrap
-
-
-class TextConditioner(nn.Module):
+class TextConditioner(Conditioner):
     """Base class: ``tokenize`` (CPU) then ``forward`` -> ``(emb [B, T, D], mask [B, T] bool)``."""
 
     kind = "text"
@@ -51,6 +42,14 @@ class TextConditioner(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def prepare(self, value, batch: int, context=None) -> dict[str, torch.Tensor]:
+        """The provider's stage 1: ``value`` is one caption per row (a string: the same for all;
+        None or None entries: the empty caption)."""
+        texts = [value] * batch if value is None or isinstance(value, str) else list(value)
+        if len(texts) != batch:
+            raise CodecLMError(f"got {len(texts)} texts for a batch of {batch}")
+        return self.tokenize(["" if t is None else t for t in texts])
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -63,11 +62,6 @@ class TextConditioner(nn.Module):
         raise NotImplementedError
 
     # -- shared helpers ---------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        p = next(self.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokenize`` + ``forward`` under no_grad, on the conditioner's device."""
         if isinstance(texts, str):
@@ -101,11 +95,9 @@ def load_conditioner(folder: str | os.PathLike) -> TextConditioner:
         kind = json.loads(path.read_text())["type"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: invalid conditioner description ({exc})") from None
-    if kind == "builtin":
-        import codeclm.lm.text_encoder  # noqa: F401  (registers the built-in conditioner)
     if kind not in CONDITIONERS:
         raise ConfigError(f"{path}: unknown conditioner type {kind!r}; known: {sorted(CONDITIONERS)}")
-    return CONDITIONERS[kind].load(folder)
+    return conditioner_class(kind).load(folder)
 
 
 @register_conditioner("t5")

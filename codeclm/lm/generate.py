@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from codeclm.errors import CodecLMError, CodesError
+from codeclm.lm.conditioning import FusedCondition
 from codeclm.lm.patterns import Pattern
 from codeclm.lm.sampling import SamplingError, apply_cfg, sample_next
 from codeclm.lm.layers import SelfAttention
@@ -61,6 +62,15 @@ def _cfg_condition(cond, cond_mask, null_cond, null_mask):
     """Concatenate the condition and the null condition on the batch axis (padded to one Tc)."""
     if cond is None:
         raise CodecLMError("classifier-free guidance needs a condition (cond)")
+    if isinstance(cond, FusedCondition):  # null: every part zeros, the cross mask all False
+        if null_cond is None:
+            zeros = {k: None if v is None else torch.zeros_like(v) for k, v in vars(cond).items()}
+            null_cond = FusedCondition(**zeros)
+            if null_cond.cross_mask is not None:
+                null_cond.cross_mask = null_cond.cross_mask.bool()
+        elif not isinstance(null_cond, FusedCondition):
+            raise CodecLMError("null_cond must be a FusedCondition like cond")
+        return cond.cat(null_cond), None
     if cond_mask is None:
         cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
     if null_cond is None:
@@ -86,6 +96,8 @@ def _pad_condition(cond, cond_mask, multiple: int):
     attention, and a row with no valid position attends uniformly to identical keys/values."""
     if cond is None:
         return cond, cond_mask
+    if isinstance(cond, FusedCondition):
+        return cond if cond.cross is None else cond.pad_cross(_round_up(cond.cross.shape[1], multiple)), None
     if cond_mask is None:
         cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
     T = _round_up(cond.shape[1], multiple)
@@ -139,7 +151,8 @@ class _StaticDecoder:
     """Prefill + one-step calls over a :class:`StaticCache`; the position lives in a tensor."""
 
     def __init__(self, lm, rows: int, steps: int, cond, cond_mask, compile: bool) -> None:
-        length = min(lm.config.max_seq_len, _round_up(steps, _LENGTH_BUCKET))
+        prefix = cond.prepend_len if isinstance(cond, FusedCondition) else 0
+        length = min(lm.config.max_seq_len - prefix, _round_up(steps, _LENGTH_BUCKET))
         cond, cond_mask = _pad_condition(cond, cond_mask, _COND_BUCKET)
         self.lm = lm
         self.cache = lm.new_static_cache(rows, length, cond, cond_mask)
@@ -211,8 +224,10 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
     device = next(lm.parameters()).device
     frame_index, step_index = pattern.indices(n_frames, device)  # [K, S], [K, T]
     S = frame_index.shape[1]
-    if S > cfg.max_seq_len:
-        raise CodecLMError(f"{n_frames} frames need {S} steps, more than the LM's max_seq_len={cfg.max_seq_len}")
+    prefix = cond.prepend_len if isinstance(cond, FusedCondition) else 0  # prepended condition tokens
+    if S + prefix > cfg.max_seq_len:
+        raise CodecLMError(f"{n_frames} frames need {S} steps{f' after {prefix} prepended' if prefix else ''}, "
+                           f"more than the LM's max_seq_len={cfg.max_seq_len}")
     valid = frame_index >= 0
     seq = torch.full((batch, K, S), special, dtype=torch.long, device=device)
 
@@ -285,7 +300,7 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
             decoder = _StaticDecoder(lm, rows, S, cond_in, mask_in, compile)
             prefill, step = decoder.prefill, decoder.step
         else:
-            stack.enter_context(_cache_length(lm, S))
+            stack.enter_context(_cache_length(lm, S + prefix))
             stack.enter_context(lm.streaming(rows))
             prefill, step = (lambda inp: lm.step(inp, cond_in, mask_in)), lm.step
         if first < S:
@@ -335,7 +350,8 @@ def generate_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.
     """Generate ``n_frames`` frames of codes ``[batch, K, n_frames]`` (long).
 
     ``cond [B, Tc, D]`` / ``cond_mask [B, Tc]``: cross-attention conditioning (LMs with
-    ``cross_attention``). ``guidance_scale != 1`` enables classifier-free guidance against
+    ``cross_attention``), or ``cond`` a :class:`~codeclm.lm.conditioning.FusedCondition` (cross,
+    sum and prepend parts; ``null_cond`` then one too, default: every part zeros). ``guidance_scale != 1`` enables classifier-free guidance against
     ``null_cond`` / ``null_mask`` (default: zeros and an all-False mask, MusicGen's null).
     ``prompt_codes [B, K, P]`` (P <= n_frames) are forced as the first P frames (continuation);
     they are fed in one prefill call. ``on_frames(codes [B, K, n])`` is called with each run of

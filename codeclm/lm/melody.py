@@ -9,9 +9,11 @@ extraction, shared with the token cache and music evaluation; its names are re-e
 dominant pitch class of each codec frame, 12 for a silent frame.
 
 :class:`MelodyConditioner` embeds the indices (13 rows: 12 pitch classes + silence), adds
-sinusoidal positions (time alignment for cross-attention) and a LayerNorm. Pipelines append its
-output to the text conditioning along the cross-attention axis; the null condition (CFG, or a
-prompt without melody) is all zeros with an all-False mask, like the text's.
+sinusoidal positions (time alignment for cross-attention) and a LayerNorm. It is the ``melody``
+type of :mod:`codeclm.lm.conditioning`: its spec's ``fuse`` is ``cross`` (appended to the text's
+states along the cross-attention axis, the shipped models) or ``sum`` (one state per frame, added
+to the LM input at the step predicting that frame; then ``dim`` is the LM's). The null condition
+(CFG, or a prompt without melody) is all zeros with an all-False mask, like the text's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from codeclm.chroma import (F_MAX, F_MIN, N_CHROMA, SILENT, chroma_filterbank,  # noqa: F401 (re-exported)
                             chroma_indices)
 from codeclm.errors import CodecLMError, ConfigError
+from codeclm.lm.conditioning import Conditioner
 from codeclm.lm.layers import sinusoidal_embedding
 from codeclm.pretrained import fused_state_dict, load_weights_into, read_json, read_weights, save_folder
 
@@ -33,7 +36,7 @@ __all__ = ["MODEL_TYPE", "N_CHROMA", "SILENT", "MelodyConditioner", "chroma_filt
 MODEL_TYPE = "codeclm-melody"
 
 
-class MelodyConditioner(nn.Module):
+class MelodyConditioner(Conditioner):
     """``forward(indices [B, T]) -> (emb [B, T, dim], mask [B, T])``; mask is False where an index
     is negative (padding / no melody)."""
 
@@ -67,6 +70,47 @@ class MelodyConditioner(nn.Module):
     def null(self, batch: int, frames: int) -> torch.Tensor:
         """Indices meaning "no melody" (all masked)."""
         return torch.full((batch, frames), -1, dtype=torch.long, device=self.device)
+
+    def prepare(self, value, batch: int, context) -> torch.Tensor:
+        """Chroma indices ``[batch, T]`` (-1: no melody) for :meth:`forward` (the provider's stage 1).
+
+        ``value``: None (no melody: one masked frame per row); an integer tensor ``[batch, T]`` of
+        indices, used as is; or one item, or a list of one per row, each an audio path, a float
+        tensor ``[channels, samples]`` at ``context.sample_rate``, ``(tensor, rate)`` (chroma of
+        ``context.n_frames`` frames of ``context.hop_length`` samples), an integer tensor ``[t]``
+        of indices (padded with -1 to ``n_frames``) or None (no melody)."""
+        if value is None:
+            return torch.full((batch, 1), -1, dtype=torch.long)
+        if torch.is_tensor(value) and not value.is_floating_point() and value.dim() == 2:
+            if value.shape[0] != batch:
+                raise CodecLMError(f"got melody indices for {value.shape[0]} rows, the batch has {batch}")
+            return value.long()
+        items = list(value) if isinstance(value, (list, tuple)) and not (
+            len(value) == 2 and torch.is_tensor(value[0]) and isinstance(value[1], int)) else [value] * batch
+        if len(items) != batch:
+            raise CodecLMError(f"got {len(items)} melodies for {batch} prompts")
+        n_frames = context.n_frames
+        lengths = [n_frames] if n_frames is not None else []
+        lengths += [len(v) for v in items if torch.is_tensor(v) and not v.is_floating_point()]
+        T = max(lengths or [1])
+        rows = torch.full((batch, T), -1, dtype=torch.long)
+        for b, item in enumerate(items):
+            if item is None:
+                continue
+            if torch.is_tensor(item) and not item.is_floating_point():  # indices (a token cache's chroma)
+                rows[b, : item.shape[-1]] = item.long()
+                continue
+            from codeclm.pipelines.core import audio_argument  # paths, (tensor, rate), resampling
+
+            rate = context.sample_rate
+            wav = audio_argument(item, rate, name="melody", default_rate=rate)
+            if wav.shape[-1] < context.hop_length:
+                raise CodecLMError(f"melody clip is too short ({wav.shape[-1]} samples)")
+            rows[b] = chroma_indices(wav, rate, context.hop_length, n_frames=T)[0]
+        return rows
+
+    def config(self) -> dict:
+        return {"dim": self.dim, "max_period": self.max_period}
 
     # -- files ------------------------------------------------------------------------------------
     def save_folder(self, folder: str | os.PathLike) -> Path:

@@ -26,6 +26,13 @@ streaming whose tensor shapes do not depend on the position. Each step writes it
 at ``positions`` (a tensor) and attends over the whole preallocated cache with a mask built from
 those positions, so the step can be wrapped by ``torch.compile(dynamic=False)`` once and reused
 for every step (:func:`codeclm.lm.generate.iter_codes` with ``static=True`` / ``compile=True``).
+
+Conditioning: ``cond`` is either the cross-attention memory ``[B, Tc, cond_dim]`` (with
+``cond_mask``) or a :class:`codeclm.lm.conditioning.FusedCondition` (what a
+:class:`~codeclm.lm.conditioning.ConditioningProvider` fuses): its ``cross`` part is that memory,
+its ``sum`` part ``[B, S, dim]`` is added to the embeddings of input steps ``0..S-1`` and its
+``prepend`` tokens ``[B, P, dim]`` go before the first step (positions ``0..P-1``; their outputs
+are dropped; while streaming they are fed with the first call and count in ``stream_offset``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codeclm.errors import CodecLMError, CodesError
+from codeclm.lm.conditioning import FusedCondition
 from codeclm.lm.config import LMConfig
 from codeclm.lm.layers import (  # noqa: F401  (re-exported: the LM's building blocks)
     CrossAttention,
@@ -99,6 +107,8 @@ class _LMStreamState:
     cond: torch.Tensor | None = None  # the conditioning the layers' caches were built from
     cond_mask: torch.Tensor | None = None
     tables: _CodebookTables | None = None  # stacked views, looked up once per stream (no grad)
+    fused: FusedCondition | None = None  # the fused conditioning of the stream (its sum / prepend parts)
+    prefix_len: int = 0  # prepended positions before step 0
 
 
 @dataclass
@@ -117,10 +127,12 @@ class StaticCache:
     cross: list[dict] | None
     tables: _CodebookTables
     arange: torch.Tensor
+    sum: torch.Tensor | None = None  # [B, length, dim]: a fused condition's per-step sum part
+    prefix_len: int = 0  # prepended positions (already in the cache) before step 0
 
     @property
     def length(self) -> int:
-        return int(self.arange.shape[0])
+        return int(self.arange.shape[0]) - self.prefix_len
 
 
 class TokenLM(StreamingModule):
@@ -305,38 +317,82 @@ class TokenLM(StreamingModule):
         return out.contiguous()  # no copy when S == 1
 
     # -- forward --------------------------------------------------------------------------------
-    def hidden_states(self, seq: torch.Tensor, cond: torch.Tensor | None = None,
+    @staticmethod
+    def _unfuse(cond, cond_mask) -> tuple[FusedCondition | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(fused or None, cross memory, its mask)`` of a call's ``cond`` / ``cond_mask``."""
+        if not isinstance(cond, FusedCondition):
+            return None, cond, cond_mask
+        if cond_mask is not None:
+            raise CodecLMError("a FusedCondition carries its own cross_mask: do not pass cond_mask")
+        return cond, cond.cross, cond.cross_mask
+
+    def _check_fused(self, fused: FusedCondition | None, batch: int) -> None:
+        if fused is None:
+            return
+        for name in ("prepend", "sum"):
+            part = getattr(fused, name)
+            if part is not None and (part.dim() != 3 or part.shape[0] != batch or part.shape[2] != self.config.dim):
+                raise CodecLMError(f"the {name} condition must be [{batch}, T, {self.config.dim}], "
+                                   f"got {tuple(part.shape)}")
+        if fused.prepend is not None and not self.config.causal:
+            raise CodecLMError("prepend conditions need a causal LM")
+
+    @staticmethod
+    def _steps_of(part: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        """``part[:, start:start + n]``, zero-padded past its end."""
+        out = part[:, start:start + n]
+        if out.shape[1] < n:
+            out = F.pad(out, (0, 0, 0, n - out.shape[1]))
+        return out
+
+    def hidden_states(self, seq: torch.Tensor, cond: torch.Tensor | FusedCondition | None = None,
                       cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final-norm output ``[B, S, dim]`` before the K heads (new steps only while streaming)."""
         self._check_seq(seq)
         B, _, S = seq.shape
+        fused, cond, cond_mask = self._unfuse(cond, cond_mask)
+        self._check_fused(fused, B)
         state: _LMStreamState | None = self._streaming_state
         offset = 0
         if state is not None:
             self._check_stream_batch(B)
             offset = state.offset
-            if offset + S > self.config.max_seq_len:
-                raise StreamingError(f"stream too long: {offset + S} steps > max_seq_len={self.config.max_seq_len}")
+            if fused is not None:
+                state.fused = fused
+            fused = state.fused
+        prefix = fused.prepend if fused is not None and offset == 0 else None
+        P = 0 if prefix is None else prefix.shape[1]
+        if state is not None and offset + P + S > self.config.max_seq_len:
+            raise StreamingError(f"stream too long: {offset + P + S} steps > max_seq_len={self.config.max_seq_len}")
         cond, cond_mask = self._condition(cond, cond_mask, B)
 
         x = self._embed(seq, self._tables())
-        x, rope = self._add_positions(x, torch.arange(offset, offset + S, device=seq.device))
+        if fused is not None and fused.sum is not None:
+            start = offset - (state.prefix_len if state is not None else 0)
+            x = x + self._steps_of(fused.sum, start, S).to(x.dtype)
+        if P:
+            x = torch.cat([prefix.to(x.dtype), x], 1)
+        x, rope = self._add_positions(x, torch.arange(offset, offset + P + S, device=seq.device))
         for layer in self.layers:
             x = layer(x, rope, cond, cond_mask)
+        if P:
+            x = x[:, P:]
         if state is not None:
-            state.offset = offset + S
+            state.offset = offset + P + S
+            if P:
+                state.prefix_len = P
         return self.out_norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """K heads: ``[B, S, dim] -> [B, K, S, card]``."""
         return self._head_logits(hidden, self._tables())
 
-    def forward(self, seq: torch.Tensor, cond: torch.Tensor | None = None,
+    def forward(self, seq: torch.Tensor, cond: torch.Tensor | FusedCondition | None = None,
                 cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, K, S, card]`` for ``seq [B, K, S]`` (only the new steps while streaming)."""
         return self.logits(self.hidden_states(seq, cond, cond_mask))
 
-    def step(self, seq_new: torch.Tensor, cond: torch.Tensor | None = None,
+    def step(self, seq_new: torch.Tensor, cond: torch.Tensor | FusedCondition | None = None,
              cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Streaming convenience: feed the new steps ``[B, K, s]``, get the logits of the step that
         follows them, ``[B, K, card]`` (only the last position goes through the heads)."""
@@ -346,20 +402,24 @@ class TokenLM(StreamingModule):
 
     # -- static cache ---------------------------------------------------------------------------
     @torch.no_grad()
-    def new_static_cache(self, batch: int, length: int, cond: torch.Tensor | None = None,
+    def new_static_cache(self, batch: int, length: int, cond: torch.Tensor | FusedCondition | None = None,
                          cond_mask: torch.Tensor | None = None) -> StaticCache:
         """Preallocate a :class:`StaticCache` of ``length`` positions for ``batch`` rows.
 
         The conditioning (LMs with cross-attention) is projected and turned into per-layer
-        keys/values here, once. Decoding is then :meth:`static_step` calls (inference only: call
-        them under ``torch.no_grad()``), with no streaming block.
+        keys/values here, once; a fused condition's prepended tokens are fed into the cache here
+        too (``length`` counts the steps after them). Decoding is then :meth:`static_step` calls
+        (inference only: call them under ``torch.no_grad()``), with no streaming block.
         """
         cfg = self.config
+        fused, cond, cond_mask = self._unfuse(cond, cond_mask)
+        self._check_fused(fused, batch)
+        P = 0 if fused is None else fused.prepend_len
         if not cfg.causal:
             raise StreamingError("a bidirectional (causal=False) transformer cannot decode step by step")
-        if batch < 1 or not 1 <= length <= cfg.max_seq_len:
-            raise StreamingError(f"static cache: need batch >= 1 and 1 <= length <= max_seq_len={cfg.max_seq_len}, "
-                                 f"got batch={batch}, length={length}")
+        if batch < 1 or not 1 <= length <= cfg.max_seq_len - P:
+            raise StreamingError(f"static cache: need batch >= 1 and 1 <= length <= max_seq_len={cfg.max_seq_len}"
+                                 f"{f' - {P} prepended' if P else ''}, got batch={batch}, length={length}")
         cross = None
         if cfg.cross_attention:
             projected, mask = self._project_condition(cond, cond_mask, batch)
@@ -367,11 +427,26 @@ class TokenLM(StreamingModule):
         elif cond is not None:
             raise CodecLMError("this LM has no cross-attention (config.cross_attention=False), but cond was given")
         weight = self.layers[0].attn.qkv.weight if self.layers else self.emb[0].weight
-        shape = (batch, cfg.num_heads, length, cfg.head_dim)
+        shape = (batch, cfg.num_heads, P + length, cfg.head_dim)
         keys = [weight.new_zeros(shape) for _ in self.layers]
         values = [weight.new_zeros(shape) for _ in self.layers]
-        return StaticCache(keys=keys, values=values, cross=cross, tables=self._codebook_tables(),
-                           arange=torch.arange(length, device=weight.device))
+        summed = None
+        if fused is not None and fused.sum is not None:
+            summed = self._steps_of(fused.sum, 0, length).to(device=weight.device, dtype=weight.dtype)
+        cache = StaticCache(keys=keys, values=values, cross=cross, tables=self._codebook_tables(),
+                            arange=torch.arange(P + length, device=weight.device), sum=summed)
+        if P:  # the prepended tokens at positions 0..P-1
+            self._static_layers(fused.prepend.to(weight.dtype), cache.arange[:P], cache)
+            cache.prefix_len = P
+        return cache
+
+    def _static_layers(self, x: torch.Tensor, positions: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        x, rope = self._add_positions(x, positions)
+        mask = cache.arange[None, :] <= positions[:, None]  # [n, length]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, static_kv=(cache.keys[i], cache.values[i], positions, mask),
+                      static_cross=None if cache.cross is None else cache.cross[i])
+        return x
 
     def static_step(self, seq_new: torch.Tensor, positions: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         """Feed ``seq_new [B, K, n]`` at ``positions [n]`` (a long tensor on the model's device),
@@ -387,9 +462,9 @@ class TokenLM(StreamingModule):
         if cache.keys and seq_new.shape[0] != cache.keys[0].shape[0]:
             raise StreamingError(f"static cache is for batch {cache.keys[0].shape[0]}, got {seq_new.shape[0]}")
         x = self._embed(seq_new, cache.tables)
-        x, rope = self._add_positions(x, positions)
-        mask = cache.arange[None, :] <= positions[:, None]  # [n, length]
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rope, static_kv=(cache.keys[i], cache.values[i], positions, mask),
-                      static_cross=None if cache.cross is None else cache.cross[i])
+        if cache.sum is not None:
+            x = x + cache.sum.index_select(1, positions).to(x.dtype)
+        if cache.prefix_len:
+            positions = positions + cache.prefix_len
+        x = self._static_layers(x, positions, cache)
         return self._head_logits(self.out_norm(x[:, -1:]), cache.tables)[:, :, 0]

@@ -1,7 +1,9 @@
 """The loop every generation pipeline shares: conditions -> codes (token LM) -> audio (codec).
 
-A pipeline owns a :class:`TokenLM`, a :class:`Codec`, an optional :class:`TextConditioner` and
-the LM's codebook pattern. ``_generate_codes`` tokenizes and encodes the conditions, runs
+A pipeline owns a :class:`TokenLM`, a :class:`Codec`, a
+:class:`~codeclm.lm.conditioning.ConditioningProvider` (its named conditions: the text, a
+melody, ...; none for an unconditional LM) and the LM's codebook pattern. ``_generate_codes``
+prepares, encodes and fuses the conditions (and their null for guidance), runs
 :func:`codeclm.lm.generate.iter_codes` (KV cache, CFG in one batch of 2B) with a
 ``torch.Generator`` seeded per call, and ``stream`` decodes frames as they complete when the
 codec can stream exactly (causal, constant padding); otherwise audio is decoded at the end.
@@ -12,7 +14,12 @@ Folder layout (``save_pretrained`` / ``from_pretrained``)::
     lm/              config.json + model.safetensors
     codec/           config.json + model.safetensors
     text/            the conditioner's files (conditioner.json names its type)
-    melody/          optional: a chroma conditioner (codeclm.lm.melody), appended to text/'s states
+    melody/          optional: a chroma conditioner (codeclm.lm.melody)
+    <name>/          any other condition
+
+``pipeline.json``'s ``conditions`` (``{name: {"type", "fuse", "folder"?, "source"?}}``, in fuse
+order) lists them; a folder without it (written before) means ``text`` (its conditioner.json's
+type) then ``melody`` if present, both fused by cross-attention.
 """
 
 from __future__ import annotations
@@ -26,16 +33,16 @@ import torch
 
 from codeclm.codec import Codec, load_model
 from codeclm.errors import CodecLMError, ConfigError
-from codeclm.lm.conditioners import TextConditioner, load_conditioner
+from codeclm.lm.conditioners import CONDITIONER_FILE, TextConditioner
+from codeclm.lm.conditioning import ConditionContext, ConditioningProvider, ConditionSpec
 from codeclm.lm.config import LMConfig
 from codeclm.lm.generate import iter_codes
-from codeclm.lm.melody import MelodyConditioner
 from codeclm.lm.patterns import Pattern
 from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.transformer import TokenLM
 from codeclm.pipelines.core import (FORMAT, PIPELINE_FILE, BasePipeline, check_codec_identity,  # noqa: F401
                                     read_pipeline_info, write_pipeline_info)
-from codeclm.pretrained import load_weights_into, read_config, read_weights, save_folder
+from codeclm.pretrained import load_weights_into, read_config, read_json, read_weights, save_folder
 
 __all__ = ["GenerationPipeline", "check_codec_identity", "load_lm", "read_pipeline_info", "save_lm",
            "write_pipeline_info"]
@@ -61,22 +68,20 @@ class GenerationPipeline(BasePipeline):
     max_duration = 300.0  # seconds
 
     def __init__(self, lm: TokenLM, codec: Codec, conditioner: TextConditioner | None = None,
-                 pattern: Pattern | None = None, melody: MelodyConditioner | None = None) -> None:
+                 pattern: Pattern | None = None, melody=None, *,
+                 provider: ConditioningProvider | None = None) -> None:
+        """``provider``: the conditions; without it, ``conditioner`` (the text) and ``melody``
+        (a chroma conditioner) make one, both fused by cross-attention."""
         if codec.num_codebooks < lm.config.n_q:
             raise ConfigError(f"the codec has {codec.num_codebooks} codebooks, the LM needs {lm.config.n_q}")
         if codec.cardinality != lm.config.card:
             raise ConfigError(f"codec codebooks have {codec.cardinality} entries, the LM predicts {lm.config.card}")
-        if lm.config.cross_attention and conditioner is None:
-            raise ConfigError("this LM is conditioned (cross-attention): pass a text conditioner")
-        if conditioner is not None and lm.config.cross_attention and conditioner.output_dim != lm.config.condition_dim:
-            raise ConfigError(f"conditioner gives width {conditioner.output_dim}, the LM expects "
-                              f"{lm.config.condition_dim}")
-        if melody is not None and (conditioner is None or melody.output_dim != conditioner.output_dim):
-            raise ConfigError("a melody conditioner needs a text conditioner of the same width")
-        self.lm, self.codec, self.conditioner = lm.eval(), codec.eval(), conditioner
-        self.melody_conditioner = melody.eval() if melody is not None else None
-        if conditioner is not None:
-            conditioner.eval()
+        if provider is None:
+            provider = self.legacy_provider(lm.config, conditioner, melody)
+        elif conditioner is not None or melody is not None:
+            raise ConfigError("pass the conditions either as a provider or as conditioner / melody, not both")
+        provider.check_lm(lm.config)
+        self.lm, self.codec, self.provider = lm.eval(), codec.eval(), provider.eval()
         self.pattern = pattern if pattern is not None else lm.config.get_pattern()
         if self.pattern.n_q != lm.config.n_q:
             raise ConfigError(f"pattern is for {self.pattern.n_q} codebooks, the LM has {lm.config.n_q}")
@@ -91,7 +96,42 @@ class GenerationPipeline(BasePipeline):
         return self.codec.frame_rate
 
     def _modules(self) -> list:
-        return [self.lm, self.codec, self.conditioner, self.melody_conditioner]
+        return [self.lm, self.codec, self.provider]
+
+    # -- conditions ----------------------------------------------------------------------------
+    @staticmethod
+    def legacy_provider(config: LMConfig, conditioner=None, melody=None) -> ConditioningProvider:
+        """The provider of a text conditioner and an optional melody one, both cross-attended (the
+        pipelines made before providers). An LM without cross-attention reads neither."""
+        if melody is not None and (conditioner is None or melody.output_dim != conditioner.output_dim):
+            raise ConfigError("a melody conditioner needs a text conditioner of the same width")
+        conds, specs = {}, {}
+        if config.cross_attention:
+            if conditioner is None:
+                raise ConfigError("this LM is conditioned (cross-attention): pass a text conditioner")
+            conds["text"], specs["text"] = conditioner, ConditionSpec(conditioner.kind)
+            if melody is not None:
+                conds["melody"], specs["melody"] = melody, ConditionSpec(melody.kind)
+        return ConditioningProvider(conds, specs)
+
+    @property
+    def conditioner(self):
+        """The text conditioner (the provider's ``text``), or None."""
+        return self.provider.get("text")
+
+    @property
+    def melody_conditioner(self):
+        return self.provider.get("melody")
+
+    def condition_context(self, n_frames: int | None) -> ConditionContext:
+        return ConditionContext(n_frames=n_frames, sample_rate=self.sample_rate, hop_length=self.codec.hop_length)
+
+    def prepare_condition(self, name: str, value, batch: int, n_frames: int | None):
+        """One condition's ``prepare`` (e.g. a melody clip -> chroma indices), for callers that
+        slice it themselves (long-form windows)."""
+        if name not in self.provider:
+            raise CodecLMError(f"this model has no {name} conditioning (no {name}/ in its folder)")
+        return self.provider.get(name).prepare(value, batch, self.condition_context(n_frames))
 
     # -- input checks --------------------------------------------------------------------------
     @staticmethod
@@ -135,42 +175,48 @@ class GenerationPipeline(BasePipeline):
         check_sampling_params(temperature, top_k, top_p)
 
     # -- the loop ------------------------------------------------------------------------------
-    def _condition(self, prompts: list[str], melody: torch.Tensor | None = None):
-        """Cross-attention input ``(emb, mask)``; ``melody [B, T]`` chroma indices (-1: none) are
-        appended after the text when the pipeline has a melody conditioner."""
-        if not self.lm.config.cross_attention:
+    def _condition(self, prompts: list[str], n_frames: int, conditions: dict | None = None):
+        """``(fused, null)``: the provider's fused conditions of the prompts (the ``text``
+        condition) and of ``conditions`` (name -> value, e.g. ``melody``: chroma indices or
+        clips), and their classifier-free-guidance null; ``(None, None)`` without conditions."""
+        values = {k: v for k, v in (conditions or {}).items() if v is not None}
+        if not self.provider.names:
+            if values:
+                name = next(iter(values))
+                raise CodecLMError(f"this model has no {name} conditioning (no {name}/ in its folder)")
             return None, None
-        emb, mask = self.conditioner.encode(prompts)
-        if self.melody_conditioner is not None:
-            if melody is None:
-                melody = self.melody_conditioner.null(len(prompts), 1)
-            with torch.no_grad():
-                m, m_mask = self.melody_conditioner(melody)
-            emb = torch.cat([emb, m.to(device=emb.device, dtype=emb.dtype)], 1)
-            mask = torch.cat([mask, m_mask.to(mask.device)], 1)
-        elif melody is not None:
-            raise CodecLMError("this model has no melody conditioning (no melody/ in its folder)")
-        return emb, mask
+        sources = {s.source or n for n, s in self.provider.specs.items()}
+        if "text" in sources:
+            values.setdefault("text", prompts)
+        for name in values:
+            if name not in sources:
+                raise CodecLMError(f"this model has no {name} conditioning (no {name}/ in its folder)")
+        conds = self.provider.encode(values, len(prompts), self.condition_context(n_frames))
+        fuse = self.provider.fuse
+        return fuse(conds, self.pattern, n_frames), fuse(self.provider.dropout.nullify(conds), self.pattern, n_frames)
 
     def _iter_codes(self, prompts: list[str], n_frames: int, seed: int | None, guidance_scale: float,
                     temperature: float, top_k: int, top_p: float, do_sample: bool,
                     prompt_codes: torch.Tensor | None = None, progress: bool = False,
-                    melody: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                    melody=None, conditions: dict | None = None) -> Iterator[torch.Tensor]:
         self._check_sampling(guidance_scale, temperature, top_k, top_p)
-        emb, mask = self._condition(prompts, melody)
-        if emb is None and guidance_scale != 1.0:
+        conditions = dict(conditions or {})
+        if melody is not None:
+            conditions["melody"] = melody
+        fused, null = self._condition(prompts, n_frames, conditions)
+        if fused is None and guidance_scale != 1.0:
             guidance_scale = 1.0  # nothing to guide with: an unconditional LM
         generator = self._generator(seed, do_sample and temperature > 0)
         with self._progress(progress, self.pattern.num_steps(n_frames)) as on_step:
-            yield from iter_codes(self.lm, self.pattern, len(prompts), n_frames, emb, mask,
+            yield from iter_codes(self.lm, self.pattern, len(prompts), n_frames, fused, None, null_cond=null,
                                   guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                   top_p=top_p, do_sample=do_sample, generator=generator,
                                   prompt_codes=prompt_codes, on_step=on_step)
 
     def _generate_codes(self, prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample,
-                        prompt_codes=None, progress=False, melody=None) -> torch.Tensor:
+                        prompt_codes=None, progress=False, melody=None, conditions=None) -> torch.Tensor:
         chunks = list(self._iter_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p,
-                                       do_sample, prompt_codes, progress, melody))
+                                       do_sample, prompt_codes, progress, melody, conditions))
         return torch.cat(chunks, 2)
 
     @torch.no_grad()
@@ -202,11 +248,10 @@ class GenerationPipeline(BasePipeline):
         folder.mkdir(parents=True, exist_ok=True)
         save_lm(self.lm, folder / "lm", dtype)
         self.codec.save_pretrained(folder / "codec", dtype, inference_only=True)
-        if self.conditioner is not None:
-            self.conditioner.save_folder(folder / "text")
-        if self.melody_conditioner is not None:
-            self.melody_conditioner.save_folder(folder / "melody")
+        conditions = self.provider.save_folders(folder)
         info = self._pipeline_info()
+        if conditions:
+            info["conditions"] = conditions
         info.pop("type", None)
         info.pop("format", None)
         self._write_info(folder, folder / "codec", **info)  # the codec as saved
@@ -219,6 +264,19 @@ class GenerationPipeline(BasePipeline):
         lm = load_lm(folder / "lm")
         codec = load_model(folder / "codec")
         check_codec_identity(info, codec, folder)
-        conditioner = load_conditioner(folder / "text") if (folder / "text").is_dir() else None
-        melody = MelodyConditioner.load(folder / "melody") if (folder / "melody").is_dir() else None
-        return info, lm, codec, conditioner, melody
+        return info, lm, codec, cls._load_provider(folder, info, lm.config)
+
+    @staticmethod
+    def _load_provider(folder: Path, info: dict, config: LMConfig) -> ConditioningProvider:
+        specs = info.get("conditions")
+        if specs is not None:
+            if not isinstance(specs, dict):
+                raise ConfigError(f"{folder / PIPELINE_FILE}: conditions must be a JSON object")
+            return ConditioningProvider.load(folder, specs)
+        specs = {}  # a folder from before providers: text (+ melody), cross-attended
+        if (folder / "text").is_dir() and config.cross_attention:
+            kind = read_json(folder / "text" / CONDITIONER_FILE, "text conditioner").get("type")
+            specs["text"] = {"type": kind}
+            if (folder / "melody").is_dir():
+                specs["melody"] = {"type": "melody"}
+        return ConditioningProvider.load(folder, specs)

@@ -33,8 +33,8 @@ class TextToMusic(GenerationPipeline):
                         device: str | torch.device = "cpu") -> TextToMusic:
         """Load a pipeline folder; None loads the shipped default (``checkpoints/music``)."""
         folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_MUSIC)
-        info, lm, codec, conditioner, melody = cls._load_parts(folder)
-        pipe = cls(lm, codec, conditioner, melody=melody)
+        info, lm, codec, provider = cls._load_parts(folder)
+        pipe = cls(lm, codec, provider=provider)
         pipe.max_duration = float(info.get("max_duration", cls.max_duration))
         return pipe.to(device)
 
@@ -49,7 +49,8 @@ class TextToMusic(GenerationPipeline):
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompts, duration: float = 8.0, seed: int | None = 0, melody=None,
                  guidance_scale: float | None = 3.0, temperature: float = 1.0, top_k: int = 250,
-                 top_p: float = 0.0, do_sample: bool = True, progress: bool = False) -> list[torch.Tensor]:
+                 top_p: float = 0.0, do_sample: bool = True, progress: bool = False,
+                 conditions: dict | None = None) -> list[torch.Tensor]:
         """One waveform ``[channels, round(duration * sample_rate)]`` (float32, CPU) per prompt.
 
         Sampling is seeded per call (``seed``): the same call gives the same audio. ``do_sample``
@@ -61,6 +62,9 @@ class TextToMusic(GenerationPipeline):
         (None entries: no melody). Its chromagram's dominant pitch classes, one per codec frame,
         condition the LM (MusicGen-melody); a clip shorter than ``duration`` conditions only the
         start.
+
+        ``conditions``: the model's other conditions by name (its ``pipeline.json`` lists them),
+        each value as that conditioner's ``prepare`` takes it (usually one entry per prompt).
         """
         prompts = self._prompts(prompts)
         if melody is not None and not self.has_melody:
@@ -69,7 +73,7 @@ class TextToMusic(GenerationPipeline):
         n_frames = self._n_frames(duration)
         chroma = self.melody_indices(melody, len(prompts), n_frames) if melody is not None else None
         codes = self._generate_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p,
-                                     do_sample, progress=progress, melody=chroma)
+                                     do_sample, progress=progress, melody=chroma, conditions=conditions)
         return self._decode(codes, round(float(duration) * self.sample_rate))
 
     def _iter_codes(self, prompts, n_frames, seed, guidance_scale, *args, **kwargs):
@@ -80,30 +84,15 @@ class TextToMusic(GenerationPipeline):
 
     @property
     def has_melody(self) -> bool:
-        return self.melody_conditioner is not None
+        return "melody" in self.provider
 
     def melody_indices(self, melody, batch: int, n_frames: int) -> torch.Tensor:
-        """``[batch, n_frames]`` chroma indices (-1: no melody) of one melody or one per prompt."""
-        from codeclm.lm.melody import chroma_indices
-        from codeclm.pipelines.core import audio_argument
-
+        """``[batch, n_frames]`` chroma indices (-1: no melody) of one melody or one per prompt
+        (the melody condition's ``prepare``)."""
         if not self.has_melody:
             raise CodecLMError("this model has no melody conditioning (no melody/ in its folder); "
                                "drop --melody or use a melody model")
-        items = list(melody) if isinstance(melody, (list, tuple)) and not (
-            len(melody) == 2 and torch.is_tensor(melody[0]) and isinstance(melody[1], int)) else [melody] * batch
-        if len(items) != batch:
-            raise CodecLMError(f"got {len(items)} melodies for {batch} prompts")
-        rows = []
-        for item in items:
-            if item is None:
-                rows.append(torch.full((n_frames,), -1, dtype=torch.long))
-                continue
-            wav = audio_argument(item, self.sample_rate, name="melody", default_rate=self.sample_rate)
-            if wav.shape[-1] < self.codec.hop_length:
-                raise CodecLMError(f"melody clip is too short ({wav.shape[-1]} samples)")
-            rows.append(chroma_indices(wav, self.sample_rate, self.codec.hop_length, n_frames=n_frames)[0])
-        return torch.stack(rows).to(self.device)
+        return self.prepare_condition("melody", melody, batch, n_frames).to(self.device)
 
     def generate_tokens(self, prompts, max_new_tokens: int = 256, do_sample: bool = False,
                         guidance_scale: float | None = 3.0, temperature: float = 1.0, top_k: int = 250,
