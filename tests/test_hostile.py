@@ -801,3 +801,111 @@ def test_item7_device_names(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     with pytest.raises(CodecLMError, match="--device cuda: this torch build has no CUDA support"):
         resolve_device("cuda")
+
+
+# -- issue 14 leftovers: empty and small-integer codes, non-finite recipe values -----------------------
+def _small_codecs() -> dict:
+    """One of each codec class in codeclm.codec, small, 1024 codes per codebook (more than uint8 holds)."""
+    from codeclm.codec import DacCodec, DacConfig
+    from codeclm.codec.frame import FrameCodec, FrameCodecConfig
+
+    torch.manual_seed(0)
+    small = dict(n_filters=4, dimension=16, ratios=[4, 4, 2], bins=1024, lstm_layers=1, target_bandwidths=[10.0])
+    return {
+        "codec": Codec(CodecConfig(**small)),  # causal: decodes as one stream
+        "codec_offline": Codec(CodecConfig(**small, causal=False)),  # non-causal: the offline path
+        "codec_chunked": Codec(CodecConfig(**small, causal=False, normalize=True, chunk_length_s=0.01,
+                                           overlap=0.5)),  # per-chunk scales
+        "dac": DacCodec(DacConfig(sample_rate=16000, encoder_dim=4, ratios=[2, 4, 5, 8], decoder_dim=32, n_q=3,
+                                  bins=1024, codebook_dim=4)),
+        "frame": FrameCodec(FrameCodecConfig(encoder_dim=32, encoder_layers=2, decoder_dim=48, decoder_layers=2,
+                                             dimension=16, bins=1024, target_bandwidths=[1.0])),
+    }
+
+
+@pytest.fixture(scope="module")
+def small_codecs(one_thread) -> dict:
+    return {name: codec.eval() for name, codec in _small_codecs().items()}
+
+
+@pytest.mark.parametrize("name", ["codec", "codec_offline", "codec_chunked", "dac", "frame"])
+def test_item14_codes_with_no_frames_decode_to_empty_audio(small_codecs, name):
+    codec = small_codecs[name]
+    for batch, n_q in ((1, 1), (3, codec.num_codebooks)):
+        audio = codec.decode(torch.zeros(batch, n_q, 0, dtype=torch.long))
+        assert audio.shape == (batch, codec.channels, 0) and audio.dtype == torch.float32
+    # one frame still gives one hop of finite audio, and bad codes are still refused when empty
+    one = codec.decode(torch.zeros(2, 1, 1, dtype=torch.long), **({"scales": torch.ones(2, 1)}
+                                                                    if name == "codec_chunked" else {}))
+    assert one.shape[0] == 2 and 0 < one.shape[-1] <= codec.hop_length and torch.isfinite(one).all()
+    with pytest.raises(CodecLMError, match="codebooks"):
+        codec.decode(torch.zeros(1, codec.num_codebooks + 1, 0, dtype=torch.long))
+    with pytest.raises(CodecLMError, match="integer tensor"):
+        codec.decode(torch.zeros(1, 1, 0))
+
+
+def test_item14_empty_codes_while_streaming_give_empty_audio(small_codecs):
+    for name in ("codec", "frame"):
+        codec = small_codecs[name]
+        with codec.streaming(batch_size=2):
+            assert codec.decode(torch.zeros(2, 1, 0, dtype=torch.long)).shape == (2, 1, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("name", ["codec", "dac", "frame"])
+def test_item14_codes_of_any_integer_dtype_decode_as_int64(small_codecs, name, dtype):
+    codec = small_codecs[name]
+    top = min(torch.iinfo(dtype).max, codec.cardinality - 1)
+    codes = torch.tensor([[[0, 1, top // 2, top]]])  # 4 frames, 1 codebook, all in range
+    assert torch.equal(codec.decode(codes.to(dtype)), codec.decode(codes))
+    assert codec.check_codes(codes.to(dtype)).dtype == torch.int64
+
+
+@pytest.mark.parametrize("name", ["codec", "dac", "frame"])
+def test_item14_out_of_range_small_integer_codes_get_a_true_message(name, one_thread):
+    # a codec with 64 codes: uint8 200 and int8 -3 are out of range, and the message says so truly
+    from codeclm.codec import DacCodec, DacConfig
+    from codeclm.codec.frame import FrameCodec, FrameCodecConfig
+
+    codec = {"codec": lambda: Codec(CodecConfig(n_filters=4, dimension=16, ratios=[4, 4, 2], bins=64, lstm_layers=1)),
+             "dac": lambda: DacCodec(DacConfig(encoder_dim=4, ratios=[2, 4], decoder_dim=16, n_q=2, bins=64,
+                                               codebook_dim=4)),
+             "frame": lambda: FrameCodec(FrameCodecConfig(encoder_dim=16, encoder_layers=1, decoder_dim=16,
+                                                          decoder_layers=1, dimension=8, bins=64))}[name]().eval()
+    for codes, got in ((torch.tensor([[[3, 200]]], dtype=torch.uint8), "[3, 200]"),
+                       (torch.tensor([[[-3, 5]]], dtype=torch.int8), "[-3, 5]"),
+                       (torch.tensor([[[64]]], dtype=torch.int16), "[64, 64]")):
+        with pytest.raises(CodecLMError) as exc:
+            codec.decode(codes)
+        assert str(exc.value) == f"codes out of range: values must be in [0, 63], got {got}"
+    # the bug was a bound compared in the codes' own dtype (1024 wraps to 0 in uint8): in range is accepted
+    codec.decode(torch.tensor([[[0, 63]]], dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optim.lr=nan", "optim.lr"), ("optim.lr=inf", "optim.lr"), ("optim.lr=-inf", "optim.lr"),
+    ("optim.betas=[0.5,nan]", "optim.betas[1]"), ("optim.betas=[inf,0.9]", "optim.betas[0]"),
+    ("optim.min_lr_ratio=nan", "optim.min_lr_ratio"), ("optim.grad_clip=nan", "optim.grad_clip"),
+    ("optim.grad_clip=inf", "optim.grad_clip"), ("optim.weight_decay=nan", "optim.weight_decay"),
+    ("ema_decay=nan", "ema_decay"), ("ema_decay=inf", "ema_decay"),
+    ("data.segment_seconds=nan", "data.segment_seconds"), ("data.segment_seconds=inf", "data.segment_seconds"),
+    ("data.valid_fraction=nan", "data.valid_fraction"),
+    ("codec.mel_weight=nan", "codec.mel_weight"),  # a task's own section
+])
+def test_item14_non_finite_recipe_values_are_one_line_config_errors(override, key):
+    from codeclm.errors import ConfigError
+    from codeclm.training.config import load_recipe
+
+    with pytest.raises(ConfigError) as exc:
+        load_recipe("codec_tiny", [override])
+    value = override.split("=", 1)[1]
+    shown = {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(value) or ("nan" if "nan" in value else "inf")
+    assert str(exc.value) == f"recipe: {key} must be a finite number, got {shown}"
+
+
+def test_item14_finite_recipe_values_still_load():
+    from codeclm.training.config import load_recipe
+
+    cfg = load_recipe("codec_tiny", ["optim.lr=1e-3", "optim.betas=[0.8,0.99]", "ema_decay=0.99",
+                                     "data.segment_seconds=0.5", "optim.grad_clip=1.0"])
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.ema_decay, cfg.data.segment_seconds) == (1e-3, [0.8, 0.99], 0.99, 0.5)

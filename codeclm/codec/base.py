@@ -232,7 +232,12 @@ class CompressionModel(StreamingModule):
             raise CodesError(f"codes must be an integer tensor, got {codes.dtype}")
         if not 1 <= codes.shape[1] <= self.num_codebooks:
             raise CodesError(f"codes have {codes.shape[1]} codebooks; this codec has 1..{self.num_codebooks}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
-            raise CodesError(f"codes out of range: values must be in [0, {self.cardinality - 1}], "
-                             f"got [{int(codes.min())}, {int(codes.max())}]")
-        return codes.long()
+        # any integer dtype (uint8, int16 ...): compare as int64, never in the codes' own dtype, where
+        # the bound itself would wrap (1024 is 0 in uint8)
+        codes = codes.long()
+        if codes.numel():
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < 0 or hi >= self.cardinality:
+                raise CodesError(f"codes out of range: values must be in [0, {self.cardinality - 1}], "
+                                 f"got [{lo}, {hi}]")
+        return codes

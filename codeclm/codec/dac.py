@@ -363,6 +363,8 @@ class DacCodec(CompressionModel):
         """
         codes = self.check_codes(codes)
         frames, hop = codes.shape[-1], self.hop_length
+        if frames == 0:  # no frames: no audio (as Codec, FrameCodec)
+            return torch.zeros(codes.shape[0], self.channels, 0, dtype=self._dtype, device=codes.device)
         with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
             def run(a: int, b: int) -> torch.Tensor:
                 out = self.decoder(self.quantizer.decode(codes[..., a:b]))

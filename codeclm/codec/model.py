@@ -180,6 +180,8 @@ class Codec(CompressionModel):
         with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
             if self.is_streaming:
                 return self._decode_stream(codes)
+            if codes.shape[-1] == 0:  # no frames: no audio (as FrameCodec, DacCodec)
+                return torch.zeros(codes.shape[0], self.channels, 0, dtype=self._dtype, device=codes.device)
             if self.streamable:
                 return self._frame_synchronous(codes, self._decode_stream, None, 1, codes.shape[0])
             if self._reflect_stream:

@@ -78,9 +78,28 @@ class TrainConfig:
 
 
 def _check(cfg: TrainConfig) -> None:
+    import dataclasses
+    import math
+
     def bad(msg: str) -> ConfigError:
         return ConfigError(f"recipe: {msg}")
 
+    def finite(value: Any, key: str) -> None:
+        """Every float of the recipe (any section, lists included) is a finite number: NaN and inf
+        pass YAML and the type checks, and every comparison with NaN is False."""
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                finite(getattr(value, f.name), f"{key}{f.name}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                finite(v, f"{key}{k}.")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                finite(v, f"{key[:-1]}[{i}].")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise bad(f"{key[:-1]} must be a finite number, got {value}")
+
+    finite(cfg, "")
     if cfg.max_steps <= 0 or cfg.grad_accum <= 0 or cfg.log_every <= 0:
         raise bad(f"max_steps, grad_accum and log_every must be positive "
                   f"(got {cfg.max_steps}, {cfg.grad_accum}, {cfg.log_every})")
