@@ -1,6 +1,5 @@
 """Compression: exact round trips, entropy coding, the CLI, and every bad input of issue #4."""
 
-import argparse
 import io
 import json
 import re
@@ -18,7 +17,6 @@ from codeclm.codec import Codec, CodecConfig
 from codeclm.compression import (compress_file, compress_tensor, decompress_file, decompress_tensor, entropy,
                                  read_info)
 from codeclm.cli import main
-from codeclm.compression.cli import add_compression_commands
 from codeclm.compression.entropy import AdaptiveCodeModel
 from codeclm.compression.format import MAGIC
 from codeclm.errors import BitstreamError
@@ -70,10 +68,7 @@ def model_dir(codec, tmp_path_factory):
 
 
 def run_cli(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="codeclm")
-    add_compression_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    return main([str(a) for a in argv])
 
 
 def leftovers(folder) -> list:

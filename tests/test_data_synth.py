@@ -1,6 +1,5 @@
 """Synthetic speech (espeak-ng), synthetic music (fluidsynth), packaged recordings, the data CLI."""
 
-import argparse
 import os
 import re
 import shutil
@@ -10,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from codeclm.data import real, synth_music as sm, synth_speech as ss
-from codeclm.data.cli import add_data_commands
+from codeclm.cli import main
 from codeclm.data.manifest import read_manifest
 from codeclm.errors import CodecLMError
 
@@ -29,10 +28,7 @@ needs_fluidsynth = pytest.mark.skipif(not (_HAVE_SF2 and mido), reason="apt-get 
 
 
 def _cli(*argv):
-    parser = argparse.ArgumentParser(prog="codeclm")
-    add_data_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
-    return args.func(args)
+    return main(list(argv))
 
 
 def test_sentences_are_deterministic_and_fresh_per_slot():

@@ -662,10 +662,8 @@ def _manifest(folder: Path, n: int, missing: int = 0) -> Path:
 
 
 def test_item4_merge_streams_records(tmp_path, capsys, monkeypatch):
-    import argparse
-
+    from codeclm.cli import main
     from codeclm.data import manifest
-    from codeclm.data.cli import add_data_commands
 
     src = _manifest(tmp_path, 100)
     live, most = [0], [0]
@@ -680,15 +678,11 @@ def test_item4_merge_streams_records(tmp_path, capsys, monkeypatch):
             live[0] -= 1
 
     monkeypatch.setattr(manifest, "AudioRecord", Counted)
-    parser = argparse.ArgumentParser()
-    add_data_commands(parser.add_subparsers())
-    args = parser.parse_args(["data", "merge", f"{src}*50", str(src), "-o", str(tmp_path / "big.jsonl")])
-    assert args.func(args) == 0
+    assert main(["data", "merge", f"{src}*50", str(src), "-o", str(tmp_path / "big.jsonl")]) == 0
     assert sum(1 for _ in open(tmp_path / "big.jsonl")) == 5100
     assert most[0] <= 3, most  # one record at a time, not 5100 in a list
     assert "5100 records from 2 manifests" in capsys.readouterr().err
-    args = parser.parse_args(["data", "merge", f"{src}*1000000000", "-o", str(tmp_path / "huge.jsonl")])
-    assert args.func(args) == 1
+    assert main(["data", "merge", f"{src}*1000000000", "-o", str(tmp_path / "huge.jsonl")]) == 1
     assert "repeat count must be in 1..100000" in capsys.readouterr().err
     assert not (tmp_path / "huge.jsonl").exists()
 

@@ -26,9 +26,7 @@ def test_every_command_has_threads():
 
 
 def test_generate_py_parser_gets_threads_through_run(capsys):
-    from codeclm.pipelines.cli import build_parser as gen_parser
-
-    parser = gen_parser()
+    parser = build_parser(("music", "voice"), prog="generate.py")
     with pytest.raises(SystemExit):
         run(parser, ["music", "--help"])
     assert "--threads" in capsys.readouterr().out

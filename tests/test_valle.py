@@ -389,7 +389,8 @@ def test_clone_and_say_command_lines(trained, tmp_path):
 
 def test_export_for_shipping(trained, tmp_path):
     from codeclm.pipelines import VoiceClone
-    from codeclm.pipelines.export import export, main
+    from codeclm.cli.export import main
+    from codeclm.pipelines.export import export
 
     root, records = trained
     src = root / "run" / "model"

@@ -1,4 +1,5 @@
-"""Ship a trained pipeline folder: ``python -m codeclm.pipelines.export SRC DST [--dtype float16]``.
+"""Ship a trained pipeline folder: :func:`export`; on the command line ``codeclm export SRC DST``
+or ``python -m codeclm.pipelines.export SRC DST [--dtype float16]`` (both: :mod:`codeclm.cli.export`).
 
     python -m codeclm.pipelines.export runs/lm_music/model checkpoints/music \
         --checkpoint runs/lm_music/checkpoints/step_001750      # the weights of an earlier step
@@ -14,10 +15,8 @@ beside it and renamed, so an interrupted export leaves no half-written model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -74,23 +73,7 @@ def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool
     return dst
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m codeclm.pipelines.export", description=__doc__.splitlines()[0])
-    p.add_argument("src", help="pipeline folder written by a training run (RUN/model)")
-    p.add_argument("dst", help="folder to write (e.g. checkpoints/music)")
-    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
-    p.add_argument("-f", "--force", action="store_true", help="replace an existing DST")
-    p.add_argument("--checkpoint", default=None, help="a training checkpoint (RUN/checkpoints/step_N) to take the weights from")
-    args = p.parse_args(argv)
-    try:
-        out = export(args.src, args.dst, args.dtype, args.force, args.checkpoint)
-    except CodecLMError as exc:
-        print(f"export: error: {exc}", file=sys.stderr)
-        return 1
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {size / 1e6:.1f} MB")
-    return 0
+if __name__ == "__main__":  # an entry point, not a dependency: the command is codeclm/cli/export.py
+    import runpy
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("codeclm.cli.export", run_name="__main__", alter_sys=True)

@@ -1,0 +1,7 @@
+"""``python -m codeclm.cli ...`` is ``codeclm ...``."""
+
+import sys
+
+from codeclm.cli import main
+
+sys.exit(main())
