@@ -321,3 +321,20 @@ def test_registries_name_what_exists(module, name, with_attr):
         # a task module provides the Recipe and Task the trainer looks up (training/trainer.py)
         for needed in [attr] if attr else ["Recipe", "Task"]:
             assert needed in _top_level_names(target), f"{name}[{key!r}]: {target} defines no {needed!r}"
+
+
+DOC = ROOT / "docs" / "architecture.md"
+
+
+def test_the_document_matches_the_layers_and_the_registries():
+    text = DOC.read_text(encoding="utf-8")
+    rows = {(int(m.group(1)), m.group(2)) for m in re.finditer(r"^\| (\d) \| (\w+) \|", text, re.M)}
+    assert rows == {(layer, group) for layer, groups in LAYERS.items() for group in groups}
+    # every quoted registry line ("# file, NAME" then the line) is in that file, inside that registry
+    quoted = re.findall(r"```python\n# (\S+), (\w+)\n(.+?)\n```", text, re.S)
+    assert len(quoted) >= 4
+    for path, name, lines in quoted:
+        source = (ROOT / path).read_text(encoding="utf-8")
+        assert re.search(rf"^{name}\b", source, re.M), f"{path} has no {name}"
+        for line in lines.splitlines():
+            assert line.strip() in source, f"docs/architecture.md quotes {line.strip()!r}, not in {path}"
