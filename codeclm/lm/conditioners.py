@@ -39,6 +39,7 @@ class TextConditioner(Conditioner):
 
     kind = "text"
     output_dim: int
+    data_field = "caption"  # training: a token cache entry's caption
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -446,15 +446,16 @@ class ConditioningProvider(nn.Module):
 
     def prepare(self, values: Mapping[str, Any], batch: int, context: ConditionContext | None = None,
                 strict: bool = True) -> dict[str, Any]:
-        """Each conditioner's ``prepare`` of ``values[spec.source or name]`` (missing: None).
-        ``strict``: a non-None value for a condition this provider does not have is an error."""
+        """Each conditioner's ``prepare`` of its value: ``values[name]``, else
+        ``values[spec.source]`` (missing: None). ``strict``: a non-None value under a key that is
+        no condition's name or source is an error."""
         context = context or ConditionContext()
         if strict:
-            sources = {s.source or n for n, s in self.specs.items()}
-            extra = [k for k, v in values.items() if v is not None and k not in sources]
+            keys = set(self.specs) | {s.source for s in self.specs.values() if s.source}
+            extra = [k for k, v in values.items() if v is not None and k not in keys]
             if extra:
                 raise CodecLMError(f"this model has no {extra[0]} conditioning (it has: {', '.join(self.names) or 'none'})")
-        return {n: self.conditioners[n].prepare(values.get(s.source or n), batch, context)
+        return {n: self.conditioners[n].prepare(values[n] if n in values else values.get(s.source), batch, context)
                 for n, s in self.specs.items()}
 
     def forward(self, prepared: Mapping[str, Any], modules: Mapping[str, nn.Module] | None = None) -> dict[str, Condition]:

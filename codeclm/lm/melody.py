@@ -41,6 +41,7 @@ class MelodyConditioner(Conditioner):
     is negative (padding / no melody)."""
 
     kind = "melody"
+    data_field = "chroma"  # training: a token cache's per-frame chroma (tokenize --chroma)
 
     def __init__(self, dim: int = 128, max_period: float = 10_000.0) -> None:
         super().__init__()

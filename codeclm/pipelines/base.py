@@ -185,11 +185,11 @@ class GenerationPipeline(BasePipeline):
                 name = next(iter(values))
                 raise CodecLMError(f"this model has no {name} conditioning (no {name}/ in its folder)")
             return None, None
-        sources = {s.source or n for n, s in self.provider.specs.items()}
-        if "text" in sources:
+        keys = set(self.provider.specs) | {s.source for s in self.provider.specs.values() if s.source}
+        if "text" in keys:  # the prompts are the text condition's values
             values.setdefault("text", prompts)
         for name in values:
-            if name not in sources:
+            if name not in keys:
                 raise CodecLMError(f"this model has no {name} conditioning (no {name}/ in its folder)")
         conds = self.provider.encode(values, len(prompts), self.condition_context(n_frames))
         fuse = self.provider.fuse

@@ -7,10 +7,21 @@ padded and their padding is excluded from the loss.
 
 Per step: the codes are interleaved by the model's pattern (special token = ``card``), a start
 step of special tokens is put in front (teacher forcing: logits at step s predict step s + 1),
-the built-in text conditioner (trained jointly with the LM) encodes the captions, a fraction
-``lm.cond_dropout`` of them is replaced by the empty caption (CFG's null condition), and the
-loss is the cross-entropy over the pattern's valid positions, averaged over codebooks (each
-codebook's loss is logged too).
+the conditions (a :class:`~codeclm.lm.conditioning.ConditioningProvider`: the built-in text
+conditioner, trained jointly with the LM, and any other) encode the batch, classifier-free
+guidance's :class:`~codeclm.lm.conditioning.ConditionDropout` replaces every condition of a
+fraction ``lm.cond_dropout`` of the rows by its null (zeros, all masked: the null generation
+guides against), and the fuser feeds them to the LM; the loss is the cross-entropy over the
+pattern's valid positions, averaged over codebooks (each codebook's loss is logged too).
+
+Conditions (``lm.conditions``, name -> :class:`~codeclm.lm.conditioning.ConditionSpec` fields):
+``text`` is always there (``type: builtin``, built from the ``text:`` section; its ``fuse`` is
+``cross``); ``lm.melody: true`` adds ``melody`` (``type: melody``, ``dropout: lm.melody_dropout``);
+an entry may change their ``fuse`` / ``dropout`` / ``options`` or add a condition, e.g.
+``style: {type: "mypkg.style:StyleConditioner", fuse: prepend, options: {dim: 256}}``. A
+condition's training values are the batch field its class names (``data_field``: the text the
+caption, the melody the cache's per-frame ``chroma``), else the manifest entry's key
+``source`` (default: the condition's name).
 
 ``text.tokenizer: null`` trains a SentencePiece caption tokenizer on the training captions at
 the start (``out_dir/text_tokenizer``, reused on resume). Export (``out_dir/model``)::
@@ -26,9 +37,10 @@ so ``TextToMusic.from_pretrained(out_dir/model)`` loads it directly.
 Melody (``lm.melody: true``, MusicGen-melody style): the token cache must hold per-frame chroma
 (``codeclm data tokenize --chroma``); the crop's dominant-pitch-class indices are embedded by a
 :class:`~codeclm.lm.melody.MelodyConditioner` and appended to the caption's states along the
-cross-attention axis. The melody is dropped (all masked) for a fraction ``lm.melody_dropout`` of
-the items, and whenever the caption is dropped for CFG, so one model serves text-only and
-text+melody prompts.
+cross-attention axis (``lm.conditions.melody.fuse: sum`` adds them per frame to the LM input
+instead). The melody is dropped (all masked) for a fraction ``lm.melody_dropout`` of the items,
+and whenever the caption is dropped for CFG, so one model serves text-only and text+melody
+prompts.
 """
 
 from __future__ import annotations
@@ -47,12 +59,12 @@ from torch.utils.data import Dataset
 from codeclm.data.tokens import TokenCache
 from codeclm.errors import ConfigError
 from codeclm.fileio import atomic_output, replace_folder
+from codeclm.lm.conditioning import ConditionContext, ConditioningProvider, ConditionSpec, conditioner_class
 from codeclm.lm.config import LMConfig
-from codeclm.lm.melody import MelodyConditioner
 from codeclm.lm.text_encoder import BuiltinTextConditioner
 from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import fused_state_dict, save_folder
-from codeclm.tokenizers.text import PAD_ID, CaptionTokenizer, train_caption_tokenizer
+from codeclm.tokenizers.text import CaptionTokenizer, train_caption_tokenizer
 from codeclm.training.config import DataConfig, TrainConfig
 from codeclm.training.task import Task as BaseTask
 from codeclm.training.task import held_out
@@ -90,6 +102,7 @@ class LMTaskConfig:
     codec: str | None = None  # the codec folder written to pipeline.json (decoding generated codes)
     melody: bool = False  # chroma (melody) conditioning; needs a cache tokenized with --chroma
     melody_dropout: float = 0.5  # fraction of items trained without their melody
+    conditions: dict = field(default_factory=dict)  # name -> ConditionSpec fields (see the module docstring)
 
 
 @dataclass
@@ -118,6 +131,32 @@ class Recipe(TrainConfig):
             raise ConfigError(f"recipe: text.dim ({t.dim}) must be even and divisible by text.num_heads ({t.num_heads})")
         if self.model.cond_dim is not None and self.model.cond_dim != t.dim:
             raise ConfigError(f"recipe: model.cond_dim ({self.model.cond_dim}) must be null or text.dim ({t.dim})")
+        specs = condition_specs(self)
+        if specs["text"].fuse != "cross" or specs["text"].type != "builtin":
+            raise ConfigError("recipe: lm.conditions.text must stay type builtin, fuse cross (the text: section)")
+
+
+def condition_specs(cfg: Recipe) -> dict[str, ConditionSpec]:
+    """The recipe's conditions, in fuse order: text, melody (``lm.melody``), then ``lm.conditions``'s."""
+    raw: dict[str, dict] = {"text": {"type": "builtin"}}
+    if cfg.lm.melody:
+        raw["melody"] = {"type": "melody", "dropout": cfg.lm.melody_dropout}
+    extra = cfg.lm.conditions or {}
+    if not isinstance(extra, dict) and not hasattr(extra, "items"):
+        raise ConfigError(f"recipe: lm.conditions must be a mapping of name -> condition, got {extra!r}")
+    for name, entry in extra.items():
+        if not isinstance(entry, dict) and not hasattr(entry, "items"):
+            raise ConfigError(f"recipe: lm.conditions.{name} must be a mapping, got {entry!r}")
+        raw[str(name)] = {**raw.get(str(name), {}), **dict(entry)}
+    specs = {n: ConditionSpec.from_dict(r, f"recipe: lm.conditions.{n}") for n, r in raw.items()}
+    if "melody" in specs and not specs["melody"].options:  # as wide as where it is fused
+        specs["melody"].options = {"dim": cfg.text.dim if specs["melody"].fuse == "cross" else cfg.model.dim}
+    return specs
+
+
+def data_field(name: str, spec: ConditionSpec) -> str:
+    """The batch field holding a condition's training values."""
+    return getattr(conditioner_class(spec.type), "data_field", None) or spec.source or name
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -127,13 +166,16 @@ def caption_of(entry: dict) -> str:
 
 class TokenSegments(Dataset):
     """Crops of ``frames`` frames of the first ``n_q`` codebooks of some records of a token cache:
-    ``{"codes": [n_q, <= frames], "caption": str, "index": i}``. Random crops are seeded by
-    (seed, epoch, i); otherwise a record's first frames."""
+    ``{"codes": [n_q, <= frames], "caption": str, "index": i}``, plus the crop of each per-frame
+    field the cache holds (``chroma``) and the entry's value of each of ``fields`` (metadata of
+    other conditions; None when missing). Random crops are seeded by (seed, epoch, i); otherwise
+    a record's first frames."""
 
     def __init__(self, cache: TokenCache, records: list[int], frames: int, n_q: int,
-                 random_crop: bool, seed: int = 0):
+                 random_crop: bool, seed: int = 0, fields: tuple[str, ...] = ()):
         self.cache, self.records, self.frames, self.n_q = cache, records, frames, n_q
         self.random_crop, self.seed, self.epoch = random_crop, seed, 0
+        self.fields = tuple(f for f in fields if f not in ("caption", "chroma", "codes", "index"))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -153,14 +195,19 @@ class TokenSegments(Dataset):
         out = {"codes": codes[:, start:start + self.frames], "caption": caption_of(item), "index": i}
         if "chroma" in item:
             out["chroma"] = item["chroma"][start:start + self.frames]
+        entry = self.cache.entries[self.records[i]]
+        for f in self.fields:
+            out[f] = entry.get(f)
         return out
 
 
 class Collate:
-    """Pads codes to the batch's longest crop (``frames`` counts the real ones) and tokenizes captions."""
+    """Pads codes to the batch's longest crop (``frames`` counts the real ones) and prepares each
+    condition (the provider's stage 1: captions tokenized, chroma padded with -1...) into
+    ``batch["conditions"]``."""
 
-    def __init__(self, tokenizer: CaptionTokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, provider: ConditioningProvider, fields: dict[str, str]):
+        self.provider, self.fields = provider, fields  # condition name -> batch field
 
     def __call__(self, items: list[dict]) -> dict:
         T = max(it["codes"].shape[1] for it in items)
@@ -168,18 +215,12 @@ class Collate:
         frames = torch.tensor([it["codes"].shape[1] for it in items])
         for b, it in enumerate(items):
             codes[b, :, : it["codes"].shape[1]] = it["codes"]
-        captions = [it["caption"] for it in items]
-        ids, mask = self.tokenizer.encode(captions)
-        out = {"codes": codes, "frames": frames, "captions": captions, "input_ids": ids, "attention_mask": mask}
-        if "chroma" in items[0]:
-            chroma = torch.full((len(items), T), -1, dtype=torch.long)  # -1: padding (masked)
-            for b, it in enumerate(items):
-                chroma[b, : it["chroma"].shape[0]] = it["chroma"]
-            out["chroma"] = chroma
-        return out
+        values = {name: [it.get(field) for it in items] for name, field in self.fields.items()}
+        prepared = self.provider.prepare(values, len(items), ConditionContext(n_frames=T))
+        return {"codes": codes, "frames": frames, "captions": [it["caption"] for it in items], "conditions": prepared}
 
 
-def build_datasets(cfg: Recipe, n_q: int) -> tuple[TokenSegments, TokenSegments | None, TokenCache]:
+def build_datasets(cfg: Recipe, n_q: int, fields: tuple[str, ...] = ()) -> tuple[TokenSegments, TokenSegments | None, TokenCache]:
     d = cfg.data
     cache = TokenCache(d.token_cache)
     if d.valid_token_cache:
@@ -191,17 +232,18 @@ def build_datasets(cfg: Recipe, n_q: int) -> tuple[TokenSegments, TokenSegments 
         valid_idx, vcache = [i for i, h in enumerate(held) if h], cache
     if not train_idx:
         raise ConfigError(f"data: {d.token_cache} leaves no training record (valid_fraction={d.valid_fraction})")
-    train = TokenSegments(cache, train_idx, d.segment_frames, n_q, random_crop=True, seed=cfg.seed)
+    train = TokenSegments(cache, train_idx, d.segment_frames, n_q, random_crop=True, seed=cfg.seed, fields=fields)
     valid_idx = valid_idx[: d.valid_items]
-    valid = TokenSegments(vcache, valid_idx, d.segment_frames, n_q, random_crop=False) if valid_idx else None
+    valid = TokenSegments(vcache, valid_idx, d.segment_frames, n_q, random_crop=False, fields=fields) if valid_idx else None
     return train, valid, cache
 
 
 # -- the task ------------------------------------------------------------------------------------------
-def lm_loss(lm, codes: torch.Tensor, frames: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor,
+def lm_loss(lm, codes: torch.Tensor, frames: torch.Tensor, cond, cond_mask: torch.Tensor | None,
             pattern, special: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(mean CE over codebooks, per-codebook CE sums [K], valid counts [K])`` of ``codes [B, K, T]``
-    whose first ``frames[b]`` frames are real."""
+    whose first ``frames[b]`` frames are real. ``cond``: the cross memory (with ``cond_mask``) or a
+    :class:`~codeclm.lm.conditioning.FusedCondition`."""
     B, K, T = codes.shape
     seq, valid = pattern.build(codes, special)
     real = (torch.arange(T, device=codes.device)[None, :] < frames.to(codes.device)[:, None]).long()
@@ -218,7 +260,7 @@ def lm_loss(lm, codes: torch.Tensor, frames: torch.Tensor, cond: torch.Tensor, c
 
 
 class Task(BaseTask):
-    """TokenLM + built-in text conditioner, one optimizer over both (see trainer.py and task.py)."""
+    """TokenLM + its conditions (built-in text, melody, ...), one optimizer over all (see trainer.py and task.py)."""
 
     def __init__(self, cfg: Recipe, accelerator):
         super().__init__(cfg, accelerator)  # self.rng: condition dropout, the same on every process
@@ -228,23 +270,27 @@ class Task(BaseTask):
             raise ConfigError(f"recipe: model.n_q={cfg.model.n_q} but {cfg.data.token_cache} holds {meta['n_q']} codebooks")
         if cfg.model.card != meta["bins"]:
             raise ConfigError(f"recipe: model.card={cfg.model.card} but the cache's codebooks have {meta['bins']} bins")
-        if cfg.lm.melody and not meta.get("chroma"):
-            raise ConfigError(f"recipe: lm.melody needs a token cache with chroma; {cfg.data.token_cache} has none "
-                              "(make it with: codeclm data tokenize --chroma ...)")
+        specs = condition_specs(cfg)
+        self.fields = {n: data_field(n, s) for n, s in specs.items()}
+        for name, field_name in self.fields.items():
+            if field_name == "chroma" and not meta.get("chroma"):
+                what = "lm.melody" if name == "melody" else f"lm.conditions.{name}"
+                raise ConfigError(f"recipe: {what} needs a token cache with chroma; {cfg.data.token_cache} has none "
+                                  "(make it with: codeclm data tokenize --chroma ...)")
         self.meta = meta
         self.lm_config = dataclasses.replace(cfg.model, cond_dim=t.dim)
         self.pattern = self.lm_config.get_pattern()
-        self.train_set, self.valid_set, _ = build_datasets(cfg, cfg.model.n_q)
+        self.train_set, self.valid_set, _ = build_datasets(cfg, cfg.model.n_q, tuple(self.fields.values()))
         tokenizer = self._tokenizer()
         self.lm = TokenLM(self.lm_config).train()
         self.text = BuiltinTextConditioner(tokenizer, dim=t.dim, num_layers=t.num_layers, num_heads=t.num_heads,
                                            max_len=t.max_len).train()
-        self.models = {"lm": self.lm, "text": self.text}
-        if cfg.lm.melody:
-            self.models["melody"] = MelodyConditioner(dim=t.dim).train()
+        self.provider = ConditioningProvider.build(specs, cfg.lm.cond_dropout, text=self.text).train()
+        self.provider.check_lm(self.lm_config)
+        self.models = {"lm": self.lm, **self.provider.conditioners}
         self.ema_model = "lm"
         self.optimizers = {"lm": self.adamw([p for m in self.models.values() for p in m.parameters()])}
-        self.collate = Collate(tokenizer)
+        self.collate = Collate(self.provider, self.fields)
 
     def _tokenizer(self) -> CaptionTokenizer:
         t, acc = self.cfg.text, self.acc
@@ -269,33 +315,25 @@ class Task(BaseTask):
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         acc = self.acc
         codes = batch["codes"].to(acc.device)
-        ids, mask = batch["input_ids"].clone(), batch["attention_mask"].clone()
-        drop = torch.rand(ids.shape[0], generator=self.rng) < self.cfg.lm.cond_dropout
-        ids[drop], mask[drop] = PAD_ID, False  # == the tokens of "" (the null condition)
-        chroma = None
-        if "melody" in self.wrapped:
-            chroma = batch["chroma"].clone()
-            drop_melody = drop | (torch.rand(ids.shape[0], generator=self.rng) < self.cfg.lm.melody_dropout)
-            chroma[drop_melody] = -1
+        drops = self.provider.dropout.draw(self.provider.names, codes.shape[0], self.rng)  # CFG (+ per condition)
         with acc.autocast():
-            cond, cond_mask = self._condition(self.wrapped, ids, mask, chroma)
-            loss, sums, counts = lm_loss(self.wrapped["lm"], codes, batch["frames"], cond, cond_mask,
+            fused = self._condition(self.wrapped, batch["conditions"], codes.shape[2], drops)
+            loss, sums, counts = lm_loss(self.wrapped["lm"], codes, batch["frames"], fused, None,
                                          self.pattern, self.lm_config.special_token)
         self.backward(loss)
         self.optimizer_step("lm")
-        logs = {"ce": loss.detach(), "cond_dropped": drop.float().mean()}
+        logs = {"ce": loss.detach(), "cond_dropped": drops["*"].float().mean()}
         per = sums / counts.clamp(min=1)
         logs.update({f"ce_q{k}": per[k] for k in range(per.shape[0])})
         return logs
 
-    @staticmethod
-    def _condition(models: dict, ids, mask, chroma) -> tuple[torch.Tensor, torch.Tensor]:
-        """Caption states, with the melody's appended along the cross-attention axis."""
-        cond, cond_mask = models["text"]({"input_ids": ids, "attention_mask": mask})
-        if chroma is not None:
-            m, m_mask = models["melody"](chroma)
-            cond, cond_mask = torch.cat([cond, m.to(cond.dtype)], 1), torch.cat([cond_mask, m_mask.to(cond_mask.device)], 1)
-        return cond, cond_mask
+    def _condition(self, models: dict, prepared: dict, n_frames: int, drops: dict | None = None):
+        """The fused conditions of a batch (``models``: the conditioners to run, by name), with
+        the rows of ``drops`` nulled (classifier-free guidance's dropout)."""
+        conds = self.provider(prepared, modules=models)
+        if drops is not None:
+            conds = self.provider.dropout.apply(conds, drops)
+        return self.provider.fuse(conds, self.pattern, n_frames)
 
     # -- validation / export ----------------------------------------------------------------------
     def eval_modules(self, model: TokenLM) -> list[torch.nn.Module]:
@@ -306,11 +344,9 @@ class Task(BaseTask):
         return 2 * self.lm_config.n_q  # per-codebook CE sums and token counts
 
     def validation_sums(self, model: TokenLM, batch: dict) -> torch.Tensor:
-        conds = {k: v for k, v in self.models.items() if k != "lm"}
-        cond, cond_mask = self._condition(conds, batch["input_ids"], batch["attention_mask"],
-                                          batch.get("chroma") if "melody" in conds else None)
-        _, s, c = lm_loss(model, batch["codes"].to(self.acc.device), batch["frames"], cond, cond_mask,
-                          self.pattern, self.lm_config.special_token)
+        codes = batch["codes"].to(self.acc.device)
+        fused = self._condition(self.models, batch["conditions"], codes.shape[2])
+        _, s, c = lm_loss(model, codes, batch["frames"], fused, None, self.pattern, self.lm_config.special_token)
         return torch.cat([s.double(), c.double()])
 
     def validation_metrics(self, sums: torch.Tensor) -> dict[str, float]:
@@ -324,16 +360,13 @@ class Task(BaseTask):
         """``folder/lm`` + ``folder/text`` + ``folder/pipeline.json`` (see the module docstring)."""
         folder = Path(folder)
         save_folder(folder / "lm", model.config.to_dict(), {k: v.detach().cpu() for k, v in fused_state_dict(model).items()})
-        text = self.models["text"]
-        (text.save_folder if hasattr(text, "save_folder") else text.save)(folder / "text")
-        if "melody" in self.models:
-            self.models["melody"].save_folder(folder / "melody")
+        conditions = self.provider.save_folders(folder)
         if self.cfg.lm.codec:
             replace_folder(self.cfg.lm.codec, folder / "codec")
         m = self.meta
         pipeline = {"type": "text-to-music", "format": 1, "pattern": self.lm_config.pattern, "delays": self.lm_config.delays, "codec": self.cfg.lm.codec,
                     "n_q": self.lm_config.n_q, "bandwidth": m.get("bandwidth"), "frame_rate": m.get("frame_rate"),
                     "sample_rate": m.get("sample_rate"), "channels": m.get("channels"),
-                    "codec_identity": m.get("codec")}
+                    "codec_identity": m.get("codec"), "conditions": conditions}
         with atomic_output(folder / "pipeline.json") as tmp:
             tmp.write_text(json.dumps(pipeline, indent=2) + "\n")
