@@ -224,9 +224,9 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
     device = next(lm.parameters()).device
     frame_index, step_index = pattern.indices(n_frames, device)  # [K, S], [K, T]
     S = frame_index.shape[1]
-    prefix = cond.prepend_len if isinstance(cond, FusedCondition) else 0  # prepended condition tokens
-    if S + prefix > cfg.max_seq_len:
-        raise CodecLMError(f"{n_frames} frames need {S} steps{f' after {prefix} prepended' if prefix else ''}, "
+    n_prepend = cond.prepend_len if isinstance(cond, FusedCondition) else 0  # prepended condition tokens
+    if S + n_prepend > cfg.max_seq_len:
+        raise CodecLMError(f"{n_frames} frames need {S} steps{f' after {n_prepend} prepended' if n_prepend else ''}, "
                            f"more than the LM's max_seq_len={cfg.max_seq_len}")
     valid = frame_index >= 0
     seq = torch.full((batch, K, S), special, dtype=torch.long, device=device)
@@ -300,7 +300,7 @@ def iter_codes(lm, pattern: Pattern, batch: int, n_frames: int, cond: torch.Tens
             decoder = _StaticDecoder(lm, rows, S, cond_in, mask_in, compile)
             prefill, step = decoder.prefill, decoder.step
         else:
-            stack.enter_context(_cache_length(lm, S + prefix))
+            stack.enter_context(_cache_length(lm, S + n_prepend))
             stack.enter_context(lm.streaming(rows))
             prefill, step = (lambda inp: lm.step(inp, cond_in, mask_in)), lm.step
         if first < S:
