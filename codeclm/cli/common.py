@@ -125,6 +125,17 @@ def add_seed(p: argparse.ArgumentParser, help: str = "sampling seed") -> argpars
     return p.add_argument("--seed", type=int, default=0, help=help)
 
 
+def add_sampling(p: argparse.ArgumentParser, temperature: float | None, top_k: int | None, top_p: float | None,
+                 unset: str = "") -> None:
+    """--temperature, --top-k, --top-p; ``unset`` says what a None default means."""
+    p.add_argument("--temperature", type=float, default=temperature, metavar="T",
+                   help=f"sampling temperature (0: greedy{unset})")
+    p.add_argument("--top-k", type=int, default=top_k, metavar="K",
+                   help=f"sample from the K most likely tokens (0: off{unset})")
+    p.add_argument("--top-p", type=float, default=top_p, metavar="P",
+                   help=f"nucleus sampling probability (0: off{unset})")
+
+
 def add_device(p: argparse.ArgumentParser) -> argparse.Action:
     return p.add_argument("--device", default="auto",
                           help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1, mps")
@@ -211,6 +222,36 @@ def output_name(index: int, text: str, count: int, ext: str = "wav") -> str:
 
 
 # -- running ------------------------------------------------------------------------------------------
+def run_jobs(jobs: list, args, load, produce, describe) -> int:
+    """Write the ``(item, output)`` jobs of a command: under a launcher (torchrun, accelerate
+    launch) each process takes its share and checks only its own outputs. ``load(device)`` gives
+    the pipeline, ``produce(pipe, item, seed, progress)`` an item's audio (job i: seed --seed + i),
+    ``describe(item)`` the end of its summary line."""
+    from codeclm.audio import save_audio
+    from codeclm.pipelines.sharding import job_seed, process_shard
+
+    shard = process_shard(jobs, args.device)
+    try:
+        mine = shard.items
+        refuse_existing([out for _, (_, out) in mine], args.force)
+        if not mine:
+            return 0
+        pipe = load(shard.device)
+        if getattr(args, "out_dir", None) is not None:
+            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        where = f" [process {shard.rank}/{shard.world}]" if shard.world > 1 else ""
+        for index, (item, out) in mine:
+            seed = job_seed(args.seed, index)
+            audio = produce(pipe, item, seed, not args.quiet and shard.world == 1)
+            save_audio(out, audio, pipe.sample_rate)
+            report(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, seed {seed}, {describe(item)}{where}",
+                   args.quiet)
+        return 0
+    finally:
+        shard.close()
+
+
+
 @contextlib.contextmanager
 def notes(prog: str, quiet: bool = False):
     """The warnings a pipeline gives (a transcribed or cropped reference) as ``prog: note: ...`` lines."""

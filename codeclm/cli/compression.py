@@ -9,30 +9,45 @@ from codeclm.cli.common import add_bandwidth, add_command, add_force, add_model,
 DEFAULT_BANDWIDTH = 6.0
 
 
-def register(sub) -> None:
-    p = add_command(sub, "compress", "compress an audio file to .cclm",
-                    "Compress audio (wav, flac, ogg, ...) with the codec and an entropy coder into a checksummed "
-                    ".cclm file.")
-    p.add_argument("input", help="audio file, or - for stdin")
-    p.add_argument("output", help=".cclm file to write, or - for stdout")
-    add_bandwidth(p, DEFAULT_BANDWIDTH)
-    add_model(p, "codec")
-    p.add_argument("--chunk-seconds", type=float, default=5.0, help="seconds of audio per checksummed chunk")
+def _file_command(sub, name: str, help: str, description: str, source: str, target: str, func,
+                  model_help: str | None = None, bandwidth: bool = False, extra=None,
+                  quiet: str = "no progress bar or summary"):
+    """A command that reads one file and writes another: INPUT OUTPUT, --model, --force, --quiet."""
+    p = add_command(sub, name, help, description)
+    p.add_argument("input", help=source)
+    p.add_argument("output", help=target)
+    if bandwidth:
+        add_bandwidth(p, DEFAULT_BANDWIDTH)
+    add_model(p, "codec", model_help)
+    if extra is not None:
+        extra(p)
     add_force(p, "overwrite an existing output file")
-    add_quiet(p, "no progress bar or summary")
-    p.set_defaults(func=_compress)
+    add_quiet(p, quiet)
+    p.set_defaults(func=func)
 
-    p = add_command(sub, "decompress", "decompress a .cclm file to audio",
-                    "Decode a .cclm file; the audio format follows the output's extension.")
-    p.add_argument("input", help=".cclm file, or - for stdin")
-    p.add_argument("output", help="audio file (.wav, .flac, .ogg), or - for WAV on stdout")
-    add_model(p, "codec", "codec folder: the one that compressed the file (default: the shipped checkpoints/codec)")
+
+def _decompress_options(p) -> None:
     p.add_argument("--format", default=None, help="WAV, FLAC or OGG instead of the output's extension")
     p.add_argument("--subtype", default=None,
-                   help="sample format: PCM_16, PCM_24, FLOAT ... (default: PCM_16 for WAV and FLAC)")
-    add_force(p, "overwrite an existing output file")
-    add_quiet(p, "no progress bar or summary")
-    p.set_defaults(func=_decompress)
+                   help="sample format: PCM_16, PCM_24, FLOAT ... (default: the format's usual one, PCM_16 for WAV "
+                        "and FLAC)")
+
+
+def register(sub) -> None:
+    _file_command(sub, "compress", "compress an audio file to .cclm",
+                  "Compress audio (wav, flac, ogg, ...) with the codec and an entropy coder into a checksummed "
+                  ".cclm file.", "audio file, or - for stdin", ".cclm file to write, or - for stdout", _compress,
+                  bandwidth=True, extra=lambda p: p.add_argument(
+                      "--chunk-seconds", type=float, default=5.0, help="seconds of audio per checksummed chunk"))
+    _file_command(sub, "decompress", "decompress a .cclm file to audio",
+                  "Decode a .cclm file; the audio format follows the output's extension.",
+                  ".cclm file, or - for stdin", "audio file (.wav, .flac, .ogg), or - for WAV on stdout", _decompress,
+                  "codec folder: the one that compressed the file (default: the shipped checkpoints/codec)",
+                  extra=_decompress_options)
+    _file_command(sub, "roundtrip", "encode and decode an audio file through the codec",
+                  "Encode and decode an audio file through the codec, to hear what a bandwidth sounds like.",
+                  "audio file", "audio file to write (.wav, .flac, .ogg)", _roundtrip, bandwidth=True,
+                  quiet="no summary")
 
     p = add_command(sub, "info", "print the header of a .cclm file",
                     "Print a .cclm file's header and check every chunk's checksum.")
@@ -40,16 +55,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument("--no-verify", action="store_true", help="read the header only (no chunk checks)")
     p.set_defaults(func=_info)
-
-    p = add_command(sub, "roundtrip", "encode and decode an audio file through the codec",
-                    "Encode and decode an audio file through the codec, to hear what a bandwidth sounds like.")
-    p.add_argument("input", help="audio file")
-    p.add_argument("output", help="audio file to write (.wav, .flac, .ogg)")
-    add_bandwidth(p, DEFAULT_BANDWIDTH)
-    add_model(p, "codec")
-    add_force(p, "overwrite an existing output file")
-    add_quiet(p, "no summary")
-    p.set_defaults(func=_roundtrip)
 
 
 def _bandwidth(args) -> None:

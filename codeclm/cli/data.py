@@ -95,6 +95,12 @@ def _scan(args) -> int:
     return 0
 
 
+def _written(out_dir, records, what: str) -> int:
+    minutes = sum(r.duration for r in records) / 60
+    print(f"{Path(out_dir) / 'manifest.jsonl'}: {len(records)} {what}, {minutes:.1f} min")
+    return 0
+
+
 def _synth_speech(args) -> int:
     from codeclm.data import synth_speech
 
@@ -102,10 +108,7 @@ def _synth_speech(args) -> int:
         records = synth_speech.synth_flite(args.out_dir, args.n, seed=args.seed)
     else:
         records = synth_speech.synth_speech(args.out_dir, args.n, languages=tuple(args.languages), seed=args.seed)
-    speakers = len({r.speaker for r in records})
-    print(f"{Path(args.out_dir) / 'manifest.jsonl'}: {len(records)} utterances, {speakers} speakers, "
-          f"{sum(r.duration for r in records) / 60:.1f} min")
-    return 0
+    return _written(args.out_dir, records, f"utterances, {len({r.speaker for r in records})} speakers")
 
 
 def _synth_music(args) -> int:
@@ -113,9 +116,7 @@ def _synth_music(args) -> int:
 
     records = synth_music(args.out_dir, args.n, duration=args.duration, seed=args.seed,
                           soundfont=args.soundfont, sample_rate=args.sample_rate)
-    print(f"{Path(args.out_dir) / 'manifest.jsonl'}: {len(records)} pieces, "
-          f"{sum(r.duration for r in records) / 60:.1f} min")
-    return 0
+    return _written(args.out_dir, records, "pieces")
 
 
 def _real(args) -> int:

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 from codeclm.cli.common import (AUDIO_EXTENSIONS, UsageError, add_command, add_device, add_force, add_model,
-                                add_output, add_quiet, add_seed, batch_outputs, model_folder, output_file, positive,
-                                refuse_existing, report)
+                                add_output, add_quiet, add_sampling, add_seed, batch_outputs, model_folder,
+                                output_file, positive, run_jobs)
 from codeclm.errors import CodecLMError
 
 USAGE = """%(prog)s PROMPT -o FILE [options]
@@ -47,9 +47,7 @@ def register(sub) -> None:
     add_model(p, "music")
     add_seed(p, "sampling seed; prompt i of a prompts file uses seed + i")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1: off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-k", type=int, default=250, help="sample from the k most likely tokens (0: off)")
-    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling probability (0: off)")
+    add_sampling(p, 1.0, 250, 0.0)
     p.add_argument("--melody", default=None, metavar="CLIP",
                    help="audio clip whose melody the music follows (needs a melody model)")
     p.add_argument("--continue", dest="continue_from", default=None, metavar="CLIP",
@@ -107,7 +105,6 @@ def _check_numbers(args) -> None:
 
 def run_music(args) -> int:
     from codeclm.audio import audio_info
-    from codeclm.pipelines.sharding import job_seed, process_shard
 
     _check_numbers(args)
     jobs = _jobs(args)
@@ -115,45 +112,34 @@ def run_music(args) -> int:
     for clip in (args.continue_from, args.melody):  # unreadable clips: fail before loading the model
         if clip is not None:
             audio_info(clip)
-    shard = process_shard(jobs, args.device)
-    try:
-        mine = shard.items
-        refuse_existing([out for _, (_, out) in mine], args.force)  # each process checks its own files
-        if not mine:
-            return 0
-        import torch
+    clip = None
 
-        from codeclm.audio import save_audio
+    def load(device):
+        nonlocal clip
         from codeclm.pipelines import TextToMusic
-        from codeclm.pipelines.longform import encode_clip, generate_long
+        from codeclm.pipelines.longform import encode_clip
 
         with _quiet_loading(args.quiet):
-            pipe = TextToMusic.from_pretrained(args.model, device=shard.device)
+            pipe = TextToMusic.from_pretrained(args.model, device=device)
         if args.duration > pipe.max_duration:
             raise CodecLMError(f"--duration must be at most {pipe.max_duration:g} seconds for this model, "
                                f"got {args.duration:g}")
         clip = encode_clip(pipe, args.continue_from) if args.continue_from is not None else None
         if args.melody is not None and not pipe.has_melody:
             raise CodecLMError(f"{args.model or 'the default model'}: has no melody conditioning; drop --melody")
-        if args.out_dir is not None:
-            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        for index, (prompt, out) in mine:
-            seed = job_seed(args.seed, index)
-            with torch.inference_mode():
-                audio = generate_long(pipe, prompt, args.duration, args.window, args.overlap, seed=seed,
-                                      guidance_scale=args.guidance, temperature=args.temperature,
-                                      top_k=args.top_k, top_p=args.top_p, prompt_codes=clip,
-                                      progress=not args.quiet and shard.world == 1, melody=args.melody)
-            save_audio(out, audio, pipe.sample_rate)
-            report(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, seed {seed}, {prompt!r}{shard_tag(shard)}",
-                   args.quiet)
-        return 0
-    finally:
-        shard.close()
+        return pipe
 
+    def produce(pipe, prompt, seed, progress):
+        import torch
 
-def shard_tag(shard) -> str:
-    return f" [process {shard.rank}/{shard.world}]" if shard.world > 1 else ""
+        from codeclm.pipelines.longform import generate_long
+
+        with torch.inference_mode():
+            return generate_long(pipe, prompt, args.duration, args.window, args.overlap, seed=seed,
+                                 guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, prompt_codes=clip, progress=progress, melody=args.melody)
+
+    return run_jobs(jobs, args, load, produce, repr)
 
 
 @contextlib.contextmanager

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from codeclm.cli.common import (UsageError, add_command, add_device, add_force, add_model, add_output, add_quiet,
-                                add_seed, batch_outputs, model_folder, notes, output_file, refuse_existing, report,
-                                shipped_voice_facts)
+                                add_sampling, add_seed, batch_outputs, model_folder, notes, output_file,
+                                refuse_existing, report, run_jobs, shipped_voice_facts)
 from codeclm.errors import CodecLMError
 
 CLONE_USAGE = """%(prog)s (--ref CLIP | --voice NAME) --text TEXT -o FILE [options]
@@ -54,12 +54,7 @@ def _sampling(p, seed_help: str) -> None:
     add_model(p, "voice")
     _voices_dir(p)
     add_seed(p, seed_help)
-    p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature (0: greedy; default: the model's own)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="sample from the k most likely tokens (0: off; default: the model's own)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability (0: off; "
-                                                              "default: the model's own)")
+    add_sampling(p, None, None, None, "; default: the model's own")
     add_device(p)
     add_force(p)
     add_quiet(p)
@@ -156,59 +151,52 @@ def _stored_voices(pipe, args) -> None:
                            f"(it clones from a reference each time); use --ref CLIP --ref-text TEXT")
 
 
-def _generate(pipe, job: dict, seed: int, args):
+def _generate(pipe, job: dict, seed: int, args, progress: bool):
     import torch
 
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
                                   ("top_p", args.top_p)) if v is not None}  # None: the pipeline's default
-    with notes(f"codeclm {args.command}", args.quiet), torch.inference_mode():
+    with notes(f"{args.prog} {args.command}", args.quiet), torch.inference_mode():
         if job.get("voice") is not None:  # a prepared or named voice: no reference work
-            return pipe.generate(job["text"], seed=seed, language=job.get("language"), progress=not args.quiet,
+            return pipe.generate(job["text"], seed=seed, language=job.get("language"), progress=progress,
                                  voice=job["voice"], voices_dir=args.voices_dir, **sampling)
         return pipe.generate(job["text"], job["ref"], job.get("ref_text"), seed=seed,
-                             language=job.get("language", "en"), progress=not args.quiet, **sampling)
+                             language=job.get("language", "en"), progress=progress, **sampling)
 
 
 def run_clone(args) -> int:
     from codeclm.audio import audio_info
-    from codeclm.cli.music import shard_tag
-    from codeclm.pipelines.sharding import job_seed, process_shard
 
     _check_args(args)
     jobs = _clone_jobs(args)
     for job, _ in jobs:  # unreadable references: fail before loading the model
         if job.get("voice") is None:
             audio_info(job["ref"])
-    shard = process_shard(jobs, args.device)
-    try:
-        mine = shard.items
-        refuse_existing([out for _, (_, out) in mine], args.force)
-        if not mine:
-            return 0
-        from codeclm.audio import save_audio
+
+    def load(device):
         from codeclm.pipelines import VoiceClone
 
-        pipe = VoiceClone.from_pretrained(args.model, device=shard.device)
-        if any(job.get("voice") is not None for _, (job, _) in mine):
+        pipe = VoiceClone.from_pretrained(args.model, device=device)
+        if any(job.get("voice") is not None for job, _ in jobs):
             _stored_voices(pipe, args)
-        if args.out_dir is not None:
-            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        for index, (job, out) in mine:
-            seed = job_seed(args.seed, index)
-            audio = _generate(pipe, job, seed, args)
-            save_audio(out, audio, pipe.sample_rate)
-            who = job["ref"] if job.get("voice") is None else job["voice"]
-            report(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, seed {seed}, voice of {who}{shard_tag(shard)}",
-                   args.quiet)
-        return 0
-    finally:
-        shard.close()
+        return pipe
+
+    def describe(job) -> str:
+        return f"voice of {job['ref'] if job.get('voice') is None else job['voice']}"
+
+    return run_jobs(jobs, args, load, lambda pipe, job, seed, progress: _generate(pipe, job, seed, args, progress),
+                    describe)
 
 
 # -- say ----------------------------------------------------------------------------------------------
-def _list_voices(pipe, args) -> int:
+def _saved_voices(args):
+    """(name, PreparedVoice) of every voice in --voices-dir."""
     from codeclm.pipelines.voices import list_voices, load_voice
 
+    return [(name, load_voice(name, args.voices_dir)) for name in list_voices(args.voices_dir)]
+
+
+def _list_voices(pipe, args) -> int:
     for name in pipe.voice_names():
         v = pipe.voices.get(name)
         if v is not None:
@@ -216,8 +204,7 @@ def _list_voices(pipe, args) -> int:
         else:
             voice = pipe.find_voice(name)
             print(f"{name}\t{voice.language}\tprepared\t{voice.transcript}")
-    for name in list_voices(args.voices_dir):
-        voice = load_voice(name, args.voices_dir)
+    for name, voice in _saved_voices(args):
         print(f"{name}\t{voice.language}\tsaved\t{voice.transcript}")
     return 0
 
@@ -240,7 +227,8 @@ def run_say(args) -> int:
     name = args.voice or next(iter(pipe.voice_names()), None)
     if name is None:
         raise CodecLMError("this model has no named voices; use codeclm clone --ref")
-    audio = _generate(pipe, {"text": args.text, "ref": None, "language": None, "voice": name}, args.seed, args)
+    audio = _generate(pipe, {"text": args.text, "ref": None, "language": None, "voice": name}, args.seed, args,
+                      not args.quiet)
     save_audio(out, audio, pipe.sample_rate)
     report(f"{out}: {audio.shape[-1] / pipe.sample_rate:.2f} s, voice {name}", args.quiet)
     return 0
@@ -263,7 +251,7 @@ def run_add(args) -> int:
     audio_info(args.ref)  # unreadable: fail before loading the model
     pipe = VoiceClone.from_pretrained(args.model, device=resolve_device(args.device))
     _stored_voices(pipe, args)
-    with notes("codeclm voice add", args.quiet), torch.inference_mode():
+    with notes(f"{args.prog} voice add", args.quiet), torch.inference_mode():
         voice = pipe.prepare_voice(args.ref, args.ref_text, args.language, args.name)
     path = save_voice(voice, args.voices_dir, force=args.force)
     report(f"{path}: voice {voice.name!r}, {voice.seconds:.2f} s, {voice.language}, {voice.transcript!r}",
@@ -272,10 +260,7 @@ def run_add(args) -> int:
 
 
 def run_list(args) -> int:
-    from codeclm.pipelines.voices import list_voices, load_voice
-
-    for name in list_voices(args.voices_dir):
-        v = load_voice(name, args.voices_dir)
+    for name, v in _saved_voices(args):
         print(f"{name}\t{v.language}\t{v.seconds:.2f} s\t{v.codec_identity['name']}\t{v.transcript}")
     return 0
 
