@@ -159,3 +159,28 @@ def _existing_file(path: str | os.PathLike) -> Path:
 
 def _short(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def audio_argument(audio, sample_rate: int, channels: int | None = None, name: str = "audio",
+                   default_rate: int | None = None) -> torch.Tensor:
+    """Float32 CPU ``[C, N]`` at ``sample_rate`` from an audio path, a float tensor ``[C, N]`` /
+    ``[N]`` at ``default_rate`` (None: the rate must be given), or ``(tensor, rate)``.
+    ``channels`` mixes down / duplicates (None: as given). Empty or NaN/inf audio: AudioError."""
+    if isinstance(audio, (str, os.PathLike)):
+        wav, _ = load_audio(audio, sample_rate, channels)
+    else:
+        wav, rate = audio if isinstance(audio, tuple) and len(audio) == 2 else (audio, default_rate)
+        if not torch.is_tensor(wav) or not wav.is_floating_point() or wav.dim() not in (1, 2) or wav.numel() == 0:
+            raise AudioError(f"{name}: must be an audio path, a float tensor [channels, samples] or (tensor, rate)")
+        if rate is None:
+            raise AudioError(f"{name}: a tensor needs its sample rate: pass (tensor, rate)")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise AudioError(f"{name}: sample rate must be a positive number, got {rate!r}")
+        wav = wav.detach().float().cpu()
+        wav = wav[None] if wav.dim() == 1 else wav
+        if channels is not None:
+            wav = convert_channels(wav, channels)
+        if int(rate) != sample_rate:
+            wav = resample(wav, int(rate), sample_rate)
+    check_waveform(wav, name)
+    return wav

@@ -48,15 +48,7 @@ CLI_LAYER = 4
 
 # Violations that live in files being rewritten by others; each must still exist (the test fails
 # when one disappears, so that the list only shrinks). Format: (importer, imported).
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    # issue 13 item 4: pipelines/dia.py transcribes with the ASR wrapper through its old home in
-    # evaluation (a sibling of pipelines); it should import codeclm.asr like pipelines/clone.py.
-    ("codeclm.pipelines.dia", "codeclm.evaluation.asr"),
-    # issue 13 item 4, conditioning redesign (98b2115): MelodyConditioner.prepare reads melody clips
-    # with pipelines.core.audio_argument (lm is below pipelines). audio_argument uses codeclm.audio
-    # only: it belongs in codeclm/audio.py, re-exported by pipelines/core.py.
-    ("codeclm.lm.melody", "codeclm.pipelines.core"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()  # (importer, imported) pairs still against the layering
 
 
 def is_cli(module: str) -> bool:

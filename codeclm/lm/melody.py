@@ -101,7 +101,7 @@ class MelodyConditioner(Conditioner):
             if torch.is_tensor(item) and not item.is_floating_point():  # indices (a token cache's chroma)
                 rows[b, : item.shape[-1]] = item.long()
                 continue
-            from codeclm.pipelines.core import audio_argument  # paths, (tensor, rate), resampling
+            from codeclm.audio import audio_argument  # paths, (tensor, rate), resampling
 
             rate = context.sample_rate
             wav = audio_argument(item, rate, name="melody", default_rate=rate)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from codeclm.errors import AudioError, ConfigError
+from codeclm.audio import audio_argument  # noqa: F401  (re-exported: it lived here)
+from codeclm.errors import ConfigError
 
 __all__ = ["FORMAT", "PIPELINES", "PIPELINE_FILE", "BasePipeline", "audio_argument", "check_codec_identity",
            "load_pipeline", "pipeline_class", "pipeline_type", "read_pipeline_info", "write_pipeline_info"]
@@ -150,33 +151,6 @@ def load_pipeline(folder: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 # -- audio arguments -------------------------------------------------------------------------------
-def audio_argument(audio, sample_rate: int, channels: int | None = None, name: str = "audio",
-                   default_rate: int | None = None) -> torch.Tensor:
-    """Float32 CPU ``[C, N]`` at ``sample_rate`` from an audio path, a float tensor ``[C, N]`` /
-    ``[N]`` at ``default_rate`` (None: the rate must be given), or ``(tensor, rate)``.
-    ``channels`` mixes down / duplicates (None: as given). Empty or NaN/inf audio: AudioError."""
-    from codeclm.audio import check_waveform, convert_channels, load_audio, resample
-
-    if isinstance(audio, (str, os.PathLike)):
-        wav, _ = load_audio(audio, sample_rate, channels)
-    else:
-        wav, rate = audio if isinstance(audio, tuple) and len(audio) == 2 else (audio, default_rate)
-        if not torch.is_tensor(wav) or not wav.is_floating_point() or wav.dim() not in (1, 2) or wav.numel() == 0:
-            raise AudioError(f"{name}: must be an audio path, a float tensor [channels, samples] or (tensor, rate)")
-        if rate is None:
-            raise AudioError(f"{name}: a tensor needs its sample rate: pass (tensor, rate)")
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-            raise AudioError(f"{name}: sample rate must be a positive number, got {rate!r}")
-        wav = wav.detach().float().cpu()
-        wav = wav[None] if wav.dim() == 1 else wav
-        if channels is not None:
-            wav = convert_channels(wav, channels)
-        if int(rate) != sample_rate:
-            wav = resample(wav, int(rate), sample_rate)
-    check_waveform(wav, name)
-    return wav
-
-
 # -- the base --------------------------------------------------------------------------------------
 class BasePipeline:
     """Device, seeding, progress and ``pipeline.json`` for every pipeline. A subclass sets

@@ -167,7 +167,7 @@ class DiaVoiceClone(BasePipeline):
             return self.codec.encode(wav[None, None].to(self.device), bandwidth=None)[0, :n_q]
 
     def _transcribe(self, ref_audio, name: str) -> str:
-        from codeclm.evaluation.asr import transcribe
+        from codeclm.asr import transcribe
 
         wav = self._load_reference(ref_audio, name)
         text = transcribe(wav[None], self.sample_rate)
