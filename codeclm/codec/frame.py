@@ -80,6 +80,7 @@ class FrameCodecConfig(SavedConfig):
     kernel_size: int = 7  # depthwise conv over this many frames (the current one and the past)
     mlp_ratio: int = 3
     dimension: int = 128  # quantized latent
+    latent_norm: bool = True  # normalise each latent frame (no affine): bounded codebook targets
     bins: int = 1024
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0])
     ema_decay: float = 0.99
@@ -249,8 +250,10 @@ class ConvNeXtBlock(StreamingModule):
 class _Stack(nn.Module):
     """Input projection, ConvNeXt blocks, final LayerNorm (+ optional output projection)."""
 
-    def __init__(self, d_in: int, dim: int, layers: int, kernel: int, mlp_ratio: int, d_out: int | None):
+    def __init__(self, d_in: int, dim: int, layers: int, kernel: int, mlp_ratio: int, d_out: int | None,
+                 out_norm: bool = False):
         super().__init__()
+        self.out_norm = out_norm
         self.proj_in = nn.Linear(d_in, dim)
         self.blocks = nn.ModuleList([ConvNeXtBlock(dim, kernel, mlp_ratio, 1.0 / max(1, layers))
                                      for _ in range(layers)])
@@ -265,6 +268,8 @@ class _Stack(nn.Module):
              if exact else self.norm(x))
         if self.proj_out is not None:
             x = _linear_exact(x, self.proj_out) if exact else self.proj_out(x)
+        if self.out_norm:  # every frame at unit RMS: the encoder cannot outrun its EMA codebooks
+            x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
         return x
 
 
@@ -333,7 +338,8 @@ class FrameCodec(CompressionModel):
         config = config or FrameCodecConfig(**overrides)
         self.config = c = config
         self.frontend = Frontend(c.hop_length)
-        self.encoder = _Stack(c.n_features, c.encoder_dim, c.encoder_layers, c.kernel_size, c.mlp_ratio, c.dimension)
+        self.encoder = _Stack(c.n_features, c.encoder_dim, c.encoder_layers, c.kernel_size, c.mlp_ratio, c.dimension,
+                              out_norm=c.latent_norm)
         self.quantizer = ResidualVectorQuantizer(
             c.dimension, c.n_q, c.bins, decay=c.ema_decay, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
             dead_code_threshold=c.dead_code_threshold)
