@@ -102,6 +102,20 @@ def test_deprecated_spellings_still_work_with_a_note(old, new, value, capsys):
     assert err.count("\n") == 1 and "is deprecated" in err and new in err, err
 
 
+def test_building_the_parser_loads_no_pipeline_or_model_code():
+    """``codeclm compress`` must not fail (or wait) because of the pipelines: commands import lazily."""
+    code = ("import sys; from codeclm.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('codeclm.pipelines', 'codeclm.codec', "
+            "'codeclm.lm', 'codeclm.training', 'codeclm.data', 'codeclm.evaluation', 'codeclm.compression'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    from codeclm.cli.export import DTYPE_NAMES
+    from codeclm.pipelines.export import DTYPES
+
+    assert sorted(DTYPE_NAMES) == sorted(DTYPES)
+
+
 def test_deprecated_tokenize_spellings_end_to_end(tiny_codec, tmp_path, capsys):
     codec_dir = tiny_codec.save_pretrained(tmp_path / "codec")
     (tmp_path / "audio").mkdir()

@@ -15,12 +15,13 @@ example:
   codeclm export runs/lm_music/model checkpoints/music --checkpoint runs/lm_music/checkpoints/step_001750"""
 
 
-def add_export_arguments(p) -> None:
-    from codeclm.pipelines.export import DTYPES
+DTYPE_NAMES = ("bfloat16", "float16", "float32")  # codeclm.pipelines.export.DTYPES: not imported to build --help
 
+
+def add_export_arguments(p) -> None:
     p.add_argument("src", help="pipeline folder written by a training run (RUN/model)")
     p.add_argument("dst", help="folder to write (e.g. checkpoints/music)")
-    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES), help="floating-point type of the weights")
+    p.add_argument("--dtype", default="float16", choices=DTYPE_NAMES, help="floating-point type of the weights")
     add_force(p, "replace an existing DST")
     p.add_argument("--checkpoint", default=None, metavar="STEP_DIR",
                    help="take the weights of a training checkpoint (RUN/checkpoints/step_N) instead of SRC's")

@@ -49,9 +49,12 @@ def _voices_dir(p) -> None:
     p.add_argument("--voices-dir", default=None, metavar="FOLDER", help=VOICES_DIR_HELP)
 
 
-def _sampling(p, seed_help: str) -> None:
+VALLE_HELP = "VALL-E voice-cloning model folder (default: the shipped checkpoints/voice)"
+
+
+def _sampling(p, seed_help: str, model_help: str | None = None) -> None:
     """Options of clone and say: the model, sampling, device, outputs."""
-    add_model(p, "voice")
+    add_model(p, "voice", model_help)
     _voices_dir(p)
     add_seed(p, seed_help)
     add_sampling(p, None, None, None, "; default: the model's own")
@@ -87,7 +90,7 @@ def register(sub) -> None:
                    help="named or saved voice (default: the model's first; see --list-voices)")
     p.add_argument("--list-voices", action="store_true", help="print the voices and exit")
     add_output(p, "audio file to write (.wav, .flac or .ogg); required with TEXT")
-    _sampling(p, "sampling seed")
+    _sampling(p, "sampling seed", VALLE_HELP)
     p.set_defaults(func=run_say)
 
     group = add_command(sub, "voice", "reusable voices for clone and say: add, list, remove",
@@ -101,7 +104,7 @@ def register(sub) -> None:
     a.add_argument("--name", required=True, help="name to save the voice under")
     a.add_argument("--ref-text", default=None, help="what the reference says (default: transcribed offline)")
     a.add_argument("--language", default="en", help=_language_help("language of the reference"))
-    add_model(a, "voice", "VALL-E voice-cloning model folder (default: the shipped checkpoints/voice)")
+    add_model(a, "voice", VALLE_HELP)
     add_device(a)
     add_force(a, "replace a saved voice of that name")
     add_quiet(a, "no messages")
