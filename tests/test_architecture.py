@@ -34,7 +34,7 @@ PACKAGE_DIR = ROOT / "codeclm"
 # a module of a lower layer, or of its own group.
 LAYERS: dict[int, dict[str, tuple[str, ...]]] = {
     0: {"core": ("codeclm", "codeclm.errors", "codeclm.threads", "codeclm.devices", "codeclm.fileio",
-                 "codeclm.streaming", "codeclm.pretrained", "codeclm.audio", "codeclm.spectral",
+                 "codeclm.streaming", "codeclm.pretrained", "codeclm.pipeline_info", "codeclm.audio", "codeclm.spectral",
                  "codeclm.chroma")},
     1: {"codec": ("codeclm.codec",), "tokenizers": ("codeclm.tokenizers",), "metrics": ("codeclm.metrics",),
         "baselines": ("codeclm.baselines",)},

@@ -46,7 +46,6 @@ prompts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +57,12 @@ from torch.utils.data import Dataset
 
 from codeclm.data.tokens import TokenCache
 from codeclm.errors import ConfigError
-from codeclm.fileio import atomic_output, replace_folder
+from codeclm.fileio import replace_folder
 from codeclm.lm.conditioning import ConditionContext, ConditioningProvider, ConditionSpec, conditioner_class
 from codeclm.lm.config import LMConfig
 from codeclm.lm.text_encoder import BuiltinTextConditioner
 from codeclm.lm.transformer import TokenLM
+from codeclm.pipeline_info import write_pipeline_info
 from codeclm.pretrained import fused_state_dict, save_folder
 from codeclm.tokenizers.text import CaptionTokenizer, train_caption_tokenizer
 from codeclm.training.config import DataConfig, TrainConfig
@@ -364,9 +364,8 @@ class Task(BaseTask):
         if self.cfg.lm.codec:
             replace_folder(self.cfg.lm.codec, folder / "codec")
         m = self.meta
-        pipeline = {"type": "text-to-music", "format": 1, "pattern": self.lm_config.pattern, "delays": self.lm_config.delays, "codec": self.cfg.lm.codec,
-                    "n_q": self.lm_config.n_q, "bandwidth": m.get("bandwidth"), "frame_rate": m.get("frame_rate"),
-                    "sample_rate": m.get("sample_rate"), "channels": m.get("channels"),
-                    "codec_identity": m.get("codec"), "conditions": conditions}
-        with atomic_output(folder / "pipeline.json") as tmp:
-            tmp.write_text(json.dumps(pipeline, indent=2) + "\n")
+        write_pipeline_info(folder, "text-to-music", pattern=self.lm_config.pattern, delays=self.lm_config.delays,
+                            codec=self.cfg.lm.codec, n_q=self.lm_config.n_q,
+                            bandwidth=m.get("bandwidth"), frame_rate=m.get("frame_rate"),
+                            sample_rate=m.get("sample_rate"), channels=m.get("channels"),
+                            codec_identity=m.get("codec"), conditions=conditions)

@@ -38,6 +38,7 @@ from codeclm.data.tokens import TokenCache
 from codeclm.errors import ConfigError
 from codeclm.fileio import atomic_output, replace_folder
 from codeclm.lm.valle import Valle, ValleConfig
+from codeclm.pipeline_info import write_pipeline_info
 from codeclm.tokenizers.normalize import TextError, check_language
 from codeclm.tokenizers.phonemes import VOCAB_NAME, PhonemeVocab, TextToPhonemes
 from codeclm.training.config import TrainConfig
@@ -241,7 +242,5 @@ class Task(BaseTask):
             voices[name] = {"file": f"{name}.wav", "text": v["text"], "language": v["language"], "speaker": v["speaker"]}
         with atomic_output(folder / "voices" / "voices.json") as tmp:
             tmp.write_text(json.dumps(voices, indent=2, ensure_ascii=False) + "\n")
-        info = {"type": "voice-clone", "format": 1, "languages": list(self.vocab.languages),
-                "bandwidth": self.meta.get("bandwidth"), "codec_identity": self.meta.get("codec")}
-        with atomic_output(folder / "pipeline.json") as tmp:
-            tmp.write_text(json.dumps(info, indent=2) + "\n")
+        write_pipeline_info(folder, "voice-clone", languages=list(self.vocab.languages),
+                            bandwidth=self.meta.get("bandwidth"), codec_identity=self.meta.get("codec"))
