@@ -73,6 +73,14 @@ def test_any_chunking_gives_the_offline_bits(codec, threads, batch):
                 streamed, decoded = torch.cat(parts, -1), torch.cat(pieces, -1)
             assert torch.equal(streamed, codes)
             assert torch.equal(decoded, audio)
+            with codec.streaming(batch):  # encode everything, then decode in other groupings
+                parts = [codec.encode(wav[..., a:b], 1.8) for a, b in random_chunks(wav.shape[-1], 5000, seed + 1)]
+                parts.append(codec.flush(1.8))
+                codes_again = torch.cat(parts, -1)
+                out = [codec.decode(codes_again[..., a:b]) for a, b in random_chunks(codes_again.shape[-1], 9, seed)]
+                if sum(o.shape[-1] for o in out) < audio.shape[-1]:  # the grouping ended with an empty call
+                    out.append(codec.decode(codes_again[..., :0]))
+            assert torch.equal(torch.cat(out, -1), audio)
             with codec.streaming(batch):  # decode-only stream: frames in any grouping, then flush_decoder
                 out = [codec.decode(codes[..., a:b]) for a, b in random_chunks(codes.shape[-1], 7, seed + 5)]
                 out.append(codec.flush_decoder())
@@ -111,6 +119,13 @@ def test_latency_is_two_frames_and_the_first_hop_needs_the_next_frame(codec):
         assert codec.flush_decoder().shape[-1] == 480
         with pytest.raises(StreamingError, match="after the stream's last decode"):
             codec.decode(codes[..., 3:])
+    with codec.streaming(1):
+        codec.encode(signal(4800)[None])
+        codec.flush()
+        with pytest.raises(StreamingError, match="after flush"):
+            codec.encode(signal(480)[None])
+        with pytest.raises(StreamingError, match="already called"):
+            codec.flush()
 
 
 def test_front_end_is_a_windowed_dft():

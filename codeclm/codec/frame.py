@@ -24,8 +24,9 @@ the frame-synchronous path whose kernels give a frame the same bits whatever els
 call (:func:`~codeclm.codec.layers.rows_matmul`, :func:`~codeclm.codec.layers.conv_exact`,
 :func:`~codeclm.codec.layers.pointwise_exact`, element-wise arithmetic in a fixed order,
 row-wise LayerNorm and FFT), so any chunking gives the offline bits. Training runs the same maths
-with the fast batched kernels (``forward``). A decode-only stream ends with ``flush_decoder()``
-(it emits the last hop); after the encoder's ``flush()`` the next ``decode`` emits it.
+with the fast batched kernels (``forward``). The last hop of a stream is emitted by the ``decode``
+call that reaches the last frame encoded before the encoder's ``flush()``, or, in a decode-only
+stream, by ``flush_decoder()``.
 """
 
 from __future__ import annotations
@@ -406,19 +407,23 @@ class FrameCodec(CompressionModel):
             return torch.cat(outs, -1)
 
     def flush(self, bandwidth: float | None = None, *, n_q: int | None = None) -> torch.Tensor:
-        """End of an encoding stream: codes of the last partial frame (zero-padded, as offline); the
-        next ``decode`` is the decoder's last (it also emits the final hop)."""
+        """End of an encoding stream: codes of the last partial frame (zero-padded, as offline). The
+        ``decode`` call that reaches the stream's last encoded frame also emits the final hop."""
         if not self.is_streaming:
             raise StreamingError("flush() is only meaningful inside a streaming() block")
         n_q = n_q or self.num_codebooks_for(bandwidth)
         state = self._streaming_state
         buf = state["buffer"]
-        state["decoder_final"] = True
+        if state["encoder_done"]:
+            raise StreamingError("flush() was already called for this stream (reset_streaming() starts a new one)")
         if buf is None or buf.shape[-1] == 0:
-            return torch.zeros(self._streaming_batch_size, n_q, 0, dtype=torch.long)
-        state["buffer"] = None
-        with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
-            return self._encode_stream(F.pad(buf, (0, self.hop_length - buf.shape[-1])), n_q)
+            codes = torch.zeros(self._streaming_batch_size, n_q, 0, dtype=torch.long)
+        else:
+            state["buffer"] = None
+            with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
+                codes = self._encode_stream(F.pad(buf, (0, self.hop_length - buf.shape[-1])), n_q)
+        state["encoder_done"] = True
+        return codes
 
     def flush_decoder(self) -> torch.Tensor:
         """End of a decoding stream: the last hop's audio ``[B, 1, hop]`` (empty if nothing is held)."""
@@ -430,17 +435,23 @@ class FrameCodec(CompressionModel):
             return self._decode_stream(empty)
 
     def _init_streaming_state(self, batch_size: int) -> dict:
-        return {"buffer": None, "decoder_final": False, "decoder_done": False}
+        # frames encoded / decoded so far: once the encoder has flushed, the decode call that
+        # reaches its last frame is the decoder's last (whatever the grouping of the calls)
+        return {"buffer": None, "encoder_done": False, "frames_encoded": 0, "frames_decoded": 0,
+                "decoder_final": False, "decoder_done": False}
 
     def _encode_stream(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
         self._check_stream_batch(wav.shape[0])
         state = self._streaming_state
+        if state["encoder_done"]:
+            raise StreamingError("encode() after flush(): the stream has ended (reset_streaming() starts a new one)")
         buf = wav if state["buffer"] is None else torch.cat([state["buffer"], wav], -1)
         usable = buf.shape[-1] - buf.shape[-1] % self.hop_length
         state["buffer"] = buf[..., usable:]
         if usable == 0:
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
         latent = self.encoder(self.frontend(buf[..., :usable]), exact=True)  # [B, n, D]
+        state["frames_encoded"] += latent.shape[1]
         return self.quantizer.encode(latent.transpose(1, 2), n_q)
 
     def _decode_stream(self, codes: torch.Tensor) -> torch.Tensor:
@@ -448,7 +459,9 @@ class FrameCodec(CompressionModel):
         state = self._streaming_state
         if state["decoder_done"]:
             raise StreamingError("decode() after the stream's last decode (flush); reset_streaming() starts a new one")
-        final = state["decoder_final"]
+        state["frames_decoded"] += codes.shape[-1]
+        final = state["decoder_final"] or (state["encoder_done"]
+                                           and state["frames_decoded"] >= state["frames_encoded"])
         state["decoder_done"] = final
         if codes.shape[-1] == 0:
             blocks = torch.zeros(codes.shape[0], 0, 2 * self.hop_length, dtype=self._dtype, device=codes.device)
