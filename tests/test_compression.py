@@ -131,6 +131,19 @@ def test_resampled_stereo_file_matches_load_audio(codec, model_dir, tmp_path):
     assert (info["source_sample_rate"], info["source_channels"], info["num_samples"]) == (44_100, 2, 24_000)
 
 
+def test_converting_the_input_is_said_unless_quiet(model_dir, tmp_path, capsys):
+    src = tmp_path / "in.flac"
+    sf.write(src, signal(44_100, channels=2, sr=44_100).numpy().T, 44_100)
+    compress_file(src, tmp_path / "a.cclm", model=model_dir, quiet=False)
+    note = capsys.readouterr().err
+    assert "44100 Hz stereo" in note and f"{SR} Hz mono" in note and str(src) in note
+    compress_file(src, tmp_path / "b.cclm", model=model_dir, quiet=True)
+    same = tmp_path / "same.wav"
+    save_audio(same, signal(4000), SR)
+    compress_file(same, tmp_path / "c.cclm", model=model_dir, quiet=False)
+    assert "note" not in capsys.readouterr().err  # quiet, or nothing to convert: no note
+
+
 def test_stdin_stdout_pipeline(codec, model_dir, tmp_path):
     src = save_audio(tmp_path / "in.wav", signal(10_000), SR)
     cli = [sys.executable, "-m", "codeclm.cli"]

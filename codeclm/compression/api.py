@@ -106,6 +106,10 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike, *, model=None,
         if info.frames == 0:
             raise AudioError(f"{_label(src)}: audio is empty (0 samples)")
         codec = load_codec(model)
+        if not quiet and (info.samplerate != codec.sample_rate or info.channels != codec.channels):
+            print(f"codeclm: note: {_label(src)} is {_layout(info.samplerate, info.channels)}; the codec takes "
+                  f"{_layout(codec.sample_rate, codec.channels)}: the audio is converted before encoding and "
+                  "decompresses at the codec's rate", file=sys.stderr)
         with _atomic_output(dst, force) as tmp, open(tmp, "wb") as out, \
                 tqdm(total=round(info.duration, 2), unit="s", disable=_quiet(quiet), desc="compress") as bar:
             blocks = _read_blocks(path, _label(src), codec, block_seconds, bar)
@@ -209,6 +213,10 @@ def _encode_blocks(blocks: Iterator[torch.Tensor], codec: Codec, bandwidth: floa
         tail = codec.flush(bandwidth)[0]
         if tail.shape[-1]:
             yield tail.numpy()
+
+
+def _layout(sample_rate: int, channels: int) -> str:
+    return f"{sample_rate} Hz " + {1: "mono", 2: "stereo"}.get(channels, f"{channels}-channel")
 
 
 def _read_blocks(path: Path, label: str, codec: Codec, block_seconds: float, bar: tqdm) -> Iterator[torch.Tensor]:
