@@ -120,3 +120,27 @@ def test_codebook_perplexity_counts_effective_codes(tiny_codec, clips):
     n_q = tiny_codec.num_codebooks_for(4.5)
     assert len(row["codebook_perplexity"]) == n_q
     assert all(1.0 <= p <= tiny_codec.cardinality for p in row["codebook_perplexity"])
+
+
+@pytest.mark.skipif(not opus_available(), reason="needs ffmpeg with libopus")
+def test_opus_at_its_own_rates(tiny_codec, clips):
+    rows = evaluate_codec(tiny_codec, clips[:1], [4.5], metrics=["mel"], opus=[6.0, 12.0])
+    assert [(r["system"], r["bandwidth_kbps"]) for r in rows] == [("codeclm", 4.5), ("opus", 6), ("opus", 12)]
+    assert rows[2]["mel"] < rows[1]["mel"]  # more bits, closer to the original
+
+
+@pytest.mark.skipif(not opus_available(), reason="needs ffmpeg with libopus")
+def test_codec_quality_benchmark_runs_its_tiny_case():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "codec_quality.py"
+    out = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["benchmark"] == "codec_quality" and set(row["unseen_voices"]) == {"codeclm@3", "codeclm@6", "opus@5",
+                                                                                 "opus@6"}
+    assert row["goals"]["unseen_6kbps_above_opus6"] is False  # a random codec is no match for Opus
+    assert all(math.isfinite(v["stoi"]) for v in row["unseen_voices"].values())

@@ -183,12 +183,13 @@ def evaluate_codec(
     records_or_paths: Iterable[AudioRecord | str | os.PathLike],
     bandwidths: Sequence[float],
     metrics: Sequence[str] | None = None,
-    opus: bool = False,
+    opus: bool | Sequence[float] = False,
     seconds: float | None = None,
     progress: bool = False,
 ) -> list[dict]:
     """Evaluate ``codec`` (and optionally Opus) at each of ``bandwidths`` kbps on the given audio.
 
+    ``opus``: True compares Opus at each of ``bandwidths``; a list of kbps compares Opus at those.
     ``records_or_paths``: :class:`AudioRecord` s or audio file paths. ``metrics``: names from
     :data:`codeclm.metrics.METRICS` (None: :func:`default_metrics`). ``seconds`` crops every file
     to its first ``seconds``. Returns one row per (system, bandwidth), ordered by bandwidth with
@@ -211,8 +212,9 @@ def evaluate_codec(
         raise CodecLMError(f"Opus takes mono or stereo audio; this codec has {codec.channels} channels")
 
     sr = codec.sample_rate
-    systems = ("codeclm", "opus") if opus else ("codeclm",)
-    acc = {(s, b): _Accumulator(metrics) for s in systems for b in bandwidths}
+    opus_rates = ([] if opus is False else bandwidths if opus is True else [float(b) for b in opus])
+    acc = {("codeclm", b): _Accumulator(metrics) for b in bandwidths}
+    acc.update({("opus", b): _Accumulator(metrics) for b in opus_rates})
     usage = {b: torch.zeros(n_q[b], codec.cardinality, dtype=torch.long) for b in bandwidths}
     _roundtrip(codec, torch.zeros(codec.channels, sr // 10), bandwidths[0])  # warm-up, so timings are fair
     bar = tqdm(total=len(items) * len(bandwidths), desc="eval codec", unit="file", disable=not progress,
@@ -228,21 +230,22 @@ def evaluate_codec(
                 busy = time.perf_counter() - start
                 bits = 8 * len(compress_tensor(wav, codec, b))
                 acc["codeclm", b].add(wav, decoded, sr, bits, busy)
-                if opus:
-                    start = time.perf_counter()
-                    decoded, kbps = opus_roundtrip(wav, sr, b)
-                    busy = time.perf_counter() - start
-                    acc["opus", b].add(wav, decoded, sr, kbps * 1000 * wav.shape[-1] / sr, busy)
                 bar.update(1)
+            for b in opus_rates:
+                start = time.perf_counter()
+                decoded, kbps = opus_roundtrip(wav, sr, b)
+                busy = time.perf_counter() - start
+                acc["opus", b].add(wav, decoded, sr, kbps * 1000 * wav.shape[-1] / sr, busy)
     finally:
         bar.close()
 
     rows = []
-    for b in bandwidths:
-        row = acc["codeclm", b].row(system="codeclm", bandwidth_kbps=_number(b), n_q=n_q[b],
-                                    raw_kbps=_round(codec.bandwidth_of(n_q[b])))
-        row["codebook_perplexity"] = codebook_perplexity(usage[b])
-        rows.append(row)
-        if opus:
+    for b in sorted(set(bandwidths) | set(opus_rates)):
+        if b in bandwidths:
+            row = acc["codeclm", b].row(system="codeclm", bandwidth_kbps=_number(b), n_q=n_q[b],
+                                        raw_kbps=_round(codec.bandwidth_of(n_q[b])))
+            row["codebook_perplexity"] = codebook_perplexity(usage[b])
+            rows.append(row)
+        if b in opus_rates:
             rows.append(acc["opus", b].row(system="opus", bandwidth_kbps=_number(b)))
     return rows
