@@ -206,19 +206,25 @@ def check_value(value, hint) -> str | None:
     return None
 
 
+def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict]:
+    """``(n, header)``: the byte length and parsed JSON of a safetensors file's header, reading no
+    tensor data; ValueError (or OSError) when the file is too short or the header does not fit it."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(size - 8, 100 << 20):
+            raise ValueError(f"header of {n} bytes does not fit the file ({size} bytes)")
+        return n, json.loads(f.read(n))
+
+
 def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Tensor shapes from a safetensors file's header, reading no tensor data."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError("file too short")
-            (n,) = struct.unpack("<Q", raw)
-            if n > min(size - 8, 100 << 20):
-                raise ValueError(f"header size {n} does not fit the file")
-            header = json.loads(f.read(n))
+        _, header = read_safetensors_header(path)
         return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable safetensors file ({exc})") from None
@@ -282,6 +288,21 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
 
 
+def load_folder(model_cls, config_cls: type[SavedConfig], folder: str | os.PathLike, prepare=None):
+    """``model_cls(config)`` for the folder's ``config.json`` (checked by ``config_cls.from_dict``)
+    with its ``model.safetensors`` loaded; ``prepare(weights, model)`` may complete the weights
+    first (e.g. statistics an inference-only folder leaves out). The model is returned as built
+    (device, train/eval mode): the caller moves it."""
+    folder = Path(folder)
+    config = config_cls.from_dict(read_config(folder), source=str(folder / CONFIG_NAME))
+    model = model_cls(config)
+    weights = read_weights(folder)
+    if prepare is not None:
+        prepare(weights, model)
+    load_weights_into(model, weights, str(folder))
+    return model
+
+
 def save_folder(folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor],
                 dtype: torch.dtype | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` atomically (temp files, then rename)."""
@@ -320,3 +341,24 @@ def load_transformers_model(model_or_folder, class_name: str, what: str):
         return getattr(transformers, class_name).from_pretrained(str(folder))
     except Exception as exc:  # transformers raises many kinds
         raise ConfigError(f"{folder}: could not load as a transformers {what} ({exc})") from None
+
+
+def convert_transformers_model(model_or_folder, class_name: str, what: str, build, rename,
+                               weights=fused_state_dict):
+    """A codeclm model of a ``transformers`` one (object or saved folder), in eval mode.
+
+    ``build(hf_config)`` makes the (empty) codeclm model; each of its state keys ``k`` takes
+    ``weights(hf_model)[rename(k)]`` as float32 (one missing is a ConfigError naming it, ``what``
+    says whose import: "EnCodec", "DAC"). Weight norm is folded by the default ``weights``.
+    """
+    hf = load_transformers_model(model_or_folder, class_name, class_name)
+    model = build(hf.config)
+    theirs = weights(hf)
+    ours = {}
+    for key in model.state_dict():
+        source = rename(key)
+        if source not in theirs:
+            raise ConfigError(f"{what} import: weight {source!r} missing from the transformers model")
+        ours[key] = theirs[source].detach().to(torch.float32)
+    load_weights_into(model, ours, f"transformers {class_name}")
+    return model.eval()

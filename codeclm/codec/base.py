@@ -17,7 +17,7 @@ the LM pipelines, evaluation) talks to this interface only, like AudioCraft's an
 =========================  =====================================================================
 
 Adding a codec is one module defining a :class:`CompressionModel` subclass with a
-``model_type`` plus one line in :data:`MODELS`; :func:`load_model` then opens its folders.
+``model_type`` and a ``config_class`` plus one line in :data:`MODELS`; :func:`load_model` then opens its folders.
 ``transformers`` folders (``model_type`` ``encodec`` or ``dac``) open through the converters
 in :data:`HF_CONVERTERS`. The registries hold module paths as strings (like
 ``codeclm.training.config.TASKS``), so this module imports no codec and there are no cycles.
@@ -29,12 +29,13 @@ import importlib
 import math
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
 
 from codeclm.errors import AudioError, CodesError, ConfigError
-from codeclm.pretrained import CONFIG_NAME, default_checkpoint, fused_state_dict, read_config, weights_hash
+from codeclm.pretrained import (CONFIG_NAME, default_checkpoint, fused_state_dict, load_folder, read_config,
+                                save_folder, weights_hash)
 from codeclm.streaming import StreamingError, StreamingModule
 
 __all__ = ["CompressionModel", "MODELS", "HF_CONVERTERS", "load_model", "from_hf", "model_class"]
@@ -98,51 +99,97 @@ def from_hf(model_or_folder) -> CompressionModel:
     return _resolve(HF_CONVERTERS[model_type])(model_or_folder)
 
 
-class CompressionModel(StreamingModule):
-    """Base class of codecs: the shared interface, input checks and bitrate arithmetic.
+EMA_STATS = (".embed_avg", ".cluster_size")  # codebook training statistics: left out of inference-only folders
 
-    Subclasses set ``model_type`` and implement ``sample_rate``, ``channels``, ``hop_length``,
-    ``num_codebooks``, ``cardinality``, ``encode``, ``decode``, ``save_pretrained`` and
-    ``from_pretrained``; override ``streamable`` (and the streaming hooks) when they stream.
+
+def _rebuild_ema_stats(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Inference-only folders leave out the EMA codebooks' training statistics: rebuild each
+    missing ``<codebook>.embed_avg`` from the codebook ``<codebook>.embed`` and its
+    ``cluster_size`` as ones, in place (models without EMA codebooks are left as they are)."""
+    for key in model.state_dict():
+        if key.endswith(EMA_STATS[0]) and key not in weights:
+            prefix = key[: -len(EMA_STATS[0])]
+            embed = weights.get(prefix + ".embed")
+            if embed is not None:
+                weights[key] = embed.clone()
+                weights[prefix + EMA_STATS[1]] = torch.ones(embed.shape[0])
+
+
+class CompressionModel(StreamingModule):
+    """Base class of codecs: the shared interface, input checks, bitrate arithmetic and folders.
+
+    Subclasses set ``model_type``, ``config_class`` (the :class:`~codeclm.pretrained.SavedConfig`
+    that ``cls(config)`` takes, held as ``self.config``) and ``dtype_tensor``, and implement
+    ``encode`` and ``decode``. The audio and codebook properties default to the config's fields
+    (``sample_rate``, ``channels``, ``hop_length``, ``n_q``, ``bins``) and may be overridden;
+    ``save_pretrained``/``from_pretrained`` serve every codec. Override ``streamable`` (and the
+    streaming hooks) when they stream.
     """
 
     model_type: ClassVar[str]
+    config_class: ClassVar[type]
+    shipped_default: ClassVar[str | None] = None  # the checkpoints/ folder from_pretrained() opens
+    dtype_tensor: ClassVar[str]  # the weight whose dtype inputs are cast to (``encoder.conv.weight`` ...)
     config: object
 
-    # -- what a subclass provides ---------------------------------------------------------------
+    # -- from the config (override where the model differs) --------------------------------------
     @property
     def sample_rate(self) -> int:
-        raise NotImplementedError
+        return self.config.sample_rate
 
     @property
     def channels(self) -> int:
-        raise NotImplementedError
+        return self.config.channels
 
     @property
     def hop_length(self) -> int:
-        raise NotImplementedError
+        return self.config.hop_length
 
     @property
     def num_codebooks(self) -> int:
-        raise NotImplementedError
+        return self.config.n_q
 
     @property
     def cardinality(self) -> int:
-        raise NotImplementedError
+        return self.config.bins
 
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The weights' dtype (that of ``dtype_tensor``): what ``encode``/``decode`` compute in."""
+        owner, _, name = self.dtype_tensor.rpartition(".")
+        return getattr(self.get_submodule(owner), name).dtype
+
+    # -- what a subclass provides ---------------------------------------------------------------
     def encode(self, wav: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # -- folders --------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
                         inference_only: bool = False) -> Path:
-        raise NotImplementedError
+        """Write ``config.json`` + ``model.safetensors`` (fp16 with ``dtype=torch.float16``).
+
+        ``inference_only`` leaves out the codebooks' EMA training statistics (``embed_avg``,
+        ``cluster_size``; half an EMA quantizer's size, nothing for other codecs); loading
+        rebuilds them from the codebooks.
+        """
+        state = fused_state_dict(self)
+        if inference_only:
+            state = {k: v for k, v in state.items() if not k.endswith(EMA_STATS)}
+        return save_folder(folder, self.config.to_dict(), state, dtype)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> CompressionModel:
-        raise NotImplementedError
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Self:
+        """Load a folder of this class (``config.json`` + ``model.safetensors``, inference-only ones
+        too), in eval mode on ``device``; no folder opens the shipped default (``checkpoints/codec``)
+        of classes that have one."""
+        if folder is None:
+            if cls.shipped_default is None:
+                raise ConfigError(f"{cls.__name__} has no shipped default: pass a model folder")
+            folder = default_checkpoint(cls.shipped_default)
+        return load_folder(cls, cls.config_class, folder, prepare=_rebuild_ema_stats).to(device).eval()
 
     # -- derived --------------------------------------------------------------------------------
     @property

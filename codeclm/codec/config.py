@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from codeclm.codec.base import EMA_STATS
 from codeclm.errors import ConfigError
 from codeclm.pretrained import SavedConfig
 
@@ -148,5 +149,5 @@ class CodecConfig(SavedConfig):
         return {k: tuple(v.shape) for k, v in model.state_dict_fused().items()}
 
     def optional_weights(self) -> tuple[str, ...]:
-        return (".embed_avg", ".cluster_size")  # inference-only folders leave out the EMA statistics
+        return EMA_STATS  # inference-only folders leave out the EMA statistics
 

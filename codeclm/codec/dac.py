@@ -24,9 +24,7 @@ window.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -35,8 +33,7 @@ from torch import nn
 
 from codeclm.codec.base import CompressionModel, from_hf, hf_model_type
 from codeclm.errors import ConfigError
-from codeclm.pretrained import (SavedConfig, fused_state_dict, load_weights_into, read_config, read_weights,
-                                save_folder)
+from codeclm.pretrained import SavedConfig
 from codeclm.streaming import StreamingError
 
 __all__ = ["DacCodec", "DacConfig", "snake"]
@@ -290,6 +287,8 @@ class DacCodec(CompressionModel):
     """DAC encoder + factorised RVQ + decoder; offline (windowed for long inputs), mono."""
 
     model_type = MODEL_TYPE
+    config_class = DacConfig
+    dtype_tensor = "encoder.conv_in.weight"
 
     def __init__(self, config: DacConfig | None = None, **overrides):
         super().__init__()
@@ -303,26 +302,10 @@ class DacCodec(CompressionModel):
         dlo, dhi = decoder_receptive_field(self.config)
         self._dec_context = max(-dlo, dhi, 0)
 
-    # -- interface ------------------------------------------------------------------------------
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
+    # -- interface (sample_rate, hop_length, num_codebooks, cardinality: the config's) -----------
     @property
     def channels(self) -> int:
         return 1
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def num_codebooks(self) -> int:
-        return self.config.n_q
-
-    @property
-    def cardinality(self) -> int:
-        return self.config.bins
 
     def context_frames(self) -> tuple[int, int]:
         """Frames of context each side that (encoder, decoder) outputs of one frame depend on."""
@@ -340,10 +323,6 @@ class DacCodec(CompressionModel):
             f"DAC is non-causal: a frame's code depends on {self.lookahead * 1000:.0f} ms of later audio, so "
             "chunked streaming cannot equal the offline result; encode/decode whole signals (long ones run in "
             "overlapping windows automatically)")
-
-    @property
-    def _dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.weight.dtype
 
     def encode(self, wav: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
         """Audio ``[B, 1, T]`` -> codes ``[B, n_q, ceil(T / hop)]`` (zero-padded to whole frames)."""
@@ -385,20 +364,7 @@ class DacCodec(CompressionModel):
             pieces.append(out[..., (start - a) * out_per_frame: (end - a) * out_per_frame])
         return torch.cat(pieces, -1)
 
-    # -- folders --------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
-                        inference_only: bool = False) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (``inference_only``: accepted, nothing to drop)."""
-        return save_folder(folder, self.config.to_dict(), fused_state_dict(self), dtype)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> DacCodec:
-        folder = Path(folder)
-        config = DacConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
-        model = cls(config)
-        load_weights_into(model, read_weights(folder), str(folder))
-        return model.to(device).eval()
-
+    # -- folders: CompressionModel's save_pretrained / from_pretrained (no shipped default) -------
     @classmethod
     def from_hf(cls, model_or_folder) -> DacCodec:
         """A ``transformers`` DacModel (object or saved folder) converted to a DacCodec."""

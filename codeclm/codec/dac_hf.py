@@ -14,7 +14,7 @@ import torch
 
 from codeclm.codec.dac import DacCodec, DacConfig
 from codeclm.errors import ConfigError
-from codeclm.pretrained import fused_state_dict, load_transformers_model, load_weights_into
+from codeclm.pretrained import convert_transformers_model, fused_state_dict
 
 __all__ = ["config_from_hf", "dac_from_hf"]
 
@@ -60,14 +60,6 @@ def _plain_weights(model) -> dict[str, torch.Tensor]:
 
 def dac_from_hf(model_or_folder, name: str | None = None) -> DacCodec:
     """Convert a ``DacModel`` (object, or a folder saved by ``save_pretrained``) to a DacCodec."""
-    hf = load_transformers_model(model_or_folder, "DacModel", "DacModel")
-    codec = DacCodec(config_from_hf(hf.config, name))
-    theirs = _plain_weights(hf)
-    weights = {}
-    for key in codec.state_dict():
-        source = _hf_key(key)
-        if source not in theirs:
-            raise ConfigError(f"DAC import: weight {source!r} missing from the transformers model")
-        weights[key] = theirs[source].detach().to(torch.float32)
-    load_weights_into(codec, weights, "transformers DacModel")
-    return codec.eval()
+    return convert_transformers_model(model_or_folder, "DacModel", "DAC",
+                                      lambda hf_config: DacCodec(config_from_hf(hf_config, name)), _hf_key,
+                                      weights=_plain_weights)

@@ -34,26 +34,23 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codeclm.codec.base import CompressionModel
+from codeclm.codec.base import EMA_STATS, CompressionModel
 from codeclm.codec.layers import conv_exact, pointwise_exact, rows_matmul
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
 from codeclm.errors import ConfigError
-from codeclm.pretrained import (SavedConfig, default_checkpoint, fused_state_dict, load_weights_into, read_config,
-                                read_weights, save_folder)
+from codeclm.pretrained import SavedConfig, fused_state_dict
 from codeclm.streaming import StreamingError, StreamingModule
 
 __all__ = ["FrameCodec", "FrameCodecConfig"]
 
 MODEL_TYPE = "codeclm-frame-codec"
-_EMA_STATS = (".embed_avg", ".cluster_size")
 _OFFLINE_BLOCK_FRAMES = 500  # frames per call of the offline frame-synchronous pass (bounds memory)
 _LOG_EPS = 1e-6
 _MAX_LOG_MAG = 8.0  # exp(8) ~ 3000: far above any real frame's DFT magnitude, bounds a wild output
@@ -139,7 +136,7 @@ class FrameCodecConfig(SavedConfig):
         return {k: tuple(v.shape) for k, v in fused_state_dict(model).items()}
 
     def optional_weights(self) -> tuple[str, ...]:
-        return _EMA_STATS
+        return EMA_STATS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +330,9 @@ class FrameCodec(CompressionModel):
     """STFT/ConvNeXt encoder, RVQ, ConvNeXt/iSTFT decoder at the frame rate; exact streaming."""
 
     model_type = MODEL_TYPE
+    config_class = FrameCodecConfig
+    shipped_default = "codec"
+    dtype_tensor = "quantizer.layers.0.embed"
 
     def __init__(self, config: FrameCodecConfig | None = None, **overrides):
         super().__init__()
@@ -348,13 +348,7 @@ class FrameCodec(CompressionModel):
         self.head = ISTFTHead(c.decoder_dim, c.hop_length)
         self.apply(_init)
 
-    # -- interface --------------------------------------------------------------------------------
-    sample_rate = property(lambda self: self.config.sample_rate)
-    channels = property(lambda self: self.config.channels)
-    hop_length = property(lambda self: self.config.hop_length)
-    num_codebooks = property(lambda self: self.config.n_q)
-    cardinality = property(lambda self: self.config.bins)
-
+    # -- interface (sample_rate, channels, hop_length, num_codebooks, cardinality: the config's) -----
     @property
     def target_bandwidths(self) -> list[float]:
         return list(self.config.target_bandwidths)
@@ -371,10 +365,6 @@ class FrameCodec(CompressionModel):
     def latency(self) -> float:
         """A frame's codes need its samples, and its audio the next frame: two frames."""
         return 2 * self.hop_length / self.sample_rate
-
-    @property
-    def _dtype(self) -> torch.dtype:
-        return self.quantizer.layers[0].embed.dtype
 
     # -- encode / decode ---------------------------------------------------------------------------
     def encode(self, wav: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
@@ -491,27 +481,11 @@ class FrameCodec(CompressionModel):
         """No weight norm here (LayerNorm blocks); kept so the codec trainer treats every codec alike."""
         return self
 
-    # -- folders ----------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
-                        inference_only: bool = False) -> Path:
-        state = fused_state_dict(self)
-        if inference_only:
-            state = {k: v for k, v in state.items() if not k.endswith(_EMA_STATS)}
-        return save_folder(folder, self.config.to_dict(), state, dtype)
-
+    # -- folders: CompressionModel's save_pretrained(inference_only=...) ---------------------------
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FrameCodec:
-        folder = Path(folder) if folder is not None else default_checkpoint("codec")
-        config = FrameCodecConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
-        model = cls(config)
-        weights = read_weights(folder)
-        for i in range(len(model.quantizer.layers)):  # inference-only folders: rebuild the EMA statistics
-            embed = weights.get(f"quantizer.layers.{i}.embed")
-            if embed is not None and f"quantizer.layers.{i}.embed_avg" not in weights:
-                weights[f"quantizer.layers.{i}.embed_avg"] = embed.clone()
-                weights[f"quantizer.layers.{i}.cluster_size"] = torch.ones(embed.shape[0])
-        load_weights_into(model, weights, str(folder))
-        return model.to(device).float().eval()
+        """CompressionModel's, cast to float32 (whatever the folder stores)."""
+        return super().from_pretrained(folder, device).float()
 
 
 def _init(module: nn.Module) -> None:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from codeclm.codec.config import CodecConfig
 from codeclm.codec.model import Codec
 from codeclm.errors import ConfigError
-from codeclm.pretrained import fused_state_dict, load_transformers_model, load_weights_into
+from codeclm.pretrained import convert_transformers_model
 
 
 def config_from_hf(hf_config, name: str | None = None) -> CodecConfig:
@@ -43,15 +41,5 @@ def _hf_key(ours: str) -> str:
 
 def codec_from_hf(model_or_folder) -> Codec:
     """Convert an ``EncodecModel`` (object, or a folder saved by ``save_pretrained``) to a Codec."""
-    hf = load_transformers_model(model_or_folder, "EncodecModel", "EncodecModel")
-    cfg = config_from_hf(hf.config)
-    codec = Codec(cfg)
-    theirs = fused_state_dict(hf)
-    weights = {}
-    for key in codec.state_dict():
-        source = _hf_key(key)
-        if source not in theirs:
-            raise ConfigError(f"EnCodec import: weight {source!r} missing from the transformers model")
-        weights[key] = theirs[source].detach().to(torch.float32)
-    load_weights_into(codec, weights, "transformers EncodecModel")
-    return codec.eval()
+    return convert_transformers_model(model_or_folder, "EncodecModel", "EnCodec",
+                                      lambda hf_config: Codec(config_from_hf(hf_config)), _hf_key)

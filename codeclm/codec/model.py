@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +24,10 @@ from codeclm.codec.layers import StreamingConv1d, StreamingConvTranspose1d
 from codeclm.codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codeclm.codec.seanet import SEANetDecoder, SEANetEncoder
 from codeclm.errors import AudioError, CodesError, ConfigError
-from codeclm.pretrained import (default_checkpoint, fused_state_dict, load_weights_into, read_config, read_weights,
-                                save_folder, weights_hash)
+from codeclm.pretrained import fused_state_dict
 from codeclm.streaming import StreamingError
 
 DEFAULT_CODEC = "codec"
-_EMA_STATS = (".embed_avg", ".cluster_size")
 _OFFLINE_BLOCK_FRAMES = 1500  # frames per block in offline frame-synchronous passes (bounds memory)
 
 
@@ -50,6 +46,9 @@ class Codec(CompressionModel):
     """EnCodec-style neural audio codec with exact streaming and several bandwidths."""
 
     model_type = MODEL_TYPE
+    config_class = CodecConfig
+    shipped_default = DEFAULT_CODEC
+    dtype_tensor = "quantizer.layers.0.embed"
 
     def __init__(self, config: CodecConfig | None = None, **overrides):
         super().__init__()
@@ -61,31 +60,7 @@ class Codec(CompressionModel):
             config.dimension, config.n_q, config.bins, decay=config.ema_decay, kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters, dead_code_threshold=config.dead_code_threshold)
 
-    # -- properties ----------------------------------------------------------------------------
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def channels(self) -> int:
-        return self.config.channels
-
-    @property
-    def frame_rate(self) -> float:
-        return self.config.frame_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def num_codebooks(self) -> int:
-        return self.config.n_q
-
-    @property
-    def cardinality(self) -> int:
-        return self.config.bins
-
+    # -- properties (sample_rate, channels, hop_length, num_codebooks, cardinality: the config's) --
     @property
     def target_bandwidths(self) -> list[float]:
         return list(self.config.target_bandwidths)
@@ -143,11 +118,6 @@ class Codec(CompressionModel):
     def bandwidth_of(self, n_q: int) -> float:
         """Bitrate in kbps of ``n_q`` raw (not entropy-coded) codebooks."""
         return n_q * self.frame_rate * self.config.bits_per_codebook / 1000
-
-    # -- input checks: CompressionModel.check_wav / check_codes, in the weights' dtype ---------
-    @property
-    def _dtype(self) -> torch.dtype:
-        return self.quantizer.layers[0].embed.dtype
 
     # -- encode / decode -----------------------------------------------------------------------
     def encode(self, wav: torch.Tensor, bandwidth: float | None = None, return_scales: bool = False):
@@ -352,36 +322,7 @@ class Codec(CompressionModel):
     def state_dict_fused(self) -> dict[str, torch.Tensor]:
         return fused_state_dict(self)
 
-    def identity(self) -> dict:
-        """Name and weight hash: what a compressed file records to refuse a different model."""
-        return {"name": self.config.name, "sha256": weights_hash(self.state_dict_fused())}
-
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
-                        inference_only: bool = False) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (fp16 with ``dtype=torch.float16``).
-
-        ``inference_only`` leaves out the codebooks' EMA training statistics (``embed_avg``,
-        ``cluster_size``): half the quantizer's size; loading rebuilds them from the codebooks.
-        """
-        state = self.state_dict_fused()
-        if inference_only:
-            state = {k: v for k, v in state.items() if not k.endswith(_EMA_STATS)}
-        return save_folder(folder, self.config.to_dict(), state, dtype)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Codec":
-        """Load a codec folder; no argument loads the shipped default (``checkpoints/codec``)."""
-        folder = Path(folder) if folder is not None else default_checkpoint(DEFAULT_CODEC)
-        config = CodecConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
-        model = cls(config)
-        weights = read_weights(folder)
-        for i, layer in enumerate(model.quantizer.layers):  # inference-only folders: rebuild EMA stats
-            embed = weights.get(f"quantizer.layers.{i}.embed")
-            if embed is not None and f"quantizer.layers.{i}.embed_avg" not in weights:
-                weights[f"quantizer.layers.{i}.embed_avg"] = embed.clone()
-                weights[f"quantizer.layers.{i}.cluster_size"] = torch.ones(embed.shape[0])
-        load_weights_into(model, weights, str(folder))
-        return model.to(device).eval()
+    # identity(), save_pretrained(inference_only=...), from_pretrained(folder=None): CompressionModel's
 
     @classmethod
     def from_hf(cls, model_or_folder) -> CompressionModel:

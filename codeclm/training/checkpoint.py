@@ -29,7 +29,6 @@ import os
 import random
 import re
 import shutil
-import struct
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codeclm.errors import ConfigError
+from codeclm.pretrained import read_safetensors_header
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 LATEST = "latest"
@@ -154,14 +154,7 @@ def _file_record(path: Path) -> dict:
 def _check_safetensors(path: Path) -> None:
     """Header parses and the data it describes ends exactly at the end of the file (no loading)."""
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise ValueError("shorter than a safetensors header")
-        (n,) = struct.unpack("<Q", raw)
-        if n > min(size - 8, 100 << 20):
-            raise ValueError(f"header of {n} bytes does not fit the file ({size} bytes)")
-        header = json.loads(f.read(n))
+    n, header = read_safetensors_header(path)
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
         raise ValueError(f"truncated or padded: the tensors need {8 + n + end} bytes, the file has {size}")
