@@ -3,7 +3,7 @@
 * :mod:`~codeclm.compression.format` -- the versioned, checksummed container (``docs/format.md``);
 * :mod:`~codeclm.compression.entropy` -- adaptive context model + ``constriction`` range coder;
 * :mod:`~codeclm.compression.api` -- ``compress_file``/``decompress_file`` (streaming, atomic);
-* :mod:`~codeclm.compression.cli` -- the ``codeclm compress/decompress/info`` subcommands.
+* the ``codeclm compress/decompress/info`` subcommands live in :mod:`codeclm.cli.compression`.
 """
 
 from codeclm.compression.api import (CompressionStats, compress_file, compress_tensor, decompress_file,

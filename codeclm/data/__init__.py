@@ -8,7 +8,7 @@
   fluidsynth-rendered MIDI with transcripts and captions. Their functions are not re-exported
   here (they share the modules' names): ``from codeclm.data.synth_speech import synth_speech``.
 * :mod:`~codeclm.data.real`: the Debian-packaged recordings codeclm may train on, held-out split.
-* :mod:`~codeclm.data.cli`: the ``codeclm data`` command group.
+* the ``codeclm data`` command group lives in :mod:`codeclm.cli.data`.
 """
 
 from codeclm.data.dataset import AudioSegmentDataset, DurationBucketSampler, collate_audio

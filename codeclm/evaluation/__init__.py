@@ -2,7 +2,7 @@
 
 * :mod:`~codeclm.evaluation.codec_eval`: :func:`evaluate_codec`, objective metrics of the codec
   at several bandwidths, optionally against Opus at the same bitrates.
-* :mod:`~codeclm.evaluation.cli`: the ``codeclm eval`` command group.
+* the ``codeclm eval`` command group lives in :mod:`codeclm.cli.evaluation`.
 
 Names are imported lazily so that ``codeclm --help`` does not load the metrics stack.
 """
