@@ -17,10 +17,14 @@ rate) first, so models at other rates are measured the same way.
   clip's mean chromagram (``librosa.feature.chroma_cqt`` on the harmonic part of an HPSS split)
   correlated with the 24 rotated major / minor profiles (Krumhansl-Kessler, or Temperley's).
   :meth:`KeyEstimate.mode_given_tonic` answers "major or minor?" for a known tonic.
-* **Instrument family** (:class:`InstrumentClassifier`): a logistic regression over log-mel and
-  MFCC statistics, trained on renders of the synthetic corpus (``codeclm data synth-music``) to
-  name the General MIDI family of the piece's *lead* instrument (the first one its caption
-  names); :func:`train_instrument_classifier` and ``python -m codeclm.evaluation.music_eval train``.
+* **Instrument family** (:class:`InstrumentClassifier`): a small MLP (one hidden layer) over
+  clip statistics of log-mel bands (mean, std, percentiles), MFCCs, attacks, HPSS sustain and
+  envelope modulation (:func:`instrument_features_v2`), trained on renders of the synthetic
+  corpus (``codeclm data synth-music``) and the same renders through the music codec, to name
+  the General MIDI family of the piece's *lead* instrument (the first one its caption names);
+  :func:`train_instrument_classifier` and ``python -m codeclm.evaluation.music_eval train``.
+  Folders of the first classifier (logistic regression over :func:`instrument_features_v1`)
+  still load.
 * **Tonality** (:func:`tonality`): spectral flatness, onset peakiness and onset rate, HPSS
   harmonicity and chroma clarity: "notes like the training corpus" vs "noise" as numbers.
 * **Melody** (:func:`pitch_class_agreement`, :func:`melody_agreement`): how often the dominant
@@ -50,10 +54,11 @@ from codeclm.errors import CodecLMError
 __all__ = [
     "EVAL_SR", "FAMILIES", "KeyEstimate", "InstrumentClassifier", "DEFAULT_CLASSIFIER",
     "to_mono", "estimate_tempo", "estimate_key", "tonality", "instrument_features", "family_of",
-    "train_instrument_classifier", "pitch_class_agreement", "melody_agreement", "spearman",
+    "train_instrument_classifier", "fit_mlp", "fit_logistic", "FEATURE_V1", "FEATURE_V2",
+    "instrument_features_v1", "instrument_features_v2", "pitch_class_agreement", "melody_agreement", "spearman",
     "corpus_pieces", "training_captions", "vary", "lead_choices", "render_piece", "key_from_chroma",
     "mean_chroma", "default_classifier_folder", "melody_following", "scale_melody", "noise",
-    "tonality_reference", "TONALITY_KEYS", "fold_tempo", "TEMPO_FOLD",
+    "tonality_reference", "TONALITY_KEYS", "fold_tempo", "TEMPO_FOLD", "benchmark_captions",
 ]
 
 EVAL_SR = 24000
@@ -283,10 +288,15 @@ def tonality_reference(clips, sample_rate: int = EVAL_SR, seconds: float = 8.0) 
 
 
 # -- instrument family ---------------------------------------------------------------------------
+FEATURE_V1 = "mel64+mfcc20+delta+contrast+spectral mean/std v1"
+FEATURE_V2 = "mel96 mean/std/p10/p90+mfcc+delta+contrast+band onsets+mel hpss+modulation v2"
+
+
 @_quiet
-def instrument_features(wav, sample_rate: int) -> np.ndarray:
-    """``[F]`` float32: mean and std over time of 64 log-mel bands, 20 MFCCs and their deltas,
-    spectral contrast (7 bands), and mean/std of centroid, bandwidth, rolloff and flatness."""
+def instrument_features_v1(wav, sample_rate: int) -> np.ndarray:
+    """``[236]`` float32 (the first classifier's features): mean and std over time of 64 log-mel
+    bands, 20 MFCCs and their deltas, spectral contrast (7 bands), and mean/std of centroid,
+    bandwidth, rolloff and flatness."""
     import librosa
 
     x = _normalized(to_mono(wav, sample_rate))
@@ -306,6 +316,72 @@ def instrument_features(wav, sample_rate: int) -> np.ndarray:
     return np.concatenate([np.concatenate([p.mean(axis=1), p.std(axis=1)]) for p in parts]).astype(np.float32)
 
 
+def _band_groups(n: int, k: int) -> list[slice]:
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@_quiet
+def instrument_features_v2(wav, sample_rate: int) -> np.ndarray:
+    """``[F]`` float32 over the clip (mono, 24 kHz, -20 dBFS RMS; 2048-point STFT, hop 512):
+
+    * 96 log-mel bands (to 12 kHz): mean, std, 10th and 90th percentile over time (the 90th
+      follows the loud lead notes above the accompaniment);
+    * 20 MFCCs: mean, std; their deltas: std and mean absolute value;
+    * spectral contrast (7 bands), centroid, bandwidth, rolloff, flatness: mean and std;
+    * attacks: onset strength (log-mel flux) in 8 band groups: mean, std, 95th percentile;
+    * sustain vs attack: an HPSS split of the mel power: the harmonic share in 16 band groups;
+    * modulation: the log-energy envelope of 8 band groups, its power in 1-3, 3-8 and 8-16 Hz
+      (tremolo / vibrato / repeated attacks), relative to the envelope's total variance.
+    """
+    import librosa
+
+    x = _normalized(to_mono(wav, sample_rate))
+    S = np.abs(librosa.stft(x, n_fft=2048, hop_length=512)) ** 2
+    melp = librosa.feature.melspectrogram(S=S, sr=EVAL_SR, n_mels=96, fmax=12000)
+    mel = librosa.power_to_db(melp, ref=1.0, top_db=80.0)
+    T = mel.shape[1]
+    mfcc = librosa.feature.mfcc(S=mel, n_mfcc=20)
+    d_mfcc = librosa.feature.delta(mfcc, width=min(9, T - (1 - T % 2))) if T >= 3 else np.zeros_like(mfcc)
+    mag = np.sqrt(S)
+    contrast = librosa.feature.spectral_contrast(S=mag, sr=EVAL_SR)
+    spec = np.stack([librosa.feature.spectral_centroid(S=mag, sr=EVAL_SR)[0] / 1000.0,
+                     librosa.feature.spectral_bandwidth(S=mag, sr=EVAL_SR)[0] / 1000.0,
+                     librosa.feature.spectral_rolloff(S=mag, sr=EVAL_SR)[0] / 1000.0,
+                     np.log(librosa.feature.spectral_flatness(S=mag)[0] + 1e-6)])
+    out = [mel.mean(1), mel.std(1), np.percentile(mel, 10, axis=1), np.percentile(mel, 90, axis=1),
+           mfcc.mean(1), mfcc.std(1), d_mfcc.std(1), np.abs(d_mfcc).mean(1),
+           contrast.mean(1), contrast.std(1), spec.mean(1), spec.std(1)]
+    flux = np.maximum(0.0, np.diff(mel, axis=1, prepend=mel[:, :1]))
+    on = np.stack([flux[g].mean(0) for g in _band_groups(96, 8)])
+    out += [on.mean(1), on.std(1), np.percentile(on, 95, axis=1)]
+    harm, perc = librosa.decompose.hpss(melp, kernel_size=(17, 9)) if T >= 17 else (melp, 0 * melp)
+    out.append(np.array([harm[g].sum() / max(float(harm[g].sum() + perc[g].sum()), 1e-12)
+                         for g in _band_groups(96, 16)]))
+    fps = EVAL_SR / 512
+    freqs = np.fft.rfftfreq(T, 1 / fps)
+    mods = []
+    for g in _band_groups(96, 8):
+        env = np.log(melp[g].sum(0) + 1e-8)
+        env = env - env.mean()
+        P = np.abs(np.fft.rfft(env * np.hanning(T))) ** 2
+        tot = float(P[freqs >= 0.5].sum()) + 1e-12
+        mods += [float(P[(freqs >= lo) & (freqs < hi)].sum()) / tot for lo, hi in ((1, 3), (3, 8), (8, 16))]
+    out.append(np.array(mods))
+    return np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in out]).astype(np.float32)
+
+
+_FEATURES = {FEATURE_V1: instrument_features_v1, FEATURE_V2: instrument_features_v2}
+
+
+def instrument_features(wav, sample_rate: int, feature: str = FEATURE_V2) -> np.ndarray:
+    """``[F]`` float32 clip features of the classifier kind ``feature`` (default: the current one,
+    :func:`instrument_features_v2`; :data:`FEATURE_V1` for :func:`instrument_features_v1`)."""
+    if feature not in _FEATURES:
+        raise CodecLMError(f"unknown instrument features {feature!r} (known: {sorted(_FEATURES)})")
+    return _FEATURES[feature](wav, sample_rate)
+
+
 def default_classifier_folder() -> Path:
     """``checkpoints/music_eval`` (or under ``$CODECLM_CHECKPOINTS``)."""
     from codeclm.pretrained import CHECKPOINTS_DIR
@@ -314,37 +390,65 @@ def default_classifier_folder() -> Path:
 
 
 class InstrumentClassifier:
-    """Multinomial logistic regression over standardized :func:`instrument_features`.
+    """Lead-family classifier over standardized :func:`instrument_features`: a small MLP (ReLU
+    hidden layers, then a softmax layer), or with no hidden layer a multinomial logistic
+    regression (the first shipped classifier).
 
-    Folder: ``model.safetensors`` (``weight [K, F]``, ``bias [K]``, ``mean [F]``, ``std [F]``) and
-    ``classes.json`` (``{"classes": [...], "feature": ..., "sample_rate": ..., "command": ...}``).
+    Folder, format 2: ``model.safetensors`` (``mean [F]``, ``std [F]``, ``layer{i}.weight``,
+    ``layer{i}.bias``) and ``classes.json`` (``{"format": 2, "classes": [...], "feature": ...,
+    "sample_rate": ..., "command": ...}``). Format 1 (no ``"format"`` key; ``weight [K, F]``,
+    ``bias [K]``, ``mean``, ``std``: the logistic classifier over :data:`FEATURE_V1`) still loads.
     """
 
-    FEATURE = "mel64+mfcc20+delta+contrast+spectral mean/std v1"
+    FORMAT = 2
+    FEATURE = FEATURE_V2  # what new classifiers are trained on
 
-    def __init__(self, classes: list[str], weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
-                 std: torch.Tensor, info: dict | None = None) -> None:
+    def __init__(self, classes: list[str], layers, mean: torch.Tensor, std: torch.Tensor,
+                 info: dict | None = None, feature: str = FEATURE_V2) -> None:
         self.classes = list(classes)
-        self.weight, self.bias = weight.float(), bias.float()
-        self.mean, self.std = mean.float(), std.float()
+        self.layers = [(torch.as_tensor(w).float(), torch.as_tensor(b).float()) for w, b in layers]
+        self.mean, self.std = torch.as_tensor(mean).float(), torch.as_tensor(std).float()
         self.info = dict(info or {})
-        if self.weight.shape != (len(self.classes), self.mean.numel()):
-            raise CodecLMError(f"classifier weight {tuple(self.weight.shape)} does not match "
-                               f"{len(self.classes)} classes x {self.mean.numel()} features")
+        if feature not in _FEATURES:
+            raise CodecLMError(f"unknown instrument features {feature!r} (known: {sorted(_FEATURES)})")
+        self.feature = feature
+        n_in = self.mean.numel()
+        if not self.layers:
+            raise CodecLMError("classifier needs at least one layer")
+        for i, (w, b) in enumerate(self.layers):
+            if w.dim() != 2 or w.shape[1] != n_in or b.shape != (w.shape[0],):
+                raise CodecLMError(f"classifier layer {i}: weight {tuple(w.shape)} / bias {tuple(b.shape)} "
+                                   f"do not follow {n_in} inputs")
+            n_in = w.shape[0]
+        if n_in != len(self.classes):
+            raise CodecLMError(f"classifier ends in {n_in} outputs for {len(self.classes)} classes")
+
+    @property
+    def kind(self) -> str:
+        return "logistic" if len(self.layers) == 1 else "mlp"
+
+    def features(self, wav, sample_rate: int) -> np.ndarray:
+        """This classifier's features of a clip."""
+        return instrument_features(wav, sample_rate, self.feature)
 
     def logits_of_features(self, feats) -> torch.Tensor:
         f = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
         if f.dim() == 1:
             f = f[None]
-        return ((f - self.mean) / self.std) @ self.weight.T + self.bias
+        h = (f - self.mean) / self.std
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w.T + b
+            if i < len(self.layers) - 1:
+                h = torch.relu(h)
+        return h
 
     def probabilities(self, wav, sample_rate: int) -> dict[str, float]:
-        p = self.logits_of_features(instrument_features(wav, sample_rate)).softmax(-1)[0]
+        p = self.logits_of_features(self.features(wav, sample_rate)).softmax(-1)[0]
         return {c: float(v) for c, v in zip(self.classes, p)}
 
     def predict(self, wav, sample_rate: int, among=None) -> str:
         """The most probable family (``among``: only these class names compete)."""
-        return self.predict_features(instrument_features(wav, sample_rate), among)
+        return self.predict_features(self.features(wav, sample_rate), among)
 
     def predict_features(self, feats, among=None) -> str:
         logits = self.logits_of_features(feats)[0]
@@ -362,10 +466,12 @@ class InstrumentClassifier:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous(),
-                   "mean": self.mean.contiguous(), "std": self.std.contiguous()},
-                  str(folder / "model.safetensors"))
-        info = {"classes": self.classes, "feature": self.FEATURE, "sample_rate": EVAL_SR, **self.info}
+        tensors = {"mean": self.mean.contiguous(), "std": self.std.contiguous()}
+        for i, (w, b) in enumerate(self.layers):
+            tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"] = w.contiguous(), b.contiguous()
+        save_file(tensors, str(folder / "model.safetensors"))
+        info = {"format": self.FORMAT, "classes": self.classes, "feature": self.feature, "sample_rate": EVAL_SR,
+                "model": self.kind, "layers": [list(w.shape) for w, _ in self.layers], **self.info}
         (folder / "classes.json").write_text(json.dumps(info, indent=2) + "\n")
         return folder
 
@@ -378,12 +484,22 @@ class InstrumentClassifier:
             raise CodecLMError(f"{folder}: not an instrument classifier folder "
                                "(needs classes.json and model.safetensors)")
         info = json.loads((folder / "classes.json").read_text())
-        if info.get("feature") != cls.FEATURE:
-            raise CodecLMError(f"{folder}: classifier made for features {info.get('feature')!r}, "
-                               f"this code computes {cls.FEATURE!r}")
+        fmt = int(info.get("format", 1))
+        feature = info.get("feature")
+        if fmt not in (1, 2):
+            raise CodecLMError(f"{folder}: classifier folder format {fmt} is newer than this code (reads 1, 2)")
+        if feature not in _FEATURES or (fmt == 1 and feature != FEATURE_V1):
+            raise CodecLMError(f"{folder}: classifier made for features {feature!r}, "
+                               f"this code computes {sorted(_FEATURES)}")
         w = load_file(str(folder / "model.safetensors"))
-        extra = {k: v for k, v in info.items() if k not in ("classes", "feature", "sample_rate")}
-        return cls(info["classes"], w["weight"], w["bias"], w["mean"], w["std"], extra)
+        if fmt == 1:
+            layers = [(w["weight"], w["bias"])]
+        else:
+            n = len([k for k in w if k.startswith("layer") and k.endswith(".weight")])
+            layers = [(w[f"layer{i}.weight"], w[f"layer{i}.bias"]) for i in range(n)]
+        extra = {k: v for k, v in info.items()
+                 if k not in ("format", "classes", "feature", "sample_rate", "model", "layers")}
+        return cls(info["classes"], layers, w["mean"], w["std"], extra, feature=feature)
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2, steps: int = 300,
@@ -395,8 +511,7 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2,
     yt = torch.as_tensor(y, dtype=torch.long)
     mean, std = Xt.mean(0), Xt.std(0).clamp(min=1e-6)
     Z = (Xt - mean) / std
-    counts = torch.bincount(yt, minlength=n_classes).double()
-    cw = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    cw = _class_weights(yt, n_classes)
     W = torch.zeros(n_classes, Z.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -409,6 +524,42 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2,
 
     opt.step(closure)
     return W.detach().float(), b.detach().float(), mean.float(), std.float()
+
+
+def _class_weights(yt: torch.Tensor, n_classes: int) -> torch.Tensor:
+    counts = torch.bincount(yt, minlength=n_classes).double()
+    return torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+
+
+def fit_mlp(X: np.ndarray, y: np.ndarray, n_classes: int, hidden: int = 128, weight_decay: float = 1e-3,
+            dropout: float = 0.2, input_noise: float = 0.1, epochs: int = 400, lr: float = 3e-3,
+            seed: int = 0) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """Standardize ``X [N, F]`` and fit a one-hidden-layer ReLU MLP (full-batch AdamW, input
+    dropout and Gaussian noise on the standardized features, class weights inverse to
+    frequency), deterministic under ``seed``. Returns ``([(W0, b0), (W1, b1)], mean, std)``."""
+    gen = torch.Generator().manual_seed(seed)
+    Xt = torch.as_tensor(X, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    mean, std = Xt.mean(0), Xt.std(0).clamp(min=1e-6)
+    Z = (Xt - mean) / std
+    cw = _class_weights(yt, n_classes).float()
+    F = Z.shape[1]
+    W0 = (torch.randn(hidden, F, generator=gen) * math.sqrt(2.0 / F)).requires_grad_()
+    b0 = torch.zeros(hidden, requires_grad=True)
+    W1 = (torch.randn(n_classes, hidden, generator=gen) * math.sqrt(1.0 / hidden)).requires_grad_()
+    b1 = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.AdamW([W0, b0, W1, b1], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for _ in range(epochs):
+        keep = (torch.rand(Z.shape, generator=gen) >= dropout).float() / (1 - dropout)
+        zin = (Z + input_noise * torch.randn(Z.shape, generator=gen)) * keep
+        h = torch.relu(zin @ W0.T + b0)
+        loss = torch.nn.functional.cross_entropy(h @ W1.T + b1, yt, weight=cw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return [(W0.detach(), b0.detach()), (W1.detach(), b1.detach())], mean, std
 
 
 def _lead_labels(records) -> list[str]:
@@ -428,7 +579,10 @@ def _lead_labels(records) -> list[str]:
     return out
 
 
-def manifest_features(manifest: str | os.PathLike, progress: bool = True) -> tuple[np.ndarray, list[str], list]:
+def manifest_features(manifest: str | os.PathLike, progress: bool = True, feature: str = FEATURE_V2,
+                      cache: str | os.PathLike | None = None) -> tuple[np.ndarray, list[str], list]:
+    """Features, lead labels and records of a synthetic-corpus manifest's captioned clips;
+    ``cache``: an ``.npz`` file keeping each clip's features by path, size and mtime."""
     from tqdm.auto import tqdm
 
     from codeclm.audio import load_audio
@@ -438,38 +592,76 @@ def manifest_features(manifest: str | os.PathLike, progress: bool = True) -> tup
     if not records:
         raise CodecLMError(f"{manifest}: no captioned records")
     labels = _lead_labels(records)
-    feats = []
+    known: dict[str, np.ndarray] = {}
+    if cache is not None and Path(cache).is_file():
+        with np.load(cache) as z:
+            known = {k: z[k] for k in z.files}
+
+    def key(path) -> str:
+        st = os.stat(path)
+        return f"{feature}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+    feats, fresh = [], 0
     for r in tqdm(records, desc="features", unit="clip", disable=not progress):
-        wav, sr = load_audio(r.path)
-        feats.append(instrument_features(wav, sr))
+        k = key(r.path)
+        if k not in known:
+            wav, sr = load_audio(r.path)
+            known[k] = instrument_features(wav, sr, feature)
+            fresh += 1
+        feats.append(known[k])
+    if cache is not None and fresh:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(cache).with_suffix(".tmp.npz")
+        np.savez(tmp, **known)
+        os.replace(tmp, cache)
     return np.stack(feats), labels, records
 
 
 def train_instrument_classifier(train_manifests, heldout_manifests=(), l2: float = 1e-2,
-                                progress: bool = True, command: str | None = None):
+                                progress: bool = True, command: str | None = None, model: str = "mlp",
+                                hidden: int = 128, epochs: int = 400, seed: int = 0,
+                                feature: str | None = None, exclude_captions=(), cache=None):
     """Fit the lead-family classifier on synthetic-corpus manifests (e.g. renders and the same
     renders through a codec); returns ``(classifier, report)``, the report holding each held-out
-    manifest's accuracy (overall, and among each style's own lead families)."""
+    manifest's accuracy (overall, and among each style's own lead families).
+
+    ``model``: ``"mlp"`` (one hidden layer of ``hidden`` ReLUs, :func:`fit_mlp`, weight decay
+    ``l2``) or ``"logistic"`` (:func:`fit_logistic`); ``feature``: :data:`FEATURE_V2` (default
+    for the MLP) or :data:`FEATURE_V1` (default for logistic). Training clips whose caption is in
+    ``exclude_captions`` (e.g. the benchmark's held-out captions) are dropped."""
     if isinstance(train_manifests, (str, os.PathLike)):
         train_manifests = [train_manifests]
     if isinstance(heldout_manifests, (str, os.PathLike)):
         heldout_manifests = [heldout_manifests]
-    parts = [manifest_features(m, progress)[:2] for m in train_manifests]
-    X = np.concatenate([x for x, _ in parts])
-    labels = [lab for _, labs in parts for lab in labs]
+    if model not in ("mlp", "logistic"):
+        raise CodecLMError(f"model must be mlp or logistic, got {model!r}")
+    feature = feature or (FEATURE_V2 if model == "mlp" else FEATURE_V1)
+    exclude = set(exclude_captions or ())
+    parts = [manifest_features(m, progress, feature, cache) for m in train_manifests]
+    X = np.concatenate([x for x, _, _ in parts])
+    labels = [lab for _, labs, _ in parts for lab in labs]
+    keep = np.array([r.caption not in exclude for _, _, recs in parts for r in recs])
+    X, labels = X[keep], [lab for lab, k in zip(labels, keep) if k]
     classes = sorted(set(labels), key=FAMILIES.index)
     y = np.array([classes.index(lab) for lab in labels])
-    W, b, mean, std = fit_logistic(X, y, len(classes), l2=l2)
-    info = {"trained_on": [str(m) for m in train_manifests], "n_train": int(len(y)), "l2": l2,
+    info = {"trained_on": [str(m) for m in train_manifests], "n_train": int(len(y)),
+            "n_excluded": int((~keep).sum()), "seed": seed,
             "label": "GM family of the lead instrument (the first instrument of the caption)"}
+    if model == "mlp":
+        layers, mean, std = fit_mlp(X, y, len(classes), hidden=hidden, weight_decay=l2, epochs=epochs, seed=seed)
+        info.update({"weight_decay": l2, "hidden": hidden, "epochs": epochs})
+    else:
+        W, b, mean, std = fit_logistic(X, y, len(classes), l2=l2, seed=seed)
+        layers = [(W, b)]
+        info["l2"] = l2
     if command:
         info["command"] = command
-    clf = InstrumentClassifier(classes, W, b, mean, std, info)
-    report = {"n_train": int(len(y)), "classes": classes,
-              "train_accuracy": round(float(np.mean([clf.predict_features(f) == lab for f, lab in zip(X, labels)])), 4),
-              "heldout": {}}
+    clf = InstrumentClassifier(classes, layers, mean, std, info, feature=feature)
+    pred = clf.logits_of_features(X).argmax(-1).numpy()
+    report = {"n_train": int(len(y)), "classes": classes, "model": model,
+              "train_accuracy": round(float(np.mean(pred == y)), 4), "heldout": {}}
     for m in heldout_manifests:
-        Xh, lh, recs = manifest_features(m, progress)
+        Xh, lh, recs = manifest_features(m, progress, feature, cache)
         report["heldout"][str(m)] = classifier_accuracy(clf, Xh, lh, [r.caption for r in recs])
     clf.info["heldout"] = report["heldout"]
     return clf, report
@@ -613,6 +805,21 @@ def vary(piece, **changes):
     return new
 
 
+def benchmark_captions(seed: int = 1717, n: int = 400, tempos=(80, 95, 110, 125, 140)) -> set[str]:
+    """Every caption ``benchmarks/music_adherence.py --heldout-seed seed`` can ask: the ``n``
+    pieces of ``seed``, each as is and varied in tempo (``tempos``: the default sweep), mode, or lead instrument
+    (any of its style's). Training data for the yardstick's classifier leaves these out."""
+    from codeclm.data.synth_music import STYLES
+
+    caps = set()
+    for p in corpus_pieces(seed, n):
+        caps.add(p.caption)
+        caps |= {vary(p, bpm=int(b)).caption for b in tempos}
+        caps |= {vary(p, mode=m).caption for m in ("major", "minor")}
+        caps |= {vary(p, lead=q).caption for q in STYLES[p.style]["lead"]}
+    return caps
+
+
 def render_piece(piece, duration: float, seed: int, folder: str | os.PathLike, name: str,
                  soundfont=None) -> torch.Tensor:
     """Render a planned piece with the corpus's own MIDI writer and fluidsynth settings: ``[C, N]``
@@ -673,7 +880,15 @@ def main(argv=None) -> int:
     t.add_argument("train_manifest", nargs="+")
     t.add_argument("--heldout", nargs="*", default=[], help="manifests of pieces made with another seed")
     t.add_argument("-o", "--out", default="checkpoints/music_eval")
-    t.add_argument("--l2", type=float, default=1e-2)
+    t.add_argument("--model", choices=("mlp", "logistic"), default="mlp")
+    t.add_argument("--l2", type=float, default=1e-2, help="weight decay (mlp) / L2 (logistic)")
+    t.add_argument("--hidden", type=int, default=128, help="hidden units of the MLP")
+    t.add_argument("--epochs", type=int, default=400, help="full-batch steps of the MLP")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--exclude-heldout-seed", type=int, default=1717,
+                   help="drop training clips whose caption is a variation the adherence benchmark can ask "
+                        "(pieces of this synth-music seed; -1: none)")
+    t.add_argument("--cache", default=None, help="an .npz file caching each clip's features")
     t.add_argument("--reference-n", type=int, default=120,
                    help="training clips whose tonality scores make reference.json (the corpus range)")
     c = sub.add_parser("codec", help="a manifest's clips through a codec (training / held-out data for the classifier)")
@@ -687,7 +902,10 @@ def main(argv=None) -> int:
         print(codec_round_trip_corpus(args.manifest, args.codec, args.bandwidth, args.out, args.n))
         return 0
     command = "python -m codeclm.evaluation.music_eval " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    clf, report = train_instrument_classifier(args.train_manifest, args.heldout, l2=args.l2, command=command)
+    exclude = benchmark_captions(args.exclude_heldout_seed) if args.exclude_heldout_seed >= 0 else set()
+    clf, report = train_instrument_classifier(args.train_manifest, args.heldout, l2=args.l2, command=command,
+                                              model=args.model, hidden=args.hidden, epochs=args.epochs,
+                                              seed=args.seed, exclude_captions=exclude, cache=args.cache)
     clf.save(args.out)
     from codeclm.audio import load_audio
     from codeclm.data.manifest import read_manifest
