@@ -41,7 +41,7 @@ from codeclm.errors import CodecLMError, CodesError, ConfigError
 from codeclm.lm.layers import KVCache, apply_rope
 from codeclm.lm.patterns import DelayPattern
 from codeclm.lm.sampling import check_sampling_params, top_k_filter, top_p_filter
-from codeclm.pretrained import SavedConfig, load_weights_into, read_config, read_weights, save_folder
+from codeclm.pretrained import SavedConfig, load_folder, save_folder
 from codeclm.streaming import StreamingError, StreamingModule
 
 __all__ = ["DIA_DELAYS", "DiaConfig", "DiaModel", "DiaOutput", "encode_text"]
@@ -446,13 +446,7 @@ class DiaModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder) -> DiaModel:
-        from pathlib import Path
-
-        folder = Path(folder)
-        config = DiaConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
-        model = cls(config)
-        load_weights_into(model, read_weights(folder), str(folder))
-        return model.eval()
+        return load_folder(cls, DiaConfig, folder).eval()
 
     @property
     def device(self) -> torch.device:

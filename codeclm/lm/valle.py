@@ -39,7 +39,7 @@ from codeclm.lm.config import LMConfig
 from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.text_encoder import TokenEncoder
 from codeclm.lm.transformer import TokenLM
-from codeclm.pretrained import SavedConfig, fused_state_dict, load_weights_into, read_config, read_weights, save_folder
+from codeclm.pretrained import SavedConfig, fused_state_dict, load_folder, save_folder
 
 __all__ = ["MODEL_TYPE", "Valle", "ValleConfig"]
 
@@ -284,8 +284,4 @@ class Valle(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> Valle:
-        folder = Path(folder)
-        config = ValleConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
-        model = cls(config)
-        load_weights_into(model, read_weights(folder), str(folder))
-        return model.to(device).eval()
+        return load_folder(cls, ValleConfig, folder).to(device).eval()

@@ -42,7 +42,7 @@ from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.transformer import TokenLM
 from codeclm.pipelines.core import (FORMAT, PIPELINE_FILE, BasePipeline, check_codec_identity,  # noqa: F401
                                     read_pipeline_info, write_pipeline_info)
-from codeclm.pretrained import load_weights_into, read_config, read_json, read_weights, save_folder
+from codeclm.pretrained import load_folder, read_json, save_folder
 
 __all__ = ["GenerationPipeline", "check_codec_identity", "load_lm", "read_pipeline_info", "save_lm",
            "write_pipeline_info"]
@@ -54,11 +54,7 @@ def save_lm(lm: TokenLM, folder: str | os.PathLike, dtype: torch.dtype | None = 
 
 
 def load_lm(folder: str | os.PathLike) -> TokenLM:
-    folder = Path(folder)
-    config = LMConfig.from_dict(read_config(folder), source=str(folder / "config.json"))
-    lm = TokenLM(config)
-    load_weights_into(lm, read_weights(folder), str(folder))
-    return lm.eval()
+    return load_folder(TokenLM, LMConfig, folder).eval()
 
 
 class GenerationPipeline(BasePipeline):
