@@ -20,7 +20,6 @@ appends it to ``benchmarks/results/busy_cpu.jsonl``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from timing import write_result  # noqa: E402  (this folder is on sys.path when run as a script)
 
 JOB = r"""
 import sys, time, torch
@@ -79,7 +79,7 @@ def main() -> None:
     finally:
         spin.kill()
         spin.wait()
-    line = json.dumps({
+    write_result({
         "benchmark": "busy_cpu",
         "job": f"shipped codec encode+decode, {args.seconds:g} s at 6 kbps",
         "machine": machine,
@@ -91,12 +91,7 @@ def main() -> None:
         "torch_default_busy_seconds": round(torch_busy, 3),
         "torch_default_slowdown": round(torch_busy / torch_alone, 2),
         "default_vs_torch_busy": round(torch_busy / busy, 2),
-    })
-    print(line)
-    if args.results:
-        os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(line + "\n")
+    }, args.results)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ load on a shared machine). Prints one JSON line with the machine and appends it 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from timing import interleaved  # noqa: E402  (this folder is on sys.path when run as a script)
+from timing import interleaved, write_result  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 def main() -> None:
@@ -90,7 +89,7 @@ def main() -> None:
 
     seconds = args.seconds
     enc_delay, dec_delay = ours.start_delay_frames
-    line = json.dumps({
+    write_result({
         "benchmark": "codec_speed",
         "model": "EnCodec 24 kHz config (random weights), 6 kbps",
         "machine": machine_info(),
@@ -112,12 +111,7 @@ def main() -> None:
         "stream_codes_equal_offline": stream_exact,
         "algorithmic_latency_ms": round(1000 * ours.latency, 2),
         "start_delay_frames": {"encoder": enc_delay, "decoder": dec_delay},
-    })
-    print(line)
-    if args.results:
-        os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(line + "\n")
+    }, args.results)
 
 
 if __name__ == "__main__":

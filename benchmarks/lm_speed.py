@@ -41,6 +41,7 @@ import warnings
 from types import SimpleNamespace
 
 import torch
+from timing import write_result  # this folder is on sys.path when run as a script
 
 IMPLS = ("codeclm", "codeclm-static", "codeclm-compiled", "codeclm-int8", "transformers")
 
@@ -273,12 +274,7 @@ def main() -> None:
             "int8_token_agreement": round(float((a == b).float().mean()), 4),
             "int8_first_divergent_frame": int(diverge[0]) if len(diverge) else None,
         })
-    line = json.dumps(out)
-    print(line)
-    if args.results:
-        os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(line + "\n")
+    write_result(out, args.results)
 
 
 if __name__ == "__main__":

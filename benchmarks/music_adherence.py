@@ -52,6 +52,10 @@ import torch
 
 from codeclm.evaluation import music_eval as me
 
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # timing.py beside it, also when loaded by path
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from timing import write_result  # noqa: E402
+
 TONALITY_KEYS = me.TONALITY_KEYS
 
 
@@ -305,12 +309,7 @@ def main(argv=None) -> dict:
     if args.long:
         out["long"] = run_long(pipe, args, clf, train_caps)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
-    line = json.dumps(out)
-    print(line)
-    if args.results:
-        os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(line + "\n")
+    write_result(out, args.results)
     return out
 
 

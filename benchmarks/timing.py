@@ -1,4 +1,5 @@
-"""Timing helpers shared by the speed benchmarks (scripts in this folder import it as ``timing``).
+"""Helpers shared by the benchmarks (scripts in this folder import it as ``timing``): timing, and
+:func:`write_result` for the one JSON line each prints and appends to its results file.
 
 On a shared machine other processes' load lands on whichever contender runs at the time, so the
 contenders run in turn (the order alternating each round) and each keeps its best round; the CPU
@@ -7,6 +8,8 @@ time of this process is kept beside the wall time (it is far less sensitive to a
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 
@@ -35,3 +38,15 @@ def best_time(fn, repeats: int):
 
     wall, cpu = interleaved({"fn": keep}, repeats)
     return wall["fn"], cpu["fn"], out.get("value")
+
+
+def write_result(result: dict, path: str | None) -> str:
+    """Print ``result`` as one JSON line and append it to the JSON-lines file ``path`` (none if
+    empty or None, its folder made if needed); returns the line."""
+    line = json.dumps(result)
+    print(line)
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    return line
