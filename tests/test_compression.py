@@ -48,13 +48,7 @@ def reference(codec, wav, bandwidth):
     return codec.decode(codec.encode(wav[None], bandwidth))[0, :, : wav.shape[-1]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for the module
 
 
 @pytest.fixture(scope="module")

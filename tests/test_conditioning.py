@@ -355,16 +355,9 @@ def test_melody_summed_per_frame_trains_and_follows_the_melody(tmp_path):
     from codeclm.training.config import load_recipe
     from codeclm.training.trainer import train
     from conftest import tiny_codec_config
-    from safetensors.torch import load_file, save_file
-    from test_lm_training import TINY, make_cache
+    from test_lm_training import TINY, make_chroma_cache
 
-    cache = make_cache(tmp_path / "cache", n=12)
-    meta = json.loads((cache / "meta.json").read_text())
-    meta["chroma"] = True
-    (cache / "meta.json").write_text(json.dumps(meta))
-    shard = load_file(str(cache / "shard_00000.safetensors"))
-    shard["chroma"] = (torch.arange(shard["codes"].shape[1]) % 13).to(torch.uint8)[None]
-    save_file(shard, str(cache / "shard_00000.safetensors"))
+    cache = make_chroma_cache(tmp_path / "cache", n=12)
     out = tmp_path / "run"
     train(load_recipe(TINY, [f"data.token_cache={cache}", f"out_dir={out}", "max_steps=3", "lm.melody=true",
                              "lm.conditions.melody.fuse=sum", "ckpt_every=0", "valid_every=3", "log_every=1"]))

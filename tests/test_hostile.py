@@ -34,12 +34,7 @@ SR = 24000
 CLI = [sys.executable, "-m", "codeclm.cli"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for the module
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,21 @@ def make_cache(folder: Path, n: int = 40, frames: int = 24, n_q: int = 2, card: 
     return folder
 
 
+def make_chroma_cache(folder: Path, n: int = 12) -> Path:
+    """:func:`make_cache` with a chroma track (pitch classes 0..12 cycling over the frames) and
+    ``chroma`` set in its meta: a cache a melody LM trains on."""
+    from safetensors.torch import load_file
+
+    cache = make_cache(folder, n=n)
+    meta = json.loads((cache / META).read_text())
+    meta["chroma"] = True
+    (cache / META).write_text(json.dumps(meta))
+    shard = load_file(str(cache / shard_name(0)))
+    shard["chroma"] = (torch.arange(shard["codes"].shape[1]) % 13).to(torch.uint8)[None]
+    save_file(shard, str(cache / shard_name(0)))
+    return cache
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("tokens") / "cache")

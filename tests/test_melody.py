@@ -167,17 +167,9 @@ def test_melody_training_exports_a_melody_pipeline(tmp_path):
     """task: lm with lm.melody on a cache with chroma: trains, validates, exports melody/."""
     from codeclm.training.config import load_recipe
     from codeclm.training.trainer import train
-    from test_lm_training import TINY, make_cache
+    from test_lm_training import TINY, make_cache, make_chroma_cache
 
-    cache = make_cache(tmp_path / "cache", n=12)
-    meta = json.loads((cache / "meta.json").read_text())
-    meta["chroma"] = True
-    (cache / "meta.json").write_text(json.dumps(meta))
-    from safetensors.torch import load_file, save_file
-
-    shard = load_file(str(cache / "shard_00000.safetensors"))
-    shard["chroma"] = (torch.arange(shard["codes"].shape[1]) % 13).to(torch.uint8)[None]
-    save_file(shard, str(cache / "shard_00000.safetensors"))
+    cache = make_chroma_cache(tmp_path / "cache", n=12)
     assert TokenCache(cache)[1]["chroma"].shape == TokenCache(cache)[1]["codes"][0].shape
     out = tmp_path / "run"
     train(load_recipe(TINY, [f"data.token_cache={cache}", f"out_dir={out}", "max_steps=3", "lm.melody=true",
