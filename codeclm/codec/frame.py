@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
-from codeclm.codec.layers import conv_exact, pointwise_exact, rows_matmul
+from codeclm.codec.layers import fft_rows, linear_rows, packed_linear_weight, pointwise_exact
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
 from codeclm.errors import ConfigError
@@ -143,11 +143,35 @@ class FrameCodecConfig(SavedConfig):
 # Layers. Activations are time-major [B, T, C]; each layer has a fast path (training) and an
 # exact frame-synchronous path (inference, streaming) computing the same function.
 # ---------------------------------------------------------------------------------------------
-def _linear_exact(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)`` for ``x [B, T, C]`` with every row rounded independently of ``T``."""
-    b, t, c = x.shape
+def _linear_plan(layer: nn.Linear) -> tuple:
+    """``(weight, bias, packed)`` of a linear layer for :func:`_linear_exact`: read once per stream
+    (the oneDNN-packed weight is cached across streams until the weight changes)."""
     bias = None if layer.bias is None else layer.bias.detach()
-    return rows_matmul(x.reshape(b * t, c), layer.weight.detach().t(), bias).view(b, t, -1)
+    return layer.weight.detach(), bias, packed_linear_weight(layer.weight)
+
+
+def _linear_exact(x: torch.Tensor, plan: tuple) -> torch.Tensor:
+    """The linear layer of ``plan`` (:func:`_linear_plan`) on ``x [B, T, C]``, every row rounded
+    independently of ``T`` (:func:`~codeclm.codec.layers.linear_rows`)."""
+    b, t, c = x.shape
+    return linear_rows(x.reshape(b * t, c), *plan).view(b, t, plan[0].shape[0])
+
+
+def _plan(module: nn.Module, build) -> tuple:
+    """A streaming module's per-stream constants (weights read once, packed linears), built at the
+    stream's first call; outside a stream, for this call only."""
+    state = module._streaming_state
+    if state is None:
+        return build()
+    if state.get("plan") is None:
+        state["plan"] = build()
+    return state["plan"]
+
+
+def _hann(n: int) -> torch.Tensor:
+    """Periodic Hann window of ``n`` samples (the one in :func:`dft_basis`), float32."""
+    k = torch.arange(n, dtype=torch.float64)
+    return (0.5 - 0.5 * torch.cos(2 * math.pi * k / n)).float()
 
 
 def dft_basis(n_fft: int) -> torch.Tensor:
@@ -168,6 +192,8 @@ class Frontend(StreamingModule):
         self.hop, self.short = hop, hop // 4
         self.register_buffer("long_basis", dft_basis(2 * hop), persistent=False)
         self.register_buffer("short_basis", dft_basis(2 * self.short), persistent=False)
+        self.register_buffer("long_window", _hann(2 * hop), persistent=False)
+        self.register_buffer("short_window", _hann(2 * self.short), persistent=False)
 
     def _init_streaming_state(self, batch_size: int) -> dict:
         return {"previous": None}
@@ -181,13 +207,32 @@ class Frontend(StreamingModule):
 
     def _features(self, window: torch.Tensor, exact: bool) -> torch.Tensor:
         """``window``: the hop of context followed by ``n`` hops -> ``[B, n, n_features]``."""
-        conv = (lambda x, w, s: conv_exact(x, w, None, s, 1)) if exact else (lambda x, w, s: F.conv1d(x, w, stride=s))
+        if exact:
+            return self._features_exact(window)
+        conv = lambda x, w, s: F.conv1d(x, w, stride=s)  # noqa: E731
         long = self._log_power(conv(window, self.long_basis, self.hop), exact)  # [B, hop + 1, n]
         start = self.hop - self.short  # the short windows need half a short window of context
         short = self._log_power(conv(window[..., start:], self.short_basis, self.short), exact)  # [B, k, 4n]
         b, k, m = short.shape
         short = short.view(b, k, m // 4, 4).permute(0, 3, 1, 2).reshape(b, 4 * k, m // 4)
         return torch.cat([long, short], 1).transpose(1, 2)
+
+    @staticmethod
+    def _log_power_fft(frames: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """``0.25 * log(|rfft(frames * window)|^2 + eps)`` per frame: the windowed DFT of the basis
+        convolution, each frame's bits independent of the call (FFT rows, element-wise ops)."""
+        spec = torch.view_as_real(fft_rows(torch.fft.rfft, frames * window))
+        re, im = spec[..., 0], spec[..., 1]
+        return 0.25 * pointwise_exact(torch.log, re * re + im * im + _LOG_EPS)
+
+    def _features_exact(self, window: torch.Tensor) -> torch.Tensor:
+        """:meth:`_features` for inference: the same windowed DFTs as inverse-free real FFTs."""
+        b = window.shape[0]
+        long = self._log_power_fft(window[:, 0].unfold(-1, 2 * self.hop, self.hop), self.long_window)  # [B, n, hop + 1]
+        start = self.hop - self.short  # the short windows need half a short window of context
+        short = self._log_power_fft(window[:, 0, start:].unfold(-1, 2 * self.short, self.short),
+                                    self.short_window)  # [B, 4n, k]
+        return torch.cat([long, short.reshape(b, long.shape[1], -1)], -1)
 
     def forward(self, wav: torch.Tensor, exact: bool = False) -> torch.Tensor:
         if not self.is_streaming:
@@ -214,10 +259,20 @@ class ConvNeXtBlock(StreamingModule):
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
 
     def _init_streaming_state(self, batch_size: int) -> dict:
-        return {"previous": None}
+        return {"previous": None, "plan": None}
 
     def forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         return self._exact(x) if exact else self._fast(x)
+
+    def _build_plan(self) -> tuple:
+        gamma = self.gamma.detach()
+        # the layer scale folded into pwconv2 (x + (s W) h + s b: one fused linear + residual add)
+        scaled = packed_linear_weight(self.pwconv2.weight, self.gamma)
+        lin2 = ((self.pwconv2.weight.detach(), gamma * self.pwconv2.bias.detach(), scaled) if scaled is not None
+                else _linear_plan(self.pwconv2))
+        return (self.dwconv.weight.detach()[:, 0].t().contiguous()[:, None],  # taps [k, 1, C]
+                self.dwconv.bias.detach(), self.norm.weight.detach(), self.norm.bias.detach(),
+                _linear_plan(self.pwconv1), lin2, gamma)
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv1d(F.pad(x.transpose(1, 2), (self.kernel - 1, 0)), self.dwconv.weight, self.dwconv.bias,
@@ -227,25 +282,32 @@ class ConvNeXtBlock(StreamingModule):
 
     def _exact(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        ctx = self.kernel - 1
+        k = self.kernel
+        taps, dw_bias, ln_weight, ln_bias, lin1, lin2, gamma = _plan(self, self._build_plan)
         state = self._streaming_state
         previous = state["previous"] if state is not None else None
         if previous is None:
-            previous = x.new_zeros(b, ctx, c)
-        xp = torch.cat([previous, x], 1)
+            previous = x.new_zeros(b, k - 1, c)
+        xp = torch.cat([previous, x], 1)  # [B, k - 1 + n, C]
         if state is not None:
-            state["previous"] = xp[:, xp.shape[1] - ctx:].contiguous()
-        w = self.dwconv.weight.detach()[:, 0]  # [C, k]
-        y = xp[:, 0:n] * w[:, 0]
-        for j in range(1, self.kernel):  # fixed order of element-wise products and sums
-            y = y + xp[:, j: j + n] * w[:, j]
-        y = y + self.dwconv.bias.detach()
-        y = F.layer_norm(y, (c,), self.norm.weight.detach(), self.norm.bias.detach(), self.norm.eps)
-        y = _linear_exact(pointwise_exact(F.gelu, _linear_exact(y, self.pwconv1)), self.pwconv2)
-        return x + self.gamma.detach() * y
+            state["previous"] = xp[:, n:]
+        # depthwise conv: the k products of every frame in one element-wise op, then added tap
+        # after tap (explicit adds: torch's sum over the taps reorders its tail elements)
+        windows = xp.as_strided((b, k, n, c), (xp.shape[1] * c, c, c, 1), xp.storage_offset())
+        products = windows * taps  # [B, k, n, C]
+        y = products[:, 0] + products[:, 1] if k > 1 else products[:, 0].clone()
+        for j in range(2, k):
+            y += products[:, j]
+        y += dw_bias
+        y = F.layer_norm(y, (c,), ln_weight, ln_bias, self.norm.eps)
+        rows = x.reshape(b * n, c)
+        h = linear_rows(y.view(b * n, c), *lin1, gelu=True)
+        if lin2[2] is not None:  # packed, layer scale folded in: the residual added as a post-op
+            return linear_rows(h, *lin2, add=rows).view(b, n, c)
+        return x + gamma * linear_rows(h, *lin2).view(b, n, c)
 
 
-class _Stack(nn.Module):
+class _Stack(StreamingModule):
     """Input projection, ConvNeXt blocks, final LayerNorm (+ optional output projection)."""
 
     def __init__(self, d_in: int, dim: int, layers: int, kernel: int, mlp_ratio: int, d_out: int | None,
@@ -258,15 +320,35 @@ class _Stack(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj_out = nn.Linear(dim, d_out) if d_out is not None else None
 
+    def _init_streaming_state(self, batch_size: int) -> dict:
+        return {"plan": None}
+
     def forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        x = _linear_exact(x, self.proj_in) if exact else self.proj_in(x)
+        if exact:
+            return self._exact(x)
+        x = self.proj_in(x)
         for block in self.blocks:
-            x = block(x, exact)
-        x = (F.layer_norm(x, x.shape[-1:], self.norm.weight.detach(), self.norm.bias.detach(), self.norm.eps)
-             if exact else self.norm(x))
+            x = block(x)
+        x = self.norm(x)
         if self.proj_out is not None:
-            x = _linear_exact(x, self.proj_out) if exact else self.proj_out(x)
+            x = self.proj_out(x)
         if self.out_norm:  # every frame at unit RMS: the encoder cannot outrun its EMA codebooks
+            x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
+        return x
+
+    def _build_plan(self) -> tuple:
+        return (_linear_plan(self.proj_in), self.norm.weight.detach(), self.norm.bias.detach(),
+                None if self.proj_out is None else _linear_plan(self.proj_out))
+
+    def _exact(self, x: torch.Tensor) -> torch.Tensor:
+        proj_in, norm_weight, norm_bias, proj_out = _plan(self, self._build_plan)
+        x = _linear_exact(x, proj_in)
+        for block in self.blocks:
+            x = block._exact(x)
+        x = F.layer_norm(x, x.shape[-1:], norm_weight, norm_bias, self.norm.eps)
+        if proj_out is not None:
+            x = _linear_exact(x, proj_out)
+        if self.out_norm:
             x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
         return x
 
@@ -287,16 +369,25 @@ class ISTFTHead(StreamingModule):
         self.register_buffer("window", (0.5 - 0.5 * torch.cos(math.pi * n / hop)).float(), persistent=False)
 
     def _init_streaming_state(self, batch_size: int) -> dict:
-        return {"pending": None, "pending_raw": None}
+        return {"pending": None, "pending_raw": None, "plan": None}
 
     def forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        h = _linear_exact(x, self.out) if exact else self.out(x)
-        h = h.float()  # the synthesis runs in float32 even under autocast
+        if exact:
+            return self._exact(x)
+        h = self.out(x).float()  # the synthesis runs in float32 even under autocast
         log_mag, phase = h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
-        pw = (lambda fn, t: pointwise_exact(fn, t)) if exact else (lambda fn, t: fn(t))
-        mag = pw(torch.exp, log_mag)
-        spec = torch.complex(mag * pw(torch.cos, phase), mag * pw(torch.sin, phase))
+        mag = torch.exp(log_mag)
+        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
         frames = torch.fft.irfft(spec, n=2 * self.hop)  # [B, F, 2 hop]
+        return frames * self.window, frames[..., self.hop:]
+
+    def _exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (plan,) = _plan(self, lambda: (_linear_plan(self.out),))
+        h = _linear_exact(x, plan).float()
+        log_mag, phase = h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
+        mag = pointwise_exact(torch.exp, log_mag)
+        spec = torch.complex(mag * pointwise_exact(torch.cos, phase), mag * pointwise_exact(torch.sin, phase))
+        frames = fft_rows(torch.fft.irfft, spec, n=2 * self.hop)  # [B, F, 2 hop]
         return frames * self.window, frames[..., self.hop:]
 
     def overlap_add(self, blocks: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
@@ -311,19 +402,24 @@ class ISTFTHead(StreamingModule):
         end (``final``) the last one. Same arithmetic as :meth:`overlap_add`."""
         state = self._streaming_state
         hop = self.hop
+        b, n = blocks.shape[:2]
         pieces = []
         pending, pending_raw = state["pending"], state["pending_raw"]
-        for t in range(blocks.shape[1]):
+        if n:
+            falling = blocks[:, :, hop:]  # frame t's second half completes hop t with frame t + 1's first
             if pending is not None:
-                pieces.append(pending + blocks[:, t, :hop])
-            pending, pending_raw = blocks[:, t, hop:], raw[:, t]
+                falling = torch.cat([pending[:, None], falling], 1)
+            m = falling.shape[1] - 1  # hops completed: n, or n - 1 at the stream's start
+            if m:
+                pieces.append(falling[:, :-1] + blocks[:, n - m:, :hop])
+            pending, pending_raw = blocks[:, -1, hop:], raw[:, -1]
         if final and pending is not None:
-            pieces.append(pending_raw)
+            pieces.append(pending_raw[:, None])
             pending = pending_raw = None
         state["pending"], state["pending_raw"] = pending, pending_raw
         if not pieces:
-            return blocks.new_zeros(blocks.shape[0], 1, 0)
-        return torch.stack(pieces, 1).reshape(blocks.shape[0], 1, -1)
+            return blocks.new_zeros(b, 1, 0)
+        return torch.cat(pieces, 1).reshape(b, 1, -1)
 
 
 class FrameCodec(CompressionModel):
@@ -428,7 +524,24 @@ class FrameCodec(CompressionModel):
         # frames encoded / decoded so far: once the encoder has flushed, the decode call that
         # reaches its last frame is the decoder's last (whatever the grouping of the calls)
         return {"buffer": None, "encoder_done": False, "frames_encoded": 0, "frames_decoded": 0,
-                "decoder_final": False, "decoder_done": False}
+                "decoder_final": False, "decoder_done": False, "codebooks": None}
+
+    def _quantize_exact(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
+        """Residual VQ of ``latent [B, n, D]`` -> codes ``[B, n_q, n]``: the quantizer's nearest-code
+        rule (``argmin |e|^2 - 2 x.e``) with the dot products on the codebooks' packed oneDNN
+        copies (:func:`~codeclm.codec.layers.linear_rows`, row-invariant), read once per stream."""
+        state = self._streaming_state
+        if state["codebooks"] is None:
+            state["codebooks"] = [(layer.embed, layer._sqnorm(), packed_linear_weight(layer.embed))
+                                  for layer in self.quantizer.layers]
+        b, t, d = latent.shape
+        residual = latent.reshape(b * t, d).to(self._dtype)
+        codes = []
+        for embed, sqnorm, packed in state["codebooks"][:n_q]:
+            c = (sqnorm - 2 * linear_rows(residual, embed, None, packed)).argmin(-1)
+            residual = residual - F.embedding(c, embed)
+            codes.append(c.view(b, t))
+        return torch.stack(codes, 1)
 
     def _encode_stream(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
         self._check_stream_batch(wav.shape[0])
@@ -442,7 +555,7 @@ class FrameCodec(CompressionModel):
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
         latent = self.encoder(self.frontend(buf[..., :usable]), exact=True)  # [B, n, D]
         state["frames_encoded"] += latent.shape[1]
-        return self.quantizer.encode(latent.transpose(1, 2), n_q)
+        return self._quantize_exact(latent, n_q)
 
     def _decode_stream(self, codes: torch.Tensor) -> torch.Tensor:
         self._check_stream_batch(codes.shape[0])

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.weak
 from torch import nn
 
 from codeclm.streaming import StreamingModule
@@ -65,6 +66,9 @@ def pointwise_exact(fn, x: torch.Tensor) -> torch.Tensor:
     """
     flat = x.contiguous().view(-1)
     n = flat.numel()
+    if n <= _PIECE - _VEC_BLOCK:  # one piece (one thread): a single call, the tail padded into it
+        extra = (-n) % _VEC_BLOCK
+        return (fn(flat) if not extra else fn(F.pad(flat, (0, extra)))[:n]).view_as(x)
     out = torch.empty_like(flat)
     full = n - n % _VEC_BLOCK
     for start in range(0, full, _PIECE):
@@ -75,6 +79,19 @@ def pointwise_exact(fn, x: torch.Tensor) -> torch.Tensor:
         tail[: n - full] = flat[full:]
         out[full:] = fn(tail)[: n - full]
     return out.view_as(x)
+
+
+def fft_rows(fn, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``fn(x, **kwargs)`` for a 1-D FFT over the last dim (``torch.fft.rfft``/``irfft``) with every
+    row's bits independent of how many rows come together: MKL's multi-threaded plan for a single
+    short row (a few dozen points) rounds differently, so a lone row is padded to two."""
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    m = flat.shape[0]
+    if m == 1:
+        flat = torch.cat([flat, torch.zeros_like(flat)])
+    y = fn(flat, **kwargs)
+    return y[:m].reshape(*lead, y.shape[-1])
 
 
 def elu_exact(x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +184,79 @@ def rows_matmul(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = 
             x = torch.cat([x, x.new_zeros(extra, x.shape[1])])
     y = torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
     return y[:m] if y.shape[0] != m else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear layers on a pre-packed oneDNN weight (the frame codec's per-frame GEMMs).
+# ---------------------------------------------------------------------------------------------
+_MIN_LINEAR_ROWS = 2  # oneDNN computes a single row of K > 1024 with another kernel (other rounding)
+_LINEAR_PACKS = torch.utils.weak.WeakIdKeyDictionary()  # weight Parameter -> (version key, packed copy)
+
+
+def packed_linear_weight(weight: torch.Tensor, row_scale: torch.Tensor | None = None):
+    """oneDNN's blocked copy of a linear weight ``[N, K]`` (times ``row_scale[:, None]`` when given:
+    a layer scale folded in) for :func:`linear_rows`, or None where not applicable (not CPU
+    float32, no oneDNN, or gradients needed: :func:`rows_matmul` then).
+
+    Packing costs about as much as a few hundred rows of GEMM, so the copy is cached per weight
+    tensor and remade when the weight (or scale) changes (``data_ptr`` or version counter:
+    optimizer steps, ``load_state_dict``, ``to()``); an inference-mode tensor (no version counter)
+    is packed afresh on every call, so callers keep the result for a stream.
+    """
+    tensors = (weight,) if row_scale is None else (weight, row_scale)
+    if (any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or weight.dim() != 2
+            or not torch.backends.mkldnn.is_available()
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+        return None
+    try:
+        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    except RuntimeError:  # an inference-mode tensor has no version counter: do not cache
+        key = None
+    hit = _LINEAR_PACKS.get(weight) if key is not None else None
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    w = weight.detach() if row_scale is None else weight.detach() * row_scale.detach()[:, None]
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
+    except (RuntimeError, AttributeError, NotImplementedError):  # a torch without the op
+        return None
+    if key is not None:
+        _LINEAR_PACKS[weight] = (key, packed)
+    return packed
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, packed=None, *,
+                gelu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, K] @ weight.T (+ bias)``, then GELU (``gelu``) or ``+ add`` ``[M, N]``, with every
+    row's rounding independent of ``M``.
+
+    With ``packed`` (:func:`packed_linear_weight`, which then defines the product: ``weight`` only
+    gives the shape) this is oneDNN's linear on the blocked weight, GELU or the addition fused as a
+    post-op (the same bits as ``F.gelu`` / ``+`` after it: tests). Each output row is reduced over
+    ``K`` in the same order whatever the number of rows, where they sit in memory and the thread
+    count (tests check ``M`` in 1..64 and offline sizes, 1 and 2 threads), except that a single
+    row of a long ``K`` takes another kernel, so rows are padded to two. No padding to
+    :func:`row_block`, no per-call weight repacking: several times faster than :func:`rows_matmul`
+    for the few rows of a streamed frame. Without ``packed``: :func:`rows_matmul` (other
+    rounding: a stream uses one or the other), :func:`pointwise_exact` GELU.
+    """
+    if packed is None:
+        y = rows_matmul(x, weight.t(), bias)
+        if gelu:
+            y = pointwise_exact(F.gelu, y)
+        return y if add is None else y + add
+    m = x.shape[0]
+    if m == 0:
+        return x.new_zeros(0, weight.shape[0])
+    if m < _MIN_LINEAR_ROWS:  # a second copy of the row (one op; any row would do)
+        x = torch.cat([x, x])
+        add = None if add is None else torch.cat([add, add])
+    if add is not None:
+        y = torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), add.contiguous(), packed, bias, "add")
+    else:
+        y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "gelu" if gelu else "none", [],
+                                               "none" if gelu else "")
+    return y[:m] if m < _MIN_LINEAR_ROWS else y
 
 
 def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
