@@ -119,7 +119,8 @@ def test_heldout_captions_vary_one_attribute():
 
 def test_classifier_folder_round_trip(tmp_path):
     clf = me.InstrumentClassifier.load()  # the shipped one
-    assert all(h["heldout_accuracy_within_style"] >= 0.6 for h in clf.info["heldout"].values()) and (me.default_classifier_folder() / "reference.json").is_file()
+    assert clf.kind == "mlp" and clf.feature == me.FEATURE_V2
+    assert all(h["heldout_accuracy_within_style"] >= 0.8 for h in clf.info["heldout"].values()) and (me.default_classifier_folder() / "reference.json").is_file()
     assert sum(f.stat().st_size for f in me.default_classifier_folder().iterdir()) < 1_000_000
     clf.save(tmp_path / "c")
     again = me.InstrumentClassifier.load(tmp_path / "c")
@@ -130,6 +131,33 @@ def test_classifier_folder_round_trip(tmp_path):
     (tmp_path / "c" / "classes.json").write_text(json.dumps({**info, "feature": "other"}))
     with pytest.raises(Exception, match="features"):
         me.InstrumentClassifier.load(tmp_path / "c")
+
+
+def test_format_1_logistic_folder_still_loads(tmp_path):
+    """The first classifier's folder (weight/bias/mean/std, no "format"; v1 features) loads and
+    reads v1 features; MLP training is deterministic under its seed."""
+    from safetensors.torch import save_file
+
+    x = [chords(C_MAJOR), chords(C_MINOR), me.noise("white", 2.0), me.noise("brown", 2.0)]
+    X = np.stack([me.instrument_features_v1(w, SR) for w in x])
+    W, b, mean, std = me.fit_logistic(X, np.array([0, 0, 1, 1]), 2)
+    (tmp_path / "old").mkdir()
+    save_file({"weight": W, "bias": b, "mean": mean, "std": std}, str(tmp_path / "old" / "model.safetensors"))
+    (tmp_path / "old" / "classes.json").write_text(json.dumps(
+        {"classes": ["piano", "pipe"], "feature": me.FEATURE_V1, "sample_rate": SR, "l2": 0.01}))
+    old = me.InstrumentClassifier.load(tmp_path / "old")
+    assert old.kind == "logistic" and old.feature == me.FEATURE_V1 and old.info == {"l2": 0.01}
+    assert old.features(x[0], SR).shape == X[0].shape
+    assert [old.predict(w, SR) for w in x] == ["piano", "piano", "pipe", "pipe"]
+    old.save(tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "classes.json").read_text())["format"] == 2
+    assert me.InstrumentClassifier.load(tmp_path / "resaved").predict(x[2], SR) == "pipe"
+    Z = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    y = (Z[:, 0] > 0).astype(int)
+    (la, ma, sa), (lb, _, _) = (me.fit_mlp(Z, y, 2, hidden=16, epochs=300, lr=1e-2, seed=3) for _ in range(2))
+    assert all(torch.equal(p, q) for (p1, p2), (q1, q2) in zip(la, lb) for p, q in ((p1, q1), (p2, q2)))
+    fitted = me.InstrumentClassifier(["piano", "pipe"], la, ma, sa)
+    assert np.mean(fitted.logits_of_features(Z).argmax(-1).numpy() == y) >= 0.9
 
 
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
@@ -146,6 +174,43 @@ def test_classifier_on_rendered_midi_of_two_families(tmp_path):
             assert wav.shape == (2, 6 * SR)
             assert clf.predict(wav, SR, among) == family
             assert clf.predict(wav, SR) == family  # among all nine families too
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
+def test_shipped_classifier_on_fresh_lead_sweep_raw_and_through_codec(tmp_path):
+    """Like the benchmark's instrument sweep, on pieces of a seed no corpus or benchmark uses:
+    a base piece of each style with >= 2 lead families, rendered with every lead family of its
+    style, read raw and after the music codec at 2 kbps: well above chance (the goal is 2x)."""
+    from codeclm.codec import load_model
+    from codeclm.data.synth_music import STYLES
+
+    clf = me.InstrumentClassifier.load()
+    codec_dir = ROOT / "checkpoints" / "music" / "codec"
+    codec = load_model(codec_dir) if (codec_dir / "model.safetensors").is_file() else None
+    bases, styles = [], set()
+    for p in me.corpus_pieces(5151, 200):
+        if len(me.lead_choices(p.style)) >= 2 and p.style not in styles:
+            bases.append(p)
+            styles.add(p.style)
+    assert styles == {"pop", "jazz", "orchestral", "ambient", "folk"}
+    hits, hits_codec, chance = [], [], []
+    for j, base in enumerate(bases):
+        among = me.lead_choices(base.style)
+        for fam in among:
+            programs = [q for q in STYLES[base.style]["lead"] if me.family_of(q) == fam and q != base.chords]
+            if not programs:
+                continue
+            wav = me.render_piece(me.vary(base, lead=programs[0]), 6.0, 5151, tmp_path, f"b{j}_{fam}")
+            hits.append(clf.predict(wav, SR, among) == fam)
+            chance.append(1 / len(among))
+            if codec is not None:
+                with torch.no_grad():
+                    y = codec.decode(codec.encode(wav.mean(0, keepdim=True)[None], bandwidth=2.0))[0]
+                hits_codec.append(clf.predict(y, codec.sample_rate, among) == fam)
+    assert len(hits) >= 11
+    assert np.mean(hits) >= 2.2 * np.mean(chance), (hits, np.mean(chance))
+    if codec is not None:
+        assert np.mean(hits_codec) >= 1.8 * np.mean(chance), (hits_codec, np.mean(chance))
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ __all__ = [
     "instrument_features_v1", "instrument_features_v2", "pitch_class_agreement", "melody_agreement", "spearman",
     "corpus_pieces", "training_captions", "vary", "lead_choices", "render_piece", "key_from_chroma",
     "mean_chroma", "default_classifier_folder", "melody_following", "scale_melody", "noise",
-    "tonality_reference", "TONALITY_KEYS", "fold_tempo", "TEMPO_FOLD", "benchmark_captions",
+    "tonality_reference", "TONALITY_KEYS", "fold_tempo", "TEMPO_FOLD", "benchmark_captions", "split_manifest",
 ]
 
 EVAL_SR = 24000
@@ -867,6 +867,23 @@ def codec_round_trip_corpus(manifest, codec_folder, bandwidth: float, out_dir, n
     return out_dir / "manifest.jsonl"
 
 
+def split_manifest(manifest, out_dir, heldout_percent: int = 15) -> tuple[Path, Path]:
+    """``out_dir/train.jsonl`` and ``out_dir/heldout.jsonl``: the manifest's records split by a
+    hash of the file name (``sha1(name) % 100 < heldout_percent`` is held out), so the split
+    does not move when the corpus grows."""
+    import hashlib
+
+    from codeclm.data.manifest import read_manifest, write_manifest
+
+    records = read_manifest(manifest)
+    held = [int(hashlib.sha1(Path(r.path).name.encode()).hexdigest(), 16) % 100 < heldout_percent for r in records]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest([r for r, h in zip(records, held) if not h], out_dir / "train.jsonl")
+    write_manifest([r for r, h in zip(records, held) if h], out_dir / "heldout.jsonl")
+    return out_dir / "train.jsonl", out_dir / "heldout.jsonl"
+
+
 # -- command line: train the classifier -----------------------------------------------------------
 def main(argv=None) -> int:
     import argparse
@@ -897,7 +914,14 @@ def main(argv=None) -> int:
     c.add_argument("-b", "--bandwidth", type=float, default=2.0)
     c.add_argument("-n", type=int, default=None, help="only the first N clips")
     c.add_argument("-o", "--out", required=True)
+    sp = sub.add_parser("split", help="train / held-out manifests by a hash of each file name")
+    sp.add_argument("manifest")
+    sp.add_argument("--heldout-percent", type=int, default=15)
+    sp.add_argument("-o", "--out", required=True)
     args = p.parse_args(argv)
+    if args.cmd == "split":
+        print(*split_manifest(args.manifest, args.out, args.heldout_percent))
+        return 0
     if args.cmd == "codec":
         print(codec_round_trip_corpus(args.manifest, args.codec, args.bandwidth, args.out, args.n))
         return 0
