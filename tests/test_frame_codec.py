@@ -208,3 +208,132 @@ def test_trainer_learns_and_exports(tmp_path):
     model = load_model(tmp_path / "run" / "model")
     assert isinstance(model, FrameCodec)
     assert load_model(tmp_path / "run" / "model_float16").config == model.config
+
+
+# -- the exact path's kernels: a row's bits never depend on the other rows in the call ---------------
+LINEAR_SHAPES = [(965, 32), (32, 96), (96, 32), (16, 48), (48, 962), (384, 1152), (1152, 384), (128, 1024), (7, 5)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("weights", ["float32", "float16"])
+def test_packed_linear_rows_do_not_depend_on_the_rows_around_them(threads, weights):
+    from codeclm.codec.layers import pack_linear
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(threads)
+    try:
+        for k, n in LINEAR_SHAPES:
+            w = torch.randn(n, k, generator=g) * 0.05
+            if weights == "float16":  # a float16 folder loaded as float32: every weight a float16 number
+                w = w.half().float()
+            b, scale = torch.randn(n, generator=g), torch.rand(n, generator=g)
+            x, other = torch.randn(600, k, generator=g), torch.randn(600, n, generator=g)
+            with torch.inference_mode():
+                plain, scaled = pack_linear(w, b), pack_linear(w, b, scale)
+                assert plain.kind == ("fp16" if weights == "float16" else "onednn")
+                ref = plain(x)
+                ref_gelu, ref_add = plain(x, gelu=True), scaled(x, add=other)
+                for m in list(range(1, 65)) + [100, 333, 500]:
+                    for start in (0, 3, 97):  # where the rows sit in memory
+                        rows = slice(start, start + m)
+                        assert torch.equal(plain(x[rows].clone()), ref[rows]), (k, n, m, start)
+                        assert torch.equal(plain(x[rows], gelu=True), ref_gelu[rows]), (k, n, m, start)
+                        assert torch.equal(scaled(x[rows], add=other[rows]), ref_add[rows]), (k, n, m, start)
+                exact = x.double() @ w.double().t() + b.double()  # the same function as a float32 linear
+                assert (ref - exact).abs().max() < 1e-5 * (1 + exact.abs().max())
+                assert torch.allclose(ref_gelu, torch.nn.functional.gelu(ref), atol=1e-6)
+                assert torch.allclose(ref_add, other + scale * ref, atol=1e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_packed_linear_is_repacked_when_the_weight_changes():
+    from codeclm.codec.layers import pack_linear
+
+    layer = torch.nn.Linear(32, 48)
+    x = torch.randn(3, 32)
+    with torch.inference_mode():
+        first = pack_linear(layer.weight, layer.bias)
+        assert pack_linear(layer.weight, layer.bias) is first  # cached
+        assert torch.allclose(first(x), layer(x), atol=1e-6)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place: a new version
+    with torch.inference_mode():
+        again = pack_linear(layer.weight, layer.bias)
+        assert again is not first
+        assert torch.allclose(again(x), layer(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fft_rows_and_pointwise_do_not_depend_on_the_rows_around_them(threads):
+    from codeclm.codec.layers import fft_rows, pointwise_exact
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    try:
+        for n in (16, 64, 240, 960):  # short rows: MKL's one-row plan differs with several threads
+            x = torch.randn(300, n, generator=g)
+            spec = torch.fft.rfft(x)
+            for m in (1, 2, 3, 17, 300):
+                assert torch.equal(fft_rows(torch.fft.rfft, x[:m]), spec[:m])
+                assert torch.equal(fft_rows(torch.fft.irfft, spec[:m], n=n), torch.fft.irfft(spec, n=n)[:m])
+        for fn in (torch.exp, torch.sin, torch.nn.functional.gelu):
+            x = torch.randn(40_000, generator=g)
+            ref = pointwise_exact(fn, x)
+            assert torch.allclose(ref, fn(x))
+            for start, length in ((0, 1), (5, 63), (64, 481), (1000, 1152), (7, 32_700), (3, 39_000)):
+                assert torch.equal(pointwise_exact(fn, x[start: start + length]), ref[start: start + length])
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_depthwise_taps_add_in_a_fixed_order(codec):
+    """The block's depthwise conv (one product, explicit adds) gives a frame the same bits in any call."""
+    block = codec.decoder.blocks[0]
+    x = torch.randn(2, 40, block.norm.normalized_shape[0])
+    with torch.inference_mode():
+        with block.streaming(2):
+            whole = block._exact(x)
+        with block.streaming(2):
+            parts = torch.cat([block._exact(x[:, a:b]) for a, b in ((0, 1), (1, 4), (4, 4), (4, 11), (11, 40))], 1)
+    assert torch.equal(whole, parts)
+
+
+@pytest.fixture(scope="module")
+def codec16(codec):
+    """The test codec with every weight a float16 number (as loaded from a float16 folder): the
+    GEMMs take FBGEMM's float16-weight kernel."""
+    half = FrameCodec(codec.config)
+    half.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in codec.state_dict().items()})
+    return half.eval()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float16_weights_stream_the_offline_bits(codec16, threads):
+    from codeclm.codec.frame import _linear_plan
+
+    with torch.inference_mode():
+        assert _linear_plan(codec16.decoder.blocks[0].pwconv1).kind == "fp16"
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        wav = torch.stack([signal(SR // 2 + 777, seed=s) for s in range(2)])
+        codes = codec16.encode(wav, 1.8)
+        audio = codec16.decode(codes)
+        with codec16.streaming(2):
+            parts, pieces = [], []
+            for a, b in random_chunks(wav.shape[-1], 1500, 3):
+                parts.append(codec16.encode(wav[..., a:b], 1.8))
+                pieces.append(codec16.decode(parts[-1]))
+            parts.append(codec16.flush(1.8))
+            pieces.append(codec16.decode(parts[-1]))
+        assert torch.equal(torch.cat(parts, -1), codes)
+        assert torch.equal(torch.cat(pieces, -1), audio)
+        with codec16.streaming(1):  # one frame per call, batch 1 (the live 20 ms loop)
+            one = [codec16.decode(codec16.encode(wav[:1, :, i: i + 480], 1.8)) for i in range(0, wav.shape[-1], 480)]
+            one.append(codec16.decode(codec16.flush(1.8)))
+        assert torch.equal(torch.cat(one, -1), codec16.decode(codec16.encode(wav[:1], 1.8)))
+    finally:
+        torch.set_num_threads(old)

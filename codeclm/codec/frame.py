@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
-from codeclm.codec.layers import fft_rows, linear_rows, packed_linear_weight, pointwise_exact
+from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
 from codeclm.errors import ConfigError
@@ -143,18 +143,16 @@ class FrameCodecConfig(SavedConfig):
 # Layers. Activations are time-major [B, T, C]; each layer has a fast path (training) and an
 # exact frame-synchronous path (inference, streaming) computing the same function.
 # ---------------------------------------------------------------------------------------------
-def _linear_plan(layer: nn.Linear) -> tuple:
-    """``(weight, bias, packed)`` of a linear layer for :func:`_linear_exact`: read once per stream
-    (the oneDNN-packed weight is cached across streams until the weight changes)."""
-    bias = None if layer.bias is None else layer.bias.detach()
-    return layer.weight.detach(), bias, packed_linear_weight(layer.weight)
+def _linear_plan(layer: nn.Linear) -> PackedLinear:
+    """A linear layer's packed weights for :func:`_linear_exact` (cached across streams until the
+    weights change: :func:`~codeclm.codec.layers.pack_linear`)."""
+    return pack_linear(layer.weight, layer.bias)
 
 
-def _linear_exact(x: torch.Tensor, plan: tuple) -> torch.Tensor:
-    """The linear layer of ``plan`` (:func:`_linear_plan`) on ``x [B, T, C]``, every row rounded
-    independently of ``T`` (:func:`~codeclm.codec.layers.linear_rows`)."""
+def _linear_exact(x: torch.Tensor, linear: PackedLinear) -> torch.Tensor:
+    """``linear`` on ``x [B, T, C]``, every row rounded independently of ``T``."""
     b, t, c = x.shape
-    return linear_rows(x.reshape(b * t, c), *plan).view(b, t, plan[0].shape[0])
+    return linear(x.reshape(b * t, c)).view(b, t, linear.out_features)
 
 
 def _plan(module: nn.Module, build) -> tuple:
@@ -265,14 +263,9 @@ class ConvNeXtBlock(StreamingModule):
         return self._exact(x) if exact else self._fast(x)
 
     def _build_plan(self) -> tuple:
-        gamma = self.gamma.detach()
-        # the layer scale folded into pwconv2 (x + (s W) h + s b: one fused linear + residual add)
-        scaled = packed_linear_weight(self.pwconv2.weight, self.gamma)
-        lin2 = ((self.pwconv2.weight.detach(), gamma * self.pwconv2.bias.detach(), scaled) if scaled is not None
-                else _linear_plan(self.pwconv2))
         return (self.dwconv.weight.detach()[:, 0].t().contiguous()[:, None],  # taps [k, 1, C]
                 self.dwconv.bias.detach(), self.norm.weight.detach(), self.norm.bias.detach(),
-                _linear_plan(self.pwconv1), lin2, gamma)
+                _linear_plan(self.pwconv1), pack_linear(self.pwconv2.weight, self.pwconv2.bias, self.gamma))
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv1d(F.pad(x.transpose(1, 2), (self.kernel - 1, 0)), self.dwconv.weight, self.dwconv.bias,
@@ -283,7 +276,7 @@ class ConvNeXtBlock(StreamingModule):
     def _exact(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         k = self.kernel
-        taps, dw_bias, ln_weight, ln_bias, lin1, lin2, gamma = _plan(self, self._build_plan)
+        taps, dw_bias, ln_weight, ln_bias, lin1, lin2 = _plan(self, self._build_plan)
         state = self._streaming_state
         previous = state["previous"] if state is not None else None
         if previous is None:
@@ -300,11 +293,8 @@ class ConvNeXtBlock(StreamingModule):
             y += products[:, j]
         y += dw_bias
         y = F.layer_norm(y, (c,), ln_weight, ln_bias, self.norm.eps)
-        rows = x.reshape(b * n, c)
-        h = linear_rows(y.view(b * n, c), *lin1, gelu=True)
-        if lin2[2] is not None:  # packed, layer scale folded in: the residual added as a post-op
-            return linear_rows(h, *lin2, add=rows).view(b, n, c)
-        return x + gamma * linear_rows(h, *lin2).view(b, n, c)
+        h = lin1(y.view(b * n, c), gelu=True)
+        return lin2(h, add=x.reshape(b * n, c)).view(b, n, c)  # x + gamma * pwconv2(h)
 
 
 class _Stack(StreamingModule):
@@ -528,17 +518,17 @@ class FrameCodec(CompressionModel):
 
     def _quantize_exact(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
         """Residual VQ of ``latent [B, n, D]`` -> codes ``[B, n_q, n]``: the quantizer's nearest-code
-        rule (``argmin |e|^2 - 2 x.e``) with the dot products on the codebooks' packed oneDNN
-        copies (:func:`~codeclm.codec.layers.linear_rows`, row-invariant), read once per stream."""
+        rule (``argmin |e|^2 - 2 x.e``) with the dot products on the codebooks' packed
+        copies (:class:`~codeclm.codec.layers.PackedLinear`, row-invariant), read once per stream."""
         state = self._streaming_state
         if state["codebooks"] is None:
-            state["codebooks"] = [(layer.embed, layer._sqnorm(), packed_linear_weight(layer.embed))
+            state["codebooks"] = [(layer.embed, layer._sqnorm(), pack_linear(layer.embed))
                                   for layer in self.quantizer.layers]
         b, t, d = latent.shape
         residual = latent.reshape(b * t, d).to(self._dtype)
         codes = []
         for embed, sqnorm, packed in state["codebooks"][:n_q]:
-            c = (sqnorm - 2 * linear_rows(residual, embed, None, packed)).argmin(-1)
+            c = (sqnorm - 2 * packed(residual)).argmin(-1)
             residual = residual - F.embedding(c, embed)
             codes.append(c.view(b, t))
         return torch.stack(codes, 1)

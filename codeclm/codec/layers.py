@@ -187,76 +187,121 @@ def rows_matmul(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = 
 
 
 # ---------------------------------------------------------------------------------------------
-# Linear layers on a pre-packed oneDNN weight (the frame codec's per-frame GEMMs).
+# Linear layers on pre-packed weights (the frame codec's per-frame GEMMs).
 # ---------------------------------------------------------------------------------------------
-_MIN_LINEAR_ROWS = 2  # oneDNN computes a single row of K > 1024 with another kernel (other rounding)
-_LINEAR_PACKS = torch.utils.weak.WeakIdKeyDictionary()  # weight Parameter -> (version key, packed copy)
+_MIN_ONEDNN_ROWS = 2  # oneDNN computes a single row of K > 1024 with another kernel (other rounding)
+_LINEAR_PACKS = torch.utils.weak.WeakIdKeyDictionary()  # weight -> {variant: (versions, PackedLinear)}
 
 
-def packed_linear_weight(weight: torch.Tensor, row_scale: torch.Tensor | None = None):
-    """oneDNN's blocked copy of a linear weight ``[N, K]`` (times ``row_scale[:, None]`` when given:
-    a layer scale folded in) for :func:`linear_rows`, or None where not applicable (not CPU
-    float32, no oneDNN, or gradients needed: :func:`rows_matmul` then).
-
-    Packing costs about as much as a few hundred rows of GEMM, so the copy is cached per weight
-    tensor and remade when the weight (or scale) changes (``data_ptr`` or version counter:
-    optimizer steps, ``load_state_dict``, ``to()``); an inference-mode tensor (no version counter)
-    is packed afresh on every call, so callers keep the result for a stream.
-    """
-    tensors = (weight,) if row_scale is None else (weight, row_scale)
-    if (any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or weight.dim() != 2
-            or not torch.backends.mkldnn.is_available()
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
-        return None
+def _versions(*tensors: torch.Tensor | None) -> tuple | None:
+    """What identifies the values of ``tensors`` (storage and version counter); None for an
+    inference-mode tensor (no version counter)."""
     try:
-        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
-    except RuntimeError:  # an inference-mode tensor has no version counter: do not cache
-        key = None
-    hit = _LINEAR_PACKS.get(weight) if key is not None else None
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    w = weight.detach() if row_scale is None else weight.detach() * row_scale.detach()[:, None]
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
-    except (RuntimeError, AttributeError, NotImplementedError):  # a torch without the op
+        return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors if t is not None)
+    except RuntimeError:
         return None
-    if key is not None:
-        _LINEAR_PACKS[weight] = (key, packed)
-    return packed
 
 
-def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, packed=None, *,
-                gelu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [M, K] @ weight.T (+ bias)``, then GELU (``gelu``) or ``+ add`` ``[M, N]``, with every
-    row's rounding independent of ``M``.
+def _fp16_exact(w: torch.Tensor) -> bool:
+    """Every value of ``w`` is a float16 number (a folder saved in float16, loaded as float32)."""
+    return bool(torch.equal(w.half().float(), w))
 
-    With ``packed`` (:func:`packed_linear_weight`, which then defines the product: ``weight`` only
-    gives the shape) this is oneDNN's linear on the blocked weight, GELU or the addition fused as a
-    post-op (the same bits as ``F.gelu`` / ``+`` after it: tests). Each output row is reduced over
-    ``K`` in the same order whatever the number of rows, where they sit in memory and the thread
-    count (tests check ``M`` in 1..64 and offline sizes, 1 and 2 threads), except that a single
-    row of a long ``K`` takes another kernel, so rows are padded to two. No padding to
-    :func:`row_block`, no per-call weight repacking: several times faster than :func:`rows_matmul`
-    for the few rows of a streamed frame. Without ``packed``: :func:`rows_matmul` (other
-    rounding: a stream uses one or the other), :func:`pointwise_exact` GELU.
+
+class PackedLinear:
+    """``x [M, K] -> x @ W.T + b``, then GELU, or ``add + s * (x @ W.T + b)`` with a layer scale
+    ``s`` (``row_scale``), with every row's bits independent of ``M``, on a weight packed once
+    (:func:`pack_linear`).
+
+    Kernels, chosen by the weight alone (so a stream and the offline pass of the same model use
+    the same one), each checked row-invariant by the tests (``M`` in 1..64 and offline sizes, 1
+    and 2 threads; they reduce every output row over ``K`` in one order whatever the number of
+    rows, where they sit in memory and the thread count):
+
+    * ``"fp16"``: FBGEMM's float16-weight GEMM (``quantized.linear_dynamic_fp16``) where every
+      weight is a float16 number (a float16 folder): the activations stay float32 and the
+      products are float32 products of the very same weights, but the weight streams from
+      memory at half the bytes: a streamed frame's GEMMs are memory-bound, about 3x faster.
+    * ``"onednn"``: oneDNN's linear on its blocked float32 weight (the layer scale folded in:
+      ``(s W) x + s b``), GELU or the addition fused as a post-op (the same bits as ``F.gelu`` /
+      ``+`` after it); a lone row is computed twice (a single row of a long ``K`` takes another
+      kernel).
+    * ``"rows"``: :func:`rows_matmul` (not CPU float32, no oneDNN, or gradients needed).
+
+    Outside ``"onednn"``, GELU is :func:`pointwise_exact`'s and the scale and addition are
+    element-wise ops after the GEMM.
     """
-    if packed is None:
-        y = rows_matmul(x, weight.t(), bias)
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, row_scale: torch.Tensor | None = None):
+        w = weight.detach()
+        b = None if bias is None else bias.detach()
+        self.out_features = w.shape[0]
+        self.weight_t, self.bias, self.kind, self.op = w.t(), b, "rows", None
+        self.scale = None if row_scale is None else row_scale.detach()
+        tensors = [t for t in (weight, bias, row_scale) if t is not None]
+        if (any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or w.dim() != 2
+                or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+            return
+        if _fp16_exact(w):
+            try:
+                self.op, self.kind = torch.ops.quantized.linear_prepack_fp16(w.contiguous(), b), "fp16"
+                return
+            except (RuntimeError, AttributeError, NotImplementedError):  # no FBGEMM (not x86)
+                pass
+        if torch.backends.mkldnn.is_available():
+            if self.scale is not None:
+                w, self.bias = w * self.scale[:, None], None if b is None else b * self.scale
+            try:
+                self.op, self.kind = torch.ops.mkldnn._reorder_linear_weight(w.contiguous()), "onednn"
+                self.scale = None  # folded in
+            except (RuntimeError, AttributeError, NotImplementedError):  # a torch without the op
+                self.bias = b
+
+    def __call__(self, x: torch.Tensor, gelu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``[M, K]`` -> ``[M, N]``; ``add`` (``[M, N]``) is added after the scale."""
+        m = x.shape[0]
+        if m == 0:
+            return x.new_zeros(0, self.out_features)
+        if self.kind == "onednn":
+            if m < _MIN_ONEDNN_ROWS:  # a second copy of the row (one op; any row would do)
+                x = torch.cat([x, x])
+                add = None if add is None else torch.cat([add, add])
+            if add is not None:
+                y = torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), add.contiguous(), self.op, self.bias,
+                                                              "add")
+            else:
+                y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.op, self.bias, "gelu" if gelu else "none",
+                                                       [], "none" if gelu else "")
+            return y[:m] if m < _MIN_ONEDNN_ROWS else y
+        if self.kind == "fp16":
+            y = torch.ops.quantized.linear_dynamic_fp16(x.contiguous(), self.op)
+        else:
+            y = rows_matmul(x, self.weight_t, self.bias)
         if gelu:
             y = pointwise_exact(F.gelu, y)
-        return y if add is None else y + add
-    m = x.shape[0]
-    if m == 0:
-        return x.new_zeros(0, weight.shape[0])
-    if m < _MIN_LINEAR_ROWS:  # a second copy of the row (one op; any row would do)
-        x = torch.cat([x, x])
-        add = None if add is None else torch.cat([add, add])
-    if add is not None:
-        y = torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), add.contiguous(), packed, bias, "add")
-    else:
-        y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "gelu" if gelu else "none", [],
-                                               "none" if gelu else "")
-    return y[:m] if m < _MIN_LINEAR_ROWS else y
+        if self.scale is not None:
+            y = self.scale * y
+        return y if add is None else add + y
+
+
+def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None,
+                row_scale: torch.Tensor | None = None) -> PackedLinear:
+    """:class:`PackedLinear` of ``weight`` ``[N, K]`` (times ``row_scale[:, None]`` when given),
+    ``bias``: cached per weight tensor and made again when a tensor changes (``data_ptr`` or
+    version counter: optimizer steps, ``load_state_dict``, ``to()``); packing costs about as much
+    as a few hundred rows of GEMM. Inference-mode tensors (no version counter) are packed on every
+    call: callers keep the result for a stream."""
+    versions = _versions(weight, bias, row_scale)
+    variant = (bias is not None, row_scale is not None, torch.is_grad_enabled())
+    cached = _LINEAR_PACKS.get(weight) if versions is not None else None
+    hit = cached.get(variant) if cached is not None else None
+    if hit is not None and hit[0] == versions:
+        return hit[1]
+    packed = PackedLinear(weight, bias, row_scale)
+    if versions is not None:
+        if cached is None:
+            cached = _LINEAR_PACKS[weight] = {}
+        cached[variant] = (versions, packed)
+    return packed
 
 
 def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
