@@ -6,6 +6,11 @@ config with random weights: the same work) at ``--bandwidth``: offline ``decode(
 per call, ``with codec.streaming(1): codec.decode(codec.encode(chunk))``, flushed at the end. Both
 are exact (the stream's codes and audio must equal offline's: checked, and reported).
 
+The exact path's GEMM kernel depends on the weights (``codeclm.codec.layers.PackedLinear``):
+float16 numbers (a float16 folder, what is shipped) take FBGEMM's float16-weight kernel, other
+float32 weights oneDNN's; ``--weights`` picks the random model's (``float16``: rounded to float16
+numbers, as a float16 folder loads), and the JSON line says which kernels ran (``kernels``).
+
 ``--baseline REV`` also builds the FrameCodec class of ``codeclm/codec/frame.py`` at that git
 revision (its other modules: this checkout's), loads the same weights and times it interleaved
 with this one (so a busy machine slows both alike): the before/after of a change. Speeds are
@@ -86,6 +91,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio encoded + decoded offline")
     parser.add_argument("--stream-seconds", type=float, default=3.0, help="audio streamed in 20 ms chunks")
     parser.add_argument("--bandwidth", type=float, default=6.0)
+    parser.add_argument("--weights", choices=["float16", "float32"], default="float16",
+                        help="random model only: weights rounded to float16 numbers (a float16 folder) or not")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline", default=None, metavar="REV", help="also time frame.py at this git revision")
     parser.add_argument("--results", default=os.path.join(HERE, "results", "frame_codec_speed.jsonl"))
@@ -100,6 +107,10 @@ def main() -> None:
         with torch.no_grad():  # spread codebooks (an untrained one is all zeros)
             for layer in codec.quantizer.layers:
                 layer.embed.normal_()
+            if args.weights == "float16":
+                for t in codec.state_dict().values():
+                    if t.is_floating_point():
+                        t.copy_(t.half().float())
     sr = codec.sample_rate
     wav = test_signal(args.seconds, sr)
     piece = test_signal(args.stream_seconds, sr)
@@ -128,8 +139,13 @@ def main() -> None:
                 "streaming_20ms_x_realtime_cpu": round(args.stream_seconds / cpu[f"{name}_stream"], 2),
                 "stream_equals_offline": checks[name]}
 
+    from codeclm.codec.layers import pack_linear
+
+    with torch.inference_mode():
+        kinds = [pack_linear(m.weight, m.bias).kind for m in codec.modules() if isinstance(m, torch.nn.Linear)]
     result = {"benchmark": "frame_codec_speed", "cpu_model": cpu_model(), "machine": machine_info(),
-              "model": args.model or "default config, random weights", "bandwidth_kbps": bw, "threads": 1,
+              "model": args.model or f"default config, random {args.weights} weights", "bandwidth_kbps": bw,
+              "threads": 1, "kernels": {k: kinds.count(k) for k in sorted(set(kinds))},
               "offline_seconds": args.seconds, "stream_seconds": args.stream_seconds, "rounds": args.rounds,
               **speeds("new")}
     if args.baseline:

@@ -21,12 +21,15 @@ upsampling stacks leave tonal lines at multiples of their rates). Layout:
 
 Exact streaming. Inference (``encode``/``decode``, offline or inside ``streaming()``) always runs
 the frame-synchronous path whose kernels give a frame the same bits whatever else is in the
-call (:func:`~codeclm.codec.layers.rows_matmul`, :func:`~codeclm.codec.layers.conv_exact`,
-:func:`~codeclm.codec.layers.pointwise_exact`, element-wise arithmetic in a fixed order,
-row-wise LayerNorm and FFT), so any chunking gives the offline bits. Training runs the same maths
-with the fast batched kernels (``forward``). The last hop of a stream is emitted by the ``decode``
-call that reaches the last frame encoded before the encoder's ``flush()``, or, in a decode-only
-stream, by ``flush_decoder()``.
+call (the GEMMs on pre-packed weights of :class:`~codeclm.codec.layers.PackedLinear`, FBGEMM's
+float16-weight kernel for a float16 folder's weights, else oneDNN's; the front end's windowed
+DFTs as real FFTs, :func:`~codeclm.codec.layers.fft_rows`; :func:`~codeclm.codec.layers.pointwise_exact`;
+element-wise arithmetic in a fixed order; row-wise LayerNorm), so any chunking gives the offline
+bits. Training runs the same maths with the fast batched kernels (``forward``). The packed
+weights are cached across streams until the weights change; the rest of a stream's constants
+(detached weights, codebooks) are read at its first call. The last hop of a stream is emitted by
+the ``decode`` call that reaches the last frame encoded before the encoder's ``flush()``, or, in a
+decode-only stream, by ``flush_decoder()``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class FrameCodecConfig(SavedConfig):
     mlp_ratio: int = 3
     dimension: int = 128  # quantized latent
     latent_norm: bool = True  # normalise each latent frame (no affine): bounded codebook targets
+    phase_features: bool = False  # also give the encoder the long window's phase (compressed complex STFT)
     bins: int = 1024
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0])
     ema_decay: float = 0.99
@@ -105,7 +109,8 @@ class FrameCodecConfig(SavedConfig):
 
     @property
     def n_features(self) -> int:
-        return (self.hop_length + 1) + 4 * (self.hop_length // 4 + 1)
+        long = (self.hop_length + 1) * (3 if self.phase_features else 1)
+        return long + 4 * (self.hop_length // 4 + 1)
 
     def validate(self) -> None:
         def bad(msg: str) -> ConfigError:
@@ -185,9 +190,9 @@ def dft_basis(n_fft: int) -> torch.Tensor:
 class Frontend(StreamingModule):
     """Causal STFT log-power features ``[B, 1, F * hop]`` -> ``[B, F, n_features]`` (no weights)."""
 
-    def __init__(self, hop: int):
+    def __init__(self, hop: int, phase: bool = False):
         super().__init__()
-        self.hop, self.short = hop, hop // 4
+        self.hop, self.short, self.phase = hop, hop // 4, phase
         self.register_buffer("long_basis", dft_basis(2 * hop), persistent=False)
         self.register_buffer("short_basis", dft_basis(2 * self.short), persistent=False)
         self.register_buffer("long_window", _hann(2 * hop), persistent=False)
@@ -203,12 +208,23 @@ class Frontend(StreamingModule):
         power = re * re + im * im + _LOG_EPS
         return 0.25 * (pointwise_exact(torch.log, power) if exact else torch.log(power))
 
+    @staticmethod
+    def _with_phase(re: torch.Tensor, im: torch.Tensor, log_power: torch.Tensor, exact: bool, dim: int):
+        """``[log power, X |X|^-0.7 (re, im)]``: the phase, weighted by a compressed magnitude
+        (``log_power`` is ``0.25 log |X|^2``, so ``|X|^-0.7 = exp(-1.4 log_power)``)."""
+        scale = pointwise_exact(torch.exp, -1.4 * log_power) if exact else torch.exp(-1.4 * log_power)
+        return torch.cat([log_power, re * scale, im * scale], dim)
+
     def _features(self, window: torch.Tensor, exact: bool) -> torch.Tensor:
         """``window``: the hop of context followed by ``n`` hops -> ``[B, n, n_features]``."""
         if exact:
             return self._features_exact(window)
         conv = lambda x, w, s: F.conv1d(x, w, stride=s)  # noqa: E731
-        long = self._log_power(conv(window, self.long_basis, self.hop), exact)  # [B, hop + 1, n]
+        spec = conv(window, self.long_basis, self.hop)  # [B, 2 (hop + 1), n]
+        long = self._log_power(spec, exact)  # [B, hop + 1, n]
+        if self.phase:
+            half = spec.shape[1] // 2
+            long = self._with_phase(spec[:, :half], spec[:, half:], long, exact, 1)
         start = self.hop - self.short  # the short windows need half a short window of context
         short = self._log_power(conv(window[..., start:], self.short_basis, self.short), exact)  # [B, k, 4n]
         b, k, m = short.shape
@@ -216,17 +232,20 @@ class Frontend(StreamingModule):
         return torch.cat([long, short], 1).transpose(1, 2)
 
     @staticmethod
-    def _log_power_fft(frames: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    def _log_power_fft(frames: torch.Tensor, window: torch.Tensor, phase: bool = False) -> torch.Tensor:
         """``0.25 * log(|rfft(frames * window)|^2 + eps)`` per frame: the windowed DFT of the basis
-        convolution, each frame's bits independent of the call (FFT rows, element-wise ops)."""
+        convolution, each frame's bits independent of the call (FFT rows, element-wise ops);
+        ``phase``: with the compressed complex spectrum after it (:meth:`_with_phase`)."""
         spec = torch.view_as_real(fft_rows(torch.fft.rfft, frames * window))
         re, im = spec[..., 0], spec[..., 1]
-        return 0.25 * pointwise_exact(torch.log, re * re + im * im + _LOG_EPS)
+        log_power = 0.25 * pointwise_exact(torch.log, re * re + im * im + _LOG_EPS)
+        return Frontend._with_phase(re, im, log_power, True, -1) if phase else log_power
 
     def _features_exact(self, window: torch.Tensor) -> torch.Tensor:
         """:meth:`_features` for inference: the same windowed DFTs as inverse-free real FFTs."""
         b = window.shape[0]
-        long = self._log_power_fft(window[:, 0].unfold(-1, 2 * self.hop, self.hop), self.long_window)  # [B, n, hop + 1]
+        long = self._log_power_fft(window[:, 0].unfold(-1, 2 * self.hop, self.hop), self.long_window,
+                                   self.phase)  # [B, n, hop + 1] (x 3 with the phase)
         start = self.hop - self.short  # the short windows need half a short window of context
         short = self._log_power_fft(window[:, 0, start:].unfold(-1, 2 * self.short, self.short),
                                     self.short_window)  # [B, 4n, k]
@@ -424,7 +443,7 @@ class FrameCodec(CompressionModel):
         super().__init__()
         config = config or FrameCodecConfig(**overrides)
         self.config = c = config
-        self.frontend = Frontend(c.hop_length)
+        self.frontend = Frontend(c.hop_length, c.phase_features)
         self.encoder = _Stack(c.n_features, c.encoder_dim, c.encoder_layers, c.kernel_size, c.mlp_ratio, c.dimension,
                               out_norm=c.latent_norm)
         self.quantizer = ResidualVectorQuantizer(
