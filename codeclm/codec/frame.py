@@ -570,6 +570,8 @@ class FrameCodec(CompressionModel):
         self._check_stream_batch(codes.shape[0])
         state = self._streaming_state
         if state["decoder_done"]:
+            if codes.shape[-1] == 0:  # e.g. flush()'s empty codes, decoded after the last frame: nothing to add
+                return torch.zeros(codes.shape[0], 1, 0, dtype=self._dtype, device=codes.device)
             raise StreamingError("decode() after the stream's last decode (flush); reset_streaming() starts a new one")
         state["frames_decoded"] += codes.shape[-1]
         final = state["decoder_final"] or (state["encoder_done"]
