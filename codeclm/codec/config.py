@@ -17,8 +17,27 @@ _SIZE_LIMITS = {"sample_rate": (1, 1_000_000), "dimension": (1, 8192), "n_filter
                 "lstm_layers": (0, 16), "bins": (2, 1 << 16), "kmeans_iters": (0, 100_000)}
 
 
+class RVQBandwidths:
+    """Bitrate arithmetic of an RVQ codec config with ``sample_rate``, ``hop_length``, ``bins`` and
+    ``target_bandwidths`` (kbps): shared by every codeclm-trained codec's config."""
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_codebook(self) -> int:
+        return int(math.log2(self.bins))
+
+    @property
+    def n_q(self) -> int:
+        """Number of codebooks the largest target bandwidth needs (EnCodec's formula)."""
+        per_q = math.ceil(self.frame_rate) * self.bits_per_codebook
+        return max(1, int(1000 * max(self.target_bandwidths) // per_q))
+
+
 @dataclass
-class CodecConfig(SavedConfig):
+class CodecConfig(RVQBandwidths, SavedConfig):
     """SEANet encoder/decoder + residual vector quantizer, as in EnCodec/SoundStream.
 
     ``ratios`` are the decoder's upsampling ratios (the encoder uses them reversed); their
@@ -68,20 +87,6 @@ class CodecConfig(SavedConfig):
     @property
     def hop_length(self) -> int:
         return int(math.prod(self.ratios))
-
-    @property
-    def frame_rate(self) -> float:
-        return self.sample_rate / self.hop_length
-
-    @property
-    def bits_per_codebook(self) -> int:
-        return int(math.log2(self.bins))
-
-    @property
-    def n_q(self) -> int:
-        """Number of codebooks the largest target bandwidth needs (EnCodec's formula)."""
-        per_q = math.ceil(self.frame_rate) * self.bits_per_codebook
-        return max(1, int(1000 * max(self.target_bandwidths) // per_q))
 
     @property
     def chunk_length(self) -> int | None:

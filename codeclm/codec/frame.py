@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
+from codeclm.codec.config import RVQBandwidths
 from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
@@ -64,7 +65,7 @@ _SIZE_LIMITS = {"sample_rate": (1, 1_000_000), "hop_length": (8, 1 << 16), "enco
 
 
 @dataclass
-class FrameCodecConfig(SavedConfig):
+class FrameCodecConfig(RVQBandwidths, SavedConfig):
     """Hyper-parameters of :class:`FrameCodec` (``config.json``)."""
 
     model_type: ClassVar[str] = MODEL_TYPE
@@ -93,19 +94,6 @@ class FrameCodecConfig(SavedConfig):
     def __post_init__(self) -> None:
         self.target_bandwidths = [float(b) for b in self.target_bandwidths]
         self.validate()
-
-    @property
-    def frame_rate(self) -> float:
-        return self.sample_rate / self.hop_length
-
-    @property
-    def bits_per_codebook(self) -> int:
-        return int(math.log2(self.bins))
-
-    @property
-    def n_q(self) -> int:
-        per_q = math.ceil(self.frame_rate) * self.bits_per_codebook
-        return max(1, int(1000 * max(self.target_bandwidths) // per_q))
 
     @property
     def n_features(self) -> int:
