@@ -252,6 +252,19 @@ class CompressionModel(StreamingModule):
             raise StreamingError("flush_decoder() is only meaningful inside a streaming() block")
         return torch.zeros(self._streaming_batch_size, self.channels, 0)
 
+    def _whole_frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """Streaming encoders: the chunk ``wav`` joined to the samples held back from the last call,
+        cut to whole frames (possibly none); the remainder is kept in ``state["buffer"]``. The
+        stream state needs ``buffer`` and ``encoder_done`` (set by the subclass' ``flush()``)."""
+        self._check_stream_batch(wav.shape[0])
+        state = self._streaming_state
+        if state["encoder_done"]:
+            raise StreamingError("encode() after flush(): the stream has ended (reset_streaming() starts a new one)")
+        buf = wav if state["buffer"] is None else torch.cat([state["buffer"], wav], -1)
+        usable = buf.shape[-1] - buf.shape[-1] % self.hop_length
+        state["buffer"] = buf[..., usable:]
+        return buf[..., :usable]
+
     def _init_streaming_state(self, batch_size: int):
         raise StreamingError(f"{type(self).__name__} cannot stream exactly; encode/decode whole signals")
 

@@ -451,10 +451,6 @@ class FrameCodec(CompressionModel):
         return True
 
     @property
-    def can_stream(self) -> bool:
-        return True
-
-    @property
     def latency(self) -> float:
         """A frame's codes need its samples, and its audio the next frame: two frames."""
         return 2 * self.hop_length / self.sample_rate
@@ -541,17 +537,11 @@ class FrameCodec(CompressionModel):
         return torch.stack(codes, 1)
 
     def _encode_stream(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
-        self._check_stream_batch(wav.shape[0])
-        state = self._streaming_state
-        if state["encoder_done"]:
-            raise StreamingError("encode() after flush(): the stream has ended (reset_streaming() starts a new one)")
-        buf = wav if state["buffer"] is None else torch.cat([state["buffer"], wav], -1)
-        usable = buf.shape[-1] - buf.shape[-1] % self.hop_length
-        state["buffer"] = buf[..., usable:]
-        if usable == 0:
+        frames = self._whole_frames(wav)
+        if frames.shape[-1] == 0:
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
-        latent = self.encoder(self.frontend(buf[..., :usable]), exact=True)  # [B, n, D]
-        state["frames_encoded"] += latent.shape[1]
+        latent = self.encoder(self.frontend(frames), exact=True)  # [B, n, D]
+        self._streaming_state["frames_encoded"] += latent.shape[1]
         return self._quantize_exact(latent, n_q)
 
     def _decode_stream(self, codes: torch.Tensor) -> torch.Tensor:

@@ -211,16 +211,10 @@ class Codec(CompressionModel):
         return {"buffer": None, "encoder_done": False, "decoder_final": False, "decoder_done": False}
 
     def _encode_stream(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
-        self._check_stream_batch(wav.shape[0])
-        state = self._streaming_state
-        if state["encoder_done"]:
-            raise StreamingError("encode() after flush(): the stream has ended (reset_streaming() starts a new one)")
-        buf = wav if state["buffer"] is None else torch.cat([state["buffer"], wav], -1)
-        usable = buf.shape[-1] - buf.shape[-1] % self.hop_length
-        state["buffer"] = buf[..., usable:]
-        if usable == 0:
+        frames = self._whole_frames(wav)
+        if frames.shape[-1] == 0:
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
-        latent = self.encoder(buf[..., :usable])  # [B, D, N]
+        latent = self.encoder(frames)  # [B, D, N]
         if latent.shape[-1] == 0:  # held back (reflect padding start-up)
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
         return self.quantizer.encode(latent, n_q)

@@ -308,12 +308,19 @@ def instrument_features_v1(wav, sample_rate: int) -> np.ndarray:
         if mfcc.shape[1] >= 3 else np.zeros_like(mfcc)
     mag = np.sqrt(S)
     contrast = librosa.feature.spectral_contrast(S=mag, sr=EVAL_SR)
-    spec = np.stack([librosa.feature.spectral_centroid(S=mag, sr=EVAL_SR)[0] / 1000.0,
+    spec = _spectral_shape(mag)
+    parts = [mel, mfcc, d_mfcc, contrast, spec]
+    return np.concatenate([np.concatenate([p.mean(axis=1), p.std(axis=1)]) for p in parts]).astype(np.float32)
+
+
+def _spectral_shape(mag: np.ndarray) -> np.ndarray:
+    """``[4, T]``: spectral centroid, bandwidth, rolloff (kHz) and log flatness of a magnitude STFT."""
+    import librosa
+
+    return np.stack([librosa.feature.spectral_centroid(S=mag, sr=EVAL_SR)[0] / 1000.0,
                      librosa.feature.spectral_bandwidth(S=mag, sr=EVAL_SR)[0] / 1000.0,
                      librosa.feature.spectral_rolloff(S=mag, sr=EVAL_SR)[0] / 1000.0,
                      np.log(librosa.feature.spectral_flatness(S=mag)[0] + 1e-6)])
-    parts = [mel, mfcc, d_mfcc, contrast, spec]
-    return np.concatenate([np.concatenate([p.mean(axis=1), p.std(axis=1)]) for p in parts]).astype(np.float32)
 
 
 def _band_groups(n: int, k: int) -> list[slice]:
@@ -345,10 +352,7 @@ def instrument_features_v2(wav, sample_rate: int) -> np.ndarray:
     d_mfcc = librosa.feature.delta(mfcc, width=min(9, T - (1 - T % 2))) if T >= 3 else np.zeros_like(mfcc)
     mag = np.sqrt(S)
     contrast = librosa.feature.spectral_contrast(S=mag, sr=EVAL_SR)
-    spec = np.stack([librosa.feature.spectral_centroid(S=mag, sr=EVAL_SR)[0] / 1000.0,
-                     librosa.feature.spectral_bandwidth(S=mag, sr=EVAL_SR)[0] / 1000.0,
-                     librosa.feature.spectral_rolloff(S=mag, sr=EVAL_SR)[0] / 1000.0,
-                     np.log(librosa.feature.spectral_flatness(S=mag)[0] + 1e-6)])
+    spec = _spectral_shape(mag)
     out = [mel.mean(1), mel.std(1), np.percentile(mel, 10, axis=1), np.percentile(mel, 90, axis=1),
            mfcc.mean(1), mfcc.std(1), d_mfcc.std(1), np.abs(d_mfcc).mean(1),
            contrast.mean(1), contrast.std(1), spec.mean(1), spec.std(1)]
