@@ -45,6 +45,7 @@ from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
 from codeclm.codec.config import RVQBandwidths
+from codeclm.codec.harmonic import HarmonicHead, yin
 from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
@@ -84,6 +85,9 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
     dimension: int = 128  # quantized latent
     latent_norm: bool = True  # normalise each latent frame (no affine): bounded codebook targets
     phase_features: bool = False  # also give the encoder the long window's phase (compressed complex STFT)
+    harmonics: int = 0  # > 0: a harmonic oscillator branch with this many partials (codeclm.codec.harmonic)
+    f0_min: float = 50.0  # its pitch range (Hz)
+    f0_max: float = 600.0
     bins: int = 1024
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0])
     ema_decay: float = 0.99
@@ -118,6 +122,15 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
             raise bad(f"target_bandwidths must be positive and finite, got {self.target_bandwidths}")
         if self.n_q > 1024:
             raise bad(f"target_bandwidths need {self.n_q} codebooks (at most 1024)")
+        if isinstance(self.harmonics, bool) or not isinstance(self.harmonics, int) or not 0 <= self.harmonics <= 256:
+            raise bad(f"harmonics must be an integer in 0..256, got {self.harmonics!r}")
+        if not (math.isfinite(self.f0_min) and math.isfinite(self.f0_max)
+                and 0 < self.f0_min < self.f0_max < self.sample_rate / 2):
+            raise bad(f"need 0 < f0_min < f0_max < sample_rate / 2, got {self.f0_min} and {self.f0_max}")
+        if self.harmonics and 2 * self.hop_length - math.ceil(self.sample_rate / self.f0_min) < \
+                math.ceil(self.sample_rate / self.f0_min) // 2:
+            raise bad(f"f0_min {self.f0_min} Hz needs a longer hop than {self.hop_length} (its pitch tracker "
+                      "looks at two hops)")
         for key in ("ema_decay", "dead_code_threshold"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0) or (key == "ema_decay" and value > 1):
@@ -426,6 +439,7 @@ class FrameCodec(CompressionModel):
     config_class = FrameCodecConfig
     shipped_default = "codec"
     dtype_tensor = "quantizer.layers.0.embed"
+    extension_keys = ("harmonics", "f0_min", "f0_max")  # a training run may add the harmonic branch (init_from)
 
     def __init__(self, config: FrameCodecConfig | None = None, **overrides):
         super().__init__()
@@ -439,6 +453,8 @@ class FrameCodec(CompressionModel):
             dead_code_threshold=c.dead_code_threshold)
         self.decoder = _Stack(c.dimension, c.decoder_dim, c.decoder_layers, c.kernel_size, c.mlp_ratio, None)
         self.head = ISTFTHead(c.decoder_dim, c.hop_length)
+        self.harmonic = (HarmonicHead(c.decoder_dim, c.hop_length, c.sample_rate, c.harmonics, c.f0_min, c.f0_max)
+                         if c.harmonics else None)
         self.apply(_init)
 
     # -- interface (sample_rate, channels, hop_length, num_codebooks, cardinality: the config's) -----
@@ -558,10 +574,15 @@ class FrameCodec(CompressionModel):
         if codes.shape[-1] == 0:
             blocks = torch.zeros(codes.shape[0], 0, 2 * self.hop_length, dtype=self._dtype, device=codes.device)
             raw = blocks[..., : self.hop_length]
+            features = blocks.new_zeros(codes.shape[0], 0, self.config.decoder_dim)
         else:
             latent = self.quantizer.decode(codes).transpose(1, 2).contiguous()  # [B, n, D]
-            blocks, raw = self.head(self.decoder(latent, exact=True), exact=True)
-        return self.head.stream(blocks, raw, final)
+            features = self.decoder(latent, exact=True)
+            blocks, raw = self.head(features, exact=True)
+        audio = self.head.stream(blocks, raw, final)
+        if self.harmonic is not None:
+            audio = audio + self.harmonic.stream(features, final)
+        return audio
 
     # -- training ---------------------------------------------------------------------------------
     def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
@@ -570,9 +591,25 @@ class FrameCodec(CompressionModel):
         x = F.pad(wav, (0, (-length) % self.hop_length))
         latent = self.encoder(self.frontend(x)).transpose(1, 2)  # [B, D, F]
         q = self.quantizer(latent, n_q)
-        blocks, raw = self.head(self.decoder(q.quantized.transpose(1, 2)))
-        audio = self.head.overlap_add(blocks, raw)[..., :length]
-        return CodecOutput(audio, q.codes, q.commitment_loss, q.n_q, latent)
+        features = self.decoder(q.quantized.transpose(1, 2))
+        blocks, raw = self.head(features)
+        audio = self.head.overlap_add(blocks, raw)
+        aux = {}
+        if self.harmonic is not None:
+            harmonic, logit = self.harmonic(features)
+            audio = audio + harmonic
+            aux["f0"] = self._pitch_loss(x, logit)
+        return CodecOutput(audio[..., :length], q.codes, q.commitment_loss, q.n_q, latent, aux)
+
+    def _pitch_loss(self, wav: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+        """L1 in octaves between the harmonic branch's f0 and :func:`yin`'s on each frame's two-hop
+        analysis window (voiced frames only)."""
+        c, hop = self.config, self.hop_length
+        windows = F.pad(wav.float(), (hop, 0))[:, 0].unfold(-1, 2 * hop, hop)  # [B, F, 2 hop]
+        target, voiced = yin(windows, c.sample_rate, c.f0_min, c.f0_max)
+        octaves = math.log2(c.f0_max / c.f0_min) * torch.sigmoid(logit.float())  # log2(f0 / f0_min)
+        error = (octaves - torch.log2(target.clamp(min=c.f0_min) / c.f0_min)).abs()
+        return (error * voiced).sum() / voiced.sum().clamp(min=1)
 
     def sample_n_q(self, generator: torch.Generator | None = None) -> int:
         """Quantizer dropout: a random bandwidth from the config's targets, as codebooks."""

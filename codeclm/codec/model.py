@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ class CodecOutput:
     commitment_loss: torch.Tensor
     n_q: int
     latent: torch.Tensor
+    aux_losses: dict = field(default_factory=dict)  # the model's own extra losses (name -> scalar), unweighted
 
 
 class Codec(CompressionModel):

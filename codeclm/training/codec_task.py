@@ -45,6 +45,8 @@ class CodecTaskConfig:
     adv_weight: float = 4.0  # adv_weight = feat_weight = 0: no discriminator at all
     feat_weight: float = 4.0
     commit_weight: float = 1.0  # added to the generator loss directly, outside the balancer
+    aux_weight: float = 1.0  # the generator's own losses (CodecOutput.aux_losses, e.g. the frame codec's
+    #                          pitch loss), added directly like the commitment loss
     balancer: bool = True  # false: plain weighted sum of the losses
     balancer_ema: float = 0.999
     mel_loss: str = "encodec"  # encodec (linear L1 + log MSE, 64 mels) | dac (log L1)
@@ -65,7 +67,7 @@ class Recipe(TrainConfig):
 
     def validate_task(self) -> None:
         c = self.codec
-        weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight)
+        weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight, c.aux_weight)
         if min(weights) < 0 or c.l1_weight + c.mel_weight <= 0:
             raise ConfigError("recipe: codec loss weights must be >= 0 with l1_weight + mel_weight > 0")
         if c.mel_loss not in ("encodec", "dac") or not 0 <= c.disc_prob <= 1 or not 0 <= c.balancer_ema < 1:
@@ -117,15 +119,21 @@ def build_datasets(cfg: Recipe) -> tuple[Dataset, Dataset | None]:
     return train, valid
 
 
-def _init_weights(folder: str, config, codec_class=Codec) -> dict[str, torch.Tensor]:
-    """The weights of the codec folder ``folder`` (fp32), refused unless its architecture is ``config``'s."""
-    source = codec_class.from_pretrained(folder)
-    mine = {k: v for k, v in config.to_dict().items() if k != "name"}
+def _init_weights(folder: str, codec: torch.nn.Module) -> None:
+    """Load the weights of the codec folder ``folder`` (fp32) into ``codec``, refused unless its
+    architecture is ``codec``'s, or ``codec``'s plus branches the folder lacks: config keys in the
+    codec class's ``extension_keys`` (e.g. the frame codec's ``harmonics``), whose modules keep
+    their fresh weights."""
+    source = type(codec).from_pretrained(folder)
+    mine = {k: v for k, v in codec.config.to_dict().items() if k != "name"}
     theirs = {k: v for k, v in source.config.to_dict().items() if k != "name"}
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if diff:
+    if [k for k in diff if k not in getattr(codec, "extension_keys", ())]:
         raise ConfigError(f"recipe: codec.init_from {folder} has another architecture ({', '.join(diff)} differ)")
-    return {k: v.float() for k, v in source.state_dict().items()}
+    missing, unexpected = codec.load_state_dict({k: v.float() for k, v in source.state_dict().items()}, strict=False)
+    if unexpected or (missing and not diff):
+        raise ConfigError(f"recipe: codec.init_from {folder}: weights do not match the architecture "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected)")
 
 
 @contextmanager
@@ -172,7 +180,7 @@ class Task(BaseTask):
         c = cfg.codec
         self.codec = self.codec_class(cfg.model)
         if c.init_from:  # before weight norm: its (g, v) are computed from the loaded weights
-            self.codec.load_state_dict(_init_weights(c.init_from, cfg.model, self.codec_class))
+            _init_weights(c.init_from, self.codec)
         self.codec.apply_weight_norm().train()  # the quantizer keeps itself in fp32
         self.models = {"generator": self.codec}
         self.weights = {"l1": c.l1_weight, "mel": c.mel_weight}
@@ -223,7 +231,8 @@ class Task(BaseTask):
         if adversarial and float(torch.rand((), generator=self.rng)) < c.disc_prob:
             logs["disc"] = self._discriminator_step(x, out.audio.detach())
 
-        commit = c.commit_weight * out.commitment_loss
+        logs.update({k: v.detach() for k, v in out.aux_losses.items()})
+        commit = c.commit_weight * out.commitment_loss + c.aux_weight * sum(out.aux_losses.values())
         scale = 1.0 / acc.gradient_accumulation_steps * (acc.scaler.get_scale() if acc.scaler is not None else 1.0)
         y = _JoinBackward.apply(out.audio, commit, scale) if c.balancer else out.audio
         # the adversary is read-only for the whole generator pass, its backward included: with

@@ -1,0 +1,144 @@
+"""The frame codec's harmonic oscillator branch (codeclm.codec.harmonic): pitch tracker, oscillator,
+exact streaming, training pass, and starting a harmonic run from a codec folder without the branch."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from codeclm.codec.frame import FrameCodec, FrameCodecConfig
+from codeclm.codec.harmonic import yin
+from codeclm.errors import ConfigError
+
+SR = 24000
+HOP = 480
+
+
+def tiny(seed: int = 0, **overrides) -> FrameCodec:
+    torch.manual_seed(seed)
+    kw = dict(encoder_dim=32, encoder_layers=1, decoder_dim=48, decoder_layers=1, dimension=16, bins=64,
+              target_bandwidths=[0.9, 1.8], kmeans_iters=2, harmonics=24)
+    kw.update(overrides)
+    codec = FrameCodec(FrameCodecConfig(**kw)).train()
+    with torch.no_grad():
+        codec(voiced(SR)[None])
+        if codec.harmonic is not None:
+            codec.harmonic.out.bias[1:] = 8.0  # loud partials, so the branch dominates what the tests compare
+    return codec.eval()
+
+
+def voiced(n: int, f0: float = 140.0, seed: int = 0) -> torch.Tensor:
+    """A glottal-like tone (partials falling 6 dB/octave) with a slow vibrato, plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n, dtype=torch.float64) / SR
+    phase = 2 * math.pi * f0 * (t + 0.02 / 0.9 * torch.sin(2 * math.pi * 0.9 * t))
+    tone = sum(torch.sin(k * phase) / k for k in range(1, 20))
+    return (0.1 * tone.float() + 0.003 * torch.randn(n, generator=g))[None]
+
+
+def frames_of(wav: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(wav, (HOP, 0)).unfold(-1, 2 * HOP, HOP)
+
+
+@pytest.mark.parametrize("f0", [62.0, 110.0, 197.5, 330.0, 520.0])
+def test_yin_finds_the_fundamental_of_a_harmonic_tone(f0):
+    t = torch.arange(SR) / SR
+    tone = sum(torch.sin(2 * math.pi * k * f0 * t + k) * 0.8 ** k for k in range(1, 12))  # strong 2nd, 3rd partials
+    est, voiced_ = yin(frames_of(tone[None])[0, 2:-2], SR, 50.0, 600.0)
+    assert bool(voiced_.all())
+    assert (est / f0 - 1).abs().max() < 0.005  # no octave errors, sub-sample period
+
+
+def test_yin_calls_noise_and_silence_unvoiced():
+    g = torch.Generator().manual_seed(1)
+    noise = 0.1 * torch.randn(SR, generator=g)
+    _, v_noise = yin(frames_of(noise[None])[0], SR, 50.0, 600.0)
+    _, v_silent = yin(frames_of(torch.zeros(1, SR))[0], SR, 50.0, 600.0)
+    assert v_noise.float().mean() < 0.05 and not bool(v_silent.any())
+    with pytest.raises(ValueError, match="too short"):
+        yin(torch.zeros(4, 300), SR, 50.0, 600.0)
+
+
+def test_oscillator_is_a_phase_continuous_sine_at_the_predicted_pitch():
+    codec = tiny()
+    head = codec.harmonic
+    f0 = 187.3
+    with torch.no_grad():  # constant features: f0 from the logit's bias, only the first partial audible
+        head.out.weight.zero_()
+        head.out.bias[0] = math.log(math.log(f0 / 50.0) / math.log(12.0) / (1 - math.log(f0 / 50.0) / math.log(12.0)))
+        head.out.bias[1] = 10.0 + math.log(0.25)  # amplitude 0.25
+        head.out.bias[2:] = -100.0
+    features = torch.randn(1, 30, 48)
+    with head.streaming(1):
+        audio = torch.cat([head.stream(features[:, :7], False), head.stream(features[:, 7:], True)], -1)[0, 0]
+    t = torch.arange(audio.shape[-1], dtype=torch.float64) / SR
+    ideal = 0.25 * torch.sin(2 * math.pi * f0 * t)
+    assert audio.shape[-1] == 30 * HOP
+    assert (audio.double() - ideal).abs().max() < 1e-3  # the running phase never jumps at a hop boundary
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_harmonic_codec_streams_the_offline_bits(dtype, tmp_path):
+    codec = tiny(seed=2)
+    if dtype is torch.float16:
+        codec = FrameCodec.from_pretrained(codec.save_pretrained(tmp_path / "h16", dtype=dtype)).eval()
+    wav = voiced(SR + 777, seed=3)[None].repeat(2, 1, 1)
+    wav[1] *= 0.5
+    codes = codec.encode(wav, 1.8)
+    audio = codec.decode(codes)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        with codec.streaming(2):
+            out, i = [], 0
+            while i < codes.shape[-1]:
+                n = int(torch.randint(0, 6, (1,), generator=g))
+                out.append(codec.decode(codes[..., i: i + n]))
+                i += n
+            out.append(codec.flush_decoder())
+        assert torch.equal(torch.cat(out, -1), audio)
+    with codec.streaming(2):  # encode and decode live, 20 ms at a time
+        pieces = [codec.decode(codec.encode(wav[..., i: i + HOP], 1.8)) for i in range(0, wav.shape[-1], HOP)]
+        pieces.append(codec.decode(codec.flush(1.8)))
+    assert torch.equal(torch.cat(pieces, -1), audio)
+
+
+def test_training_pass_computes_the_inference_function_and_the_pitch_loss():
+    codec = tiny(seed=4)
+    wav = voiced(SR // 2, f0=160.0)[None]
+    with torch.no_grad():
+        out = codec(wav, n_q=codec.num_codebooks)
+    exact = codec.decode(out.codes)[..., : wav.shape[-1]]
+    assert (out.audio - exact).abs().max() < 1e-3 * exact.abs().max()  # float32 phases of high partials
+    # the pitch loss is the octave distance to YIN's f0 on voiced frames: set the branch's f0 to 320 Hz
+    with torch.no_grad():
+        codec.harmonic.out.weight.zero_()
+        share = math.log(320.0 / 50.0) / math.log(12.0)
+        codec.harmonic.out.bias[0] = math.log(share / (1 - share))
+        loss = codec(wav, n_q=codec.num_codebooks).aux_losses["f0"]
+    assert loss == pytest.approx(1.0, abs=0.05)  # one octave above 160 Hz (the tone has a vibrato)
+
+
+def test_bad_harmonic_configs_are_refused():
+    with pytest.raises(ConfigError, match="harmonics"):
+        FrameCodecConfig(harmonics=-1)
+    with pytest.raises(ConfigError, match="f0_min"):
+        FrameCodecConfig(harmonics=8, f0_min=700.0, f0_max=600.0)
+    with pytest.raises(ConfigError, match="longer hop"):
+        FrameCodecConfig(harmonics=8, hop_length=160, f0_min=30.0)
+
+
+def test_a_harmonic_run_starts_from_a_folder_without_the_branch(tmp_path):
+    from codeclm.training.codec_task import _init_weights
+
+    plain = tiny(seed=5, harmonics=0)
+    folder = plain.save_pretrained(tmp_path / "plain", inference_only=True)
+    extended = FrameCodec(dataclasses.replace(plain.config, harmonics=24))
+    fresh = extended.harmonic.out.weight.clone()
+    _init_weights(str(folder), extended)
+    assert torch.equal(extended.decoder.proj_in.weight, plain.decoder.proj_in.weight)
+    assert torch.equal(extended.quantizer.layers[0].embed, plain.quantizer.layers[0].embed)
+    assert torch.equal(extended.harmonic.out.weight, fresh)  # the new branch keeps its initial weights
+    other = FrameCodec(dataclasses.replace(plain.config, decoder_dim=64))
+    with pytest.raises(ConfigError, match="another architecture"):
+        _init_weights(str(folder), other)
