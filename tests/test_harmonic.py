@@ -2,6 +2,7 @@
 exact streaming, training pass, and starting a harmonic run from a codec folder without the branch."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -142,3 +143,32 @@ def test_a_harmonic_run_starts_from_a_folder_without_the_branch(tmp_path):
     other = FrameCodec(dataclasses.replace(plain.config, decoder_dim=64))
     with pytest.raises(ConfigError, match="another architecture"):
         _init_weights(str(folder), other)
+
+
+def test_a_decoder_only_run_keeps_the_codes_and_learns_the_pitch(tmp_path):
+    """codec.freeze: encoder and codebooks stay as the folder had them (the same codes, so models
+    trained on its tokens still decode), the decoder and the harmonic branch train."""
+    from codeclm.codec import load_model
+    from codeclm.training.config import load_recipe
+    from codeclm.training.trainer import train
+
+    start = tiny(seed=6, harmonics=0, encoder_layers=1, decoder_layers=1, decoder_dim=32)
+    folder = start.save_pretrained(tmp_path / "start")
+    overrides = [f"out_dir={tmp_path / 'run'}", "max_steps=16", "log_every=4", "valid_every=0", "ckpt_every=0",
+                 "data.batch_size=4", "data.valid_items=4", "data.synthetic_items=16", "mixed_precision=no",
+                 "model.encoder_dim=32", "model.encoder_layers=1", "model.decoder_dim=32", "model.decoder_layers=1",
+                 "model.dimension=16", "model.bins=64", "model.target_bandwidths=[0.9,1.8]", "model.kmeans_iters=2",
+                 "model.harmonics=8", f"codec.init_from={folder}", "codec.freeze=[frontend,encoder,quantizer]",
+                 "codec.adv_weight=0", "codec.feat_weight=0", "optim.lr=2e-3", "data.train_manifest=null",
+                 "data.valid_manifest=null", "data.num_workers=0"]
+    train(load_recipe("codec_frame_harmonic", overrides))
+    trained = load_model(tmp_path / "run" / "model")
+    assert torch.equal(trained.encoder.proj_in.weight, start.encoder.proj_in.weight)
+    assert torch.equal(trained.quantizer.layers[1].embed, start.quantizer.layers[1].embed)
+    assert not torch.equal(trained.decoder.proj_in.weight, start.decoder.proj_in.weight)
+    wav = voiced(SR // 2)[None]
+    assert torch.equal(trained.encode(wav), start.encode(wav))
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["train/f0"]) for x in lines if "train/f0" in x) and any("train/f0" in x for x in lines)
+    with pytest.raises(ConfigError, match="no submodule 'encoder_x'"):
+        train(load_recipe("codec_frame_harmonic", overrides + ["codec.freeze=[encoder_x]"]))

@@ -57,6 +57,8 @@ class CodecTaskConfig:
     disc_prob: float = 1.0  # probability of a discriminator update per step
     export_dtype: str | None = None  # float16 | bfloat16: also write out_dir/model_<dtype>
     init_from: str | None = None  # a codec folder of the same architecture to start from (fine-tuning)
+    freeze: list[str] = field(default_factory=list)  # generator submodules kept as they are (e.g. frontend,
+    #                                      encoder, quantizer: a new decoder for the same codes, as Vocos for EnCodec)
     log_audio: int = 2  # validation clips sent to TensorBoard
 
 
@@ -136,6 +138,14 @@ def _init_weights(folder: str, codec: torch.nn.Module) -> None:
                           f"({len(missing)} missing, {len(unexpected)} unexpected)")
 
 
+def _submodule(codec: torch.nn.Module, name: str) -> torch.nn.Module:
+    try:
+        return codec.get_submodule(name)
+    except AttributeError:
+        names = ", ".join(n for n, _ in codec.named_children())
+        raise ConfigError(f"recipe: codec.freeze: the codec has no submodule {name!r} (it has {names})") from None
+
+
 @contextmanager
 def read_only(module: torch.nn.Module):
     """Freeze ``module``'s parameters for a pass through it (AudioCraft's adversary read-only mode):
@@ -182,6 +192,9 @@ class Task(BaseTask):
         if c.init_from:  # before weight norm: its (g, v) are computed from the loaded weights
             _init_weights(c.init_from, self.codec)
         self.codec.apply_weight_norm().train()  # the quantizer keeps itself in fp32
+        self.frozen = [_submodule(self.codec, name) for name in c.freeze]
+        for module in self.frozen:  # no gradients; eval mode in every step (no codebook EMA updates)
+            module.requires_grad_(False)
         self.models = {"generator": self.codec}
         self.weights = {"l1": c.l1_weight, "mel": c.mel_weight}
         if c.adv_weight or c.feat_weight:
@@ -225,6 +238,8 @@ class Task(BaseTask):
         c, acc = self.cfg.codec, self.acc
         x = batch["wav"].to(acc.device)
         n_q = self.codec.sample_n_q(self.rng) if c.quantizer_dropout else None
+        for module in self.frozen:
+            module.eval()
         out = self.wrapped["generator"](x, n_q=n_q)
         logs = {"n_q": torch.tensor(float(out.n_q)), "commit": out.commitment_loss.detach()}
         adversarial = "discriminator" in self.models and step >= c.disc_start_step
