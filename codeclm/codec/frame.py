@@ -585,8 +585,9 @@ class FrameCodec(CompressionModel):
         return audio
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
-        """Training pass (fast kernels): encode, quantize (EMA updates in train mode), decode."""
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, teacher_f0: bool = False) -> CodecOutput:
+        """Training pass (fast kernels): encode, quantize (EMA updates in train mode), decode.
+        ``teacher_f0``: the harmonic branch plays the input's YIN pitch on its voiced frames."""
         length = wav.shape[-1]
         x = F.pad(wav, (0, (-length) % self.hop_length))
         latent = self.encoder(self.frontend(x)).transpose(1, 2)  # [B, D, F]
@@ -596,17 +597,21 @@ class FrameCodec(CompressionModel):
         audio = self.head.overlap_add(blocks, raw)
         aux = {}
         if self.harmonic is not None:
-            harmonic, logit = self.harmonic(features)
+            target, voiced = self._pitch(x)
+            harmonic, logit = self.harmonic(features, (target, voiced) if teacher_f0 else None)
             audio = audio + harmonic
-            aux["f0"] = self._pitch_loss(x, logit)
+            aux["f0"] = self._pitch_loss(target, voiced, logit)
         return CodecOutput(audio[..., :length], q.codes, q.commitment_loss, q.n_q, latent, aux)
 
-    def _pitch_loss(self, wav: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
-        """L1 in octaves between the harmonic branch's f0 and :func:`yin`'s on each frame's two-hop
-        analysis window (voiced frames only)."""
+    def _pitch(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`yin`'s f0 and voicing ``[B, F]`` on each frame's two-hop analysis window."""
         c, hop = self.config, self.hop_length
         windows = F.pad(wav.float(), (hop, 0))[:, 0].unfold(-1, 2 * hop, hop)  # [B, F, 2 hop]
-        target, voiced = yin(windows, c.sample_rate, c.f0_min, c.f0_max)
+        return yin(windows, c.sample_rate, c.f0_min, c.f0_max)
+
+    def _pitch_loss(self, target: torch.Tensor, voiced: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+        """L1 in octaves between the harmonic branch's f0 and the target's (voiced frames only)."""
+        c = self.config
         octaves = math.log2(c.f0_max / c.f0_min) * torch.sigmoid(logit.float())  # log2(f0 / f0_min)
         error = (octaves - torch.log2(target.clamp(min=c.f0_min) / c.f0_min)).abs()
         return (error * voiced).sum() / voiced.sum().clamp(min=1)

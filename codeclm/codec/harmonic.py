@@ -13,7 +13,9 @@ oscillator makes the phase a running sum instead of a prediction (DDSP, NHV):
   is carried from hop to hop; partials above 0.45 of the sample rate are silent;
 * ``f0`` is taught by :func:`yin` on the input (octaves, voiced frames only: the oscillator uses
   it detached, since a phase's gradient with respect to frequency is useless); the amplitudes by
-  the codec's spectral losses through the audio.
+  the codec's spectral losses through the audio. In training the oscillator may play YIN's pitch
+  on voiced frames instead (teacher forcing, DDSP's setting), so the amplitudes learn from
+  harmonics at the right places before the predicted pitch is good.
 
 Frame ``t``'s parameters describe the signal at sample ``t * hop`` (the centre of its two-hop
 analysis window), so hop ``t`` runs from frame ``t``'s parameters to frame ``t + 1``'s: the
@@ -137,10 +139,16 @@ class HarmonicHead(StreamingModule):
         return state["plan"]
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: features ``[B, F, D]`` -> ``(audio [B, 1, F * hop], f0 logit [B, F])``."""
+    def forward(self, x: torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: features ``[B, F, D]`` -> ``(audio [B, 1, F * hop], f0 logit [B, F])``.
+        ``teacher = (f0, voiced)`` (``[B, F]`` each): the partials play ``f0`` on the voiced frames
+        instead of the predicted pitch (teacher forcing)."""
         f0, amps, logit = self._params(self.out(x))
         f0 = f0.detach()
+        if teacher is not None:  # partials that the given pitch puts above the Nyquist limit are silent
+            f0 = torch.where(teacher[1], teacher[0].to(f0), f0)
+            amps = amps * ((self.orders * f0[..., None]) < _NYQUIST_FRACTION * self.sample_rate)
         f0_next = torch.cat([f0[:, 1:], f0[:, -1:]], 1)
         amps_next = torch.cat([amps[:, 1:], amps[:, -1:]], 1)
         a, c = self._hop_advance

@@ -57,6 +57,7 @@ class CodecTaskConfig:
     disc_prob: float = 1.0  # probability of a discriminator update per step
     export_dtype: str | None = None  # float16 | bfloat16: also write out_dir/model_<dtype>
     init_from: str | None = None  # a codec folder of the same architecture to start from (fine-tuning)
+    teacher_f0: float = 0.0  # frame codec with harmonics: share of steps whose oscillator plays the input's pitch
     freeze: list[str] = field(default_factory=list)  # generator submodules kept as they are (e.g. frontend,
     #                                      encoder, quantizer: a new decoder for the same codes, as Vocos for EnCodec)
     log_audio: int = 2  # validation clips sent to TensorBoard
@@ -72,6 +73,10 @@ class Recipe(TrainConfig):
         weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight, c.aux_weight)
         if min(weights) < 0 or c.l1_weight + c.mel_weight <= 0:
             raise ConfigError("recipe: codec loss weights must be >= 0 with l1_weight + mel_weight > 0")
+        if not 0 <= c.teacher_f0 <= 1:
+            raise ConfigError(f"recipe: codec.teacher_f0 must be in [0, 1], got {c.teacher_f0}")
+        if c.teacher_f0 and not getattr(self.model, "harmonics", 0):
+            raise ConfigError("recipe: codec.teacher_f0 needs a frame codec with a harmonic branch (model.harmonics > 0)")
         if c.mel_loss not in ("encodec", "dac") or not 0 <= c.disc_prob <= 1 or not 0 <= c.balancer_ema < 1:
             raise ConfigError("recipe: codec.mel_loss must be encodec or dac, disc_prob and balancer_ema in [0, 1]")
         if c.export_dtype is not None and c.export_dtype not in _DTYPES:
@@ -240,7 +245,8 @@ class Task(BaseTask):
         n_q = self.codec.sample_n_q(self.rng) if c.quantizer_dropout else None
         for module in self.frozen:
             module.eval()
-        out = self.wrapped["generator"](x, n_q=n_q)
+        teacher = c.teacher_f0 > 0 and float(torch.rand((), generator=self.rng)) < c.teacher_f0
+        out = self.wrapped["generator"](x, n_q=n_q, **({"teacher_f0": True} if teacher else {}))
         logs = {"n_q": torch.tensor(float(out.n_q)), "commit": out.commitment_loss.detach()}
         adversarial = "discriminator" in self.models and step >= c.disc_start_step
         if adversarial and float(torch.rand((), generator=self.rng)) < c.disc_prob:
