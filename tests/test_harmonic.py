@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from codeclm.codec.frame import FrameCodec, FrameCodecConfig
-from codeclm.codec.harmonic import yin
+from codeclm.codec.harmonic import harmonic_amplitudes, yin
 from codeclm.errors import ConfigError
 
 SR = 24000
@@ -25,7 +25,7 @@ def tiny(seed: int = 0, **overrides) -> FrameCodec:
     with torch.no_grad():
         codec(voiced(SR)[None])
         if codec.harmonic is not None:
-            codec.harmonic.out.bias[1:] = 8.0  # loud partials, so the branch dominates what the tests compare
+            codec.harmonic.out.bias[1:] = 1.0  # voiced, loud partials, so the branch dominates what the tests compare
     return codec.eval()
 
 
@@ -67,9 +67,11 @@ def test_oscillator_is_a_phase_continuous_sine_at_the_predicted_pitch():
     f0 = 187.3
     with torch.no_grad():  # constant features: f0 from the logit's bias, only the first partial audible
         head.out.weight.zero_()
-        head.out.bias[0] = math.log(math.log(f0 / 50.0) / math.log(12.0) / (1 - math.log(f0 / 50.0) / math.log(12.0)))
-        head.out.bias[1] = 10.0 + math.log(0.25)  # amplitude 0.25
-        head.out.bias[2:] = -100.0
+        share = math.log(f0 / 50.0) / math.log(12.0)
+        head.out.bias[0] = math.log(share / (1 - share)) / 4  # the head's outputs are scaled by 4
+        head.out.bias[1] = 30.0 / 4  # voiced
+        head.out.bias[2] = (5.0 + math.log(0.25)) / 4  # amplitude 0.25
+        head.out.bias[3:] = -100.0
     features = torch.randn(1, 30, 48)
     with head.streaming(1):
         audio = torch.cat([head.stream(features[:, :7], False), head.stream(features[:, 7:], True)], -1)[0, 0]
@@ -115,9 +117,20 @@ def test_training_pass_computes_the_inference_function_and_the_pitch_loss():
     with torch.no_grad():
         codec.harmonic.out.weight.zero_()
         share = math.log(320.0 / 50.0) / math.log(12.0)
-        codec.harmonic.out.bias[0] = math.log(share / (1 - share))
+        codec.harmonic.out.bias[0] = math.log(share / (1 - share)) / 4
         loss = codec(wav, n_q=codec.num_codebooks).aux_losses["f0"]
     assert loss == pytest.approx(1.0, abs=0.05)  # one octave above 160 Hz (the tone has a vibrato)
+
+
+def test_harmonic_amplitudes_read_each_partial():
+    t = torch.arange(2 * HOP) / SR
+    f0 = torch.tensor([131.0, 207.0])
+    amps = torch.tensor([[0.3, 0.1, 0.05, 0.02], [0.2, 0.02, 0.1, 0.01]])
+    frames = torch.stack([sum(a * torch.sin(2 * math.pi * (k + 1) * f * t + k) for k, a in enumerate(row))
+                          for f, row in zip(f0, amps)])
+    measured = harmonic_amplitudes(frames, f0, SR, 4)
+    assert measured.shape == (2, 4)
+    assert ((measured - amps).abs() / amps).max() < 0.05  # leakage from the other partials: a few percent
 
 
 def test_bad_harmonic_configs_are_refused():

@@ -45,7 +45,7 @@ from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
 from codeclm.codec.config import RVQBandwidths
-from codeclm.codec.harmonic import HarmonicHead, yin
+from codeclm.codec.harmonic import HarmonicHead, harmonic_amplitudes, yin
 from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
@@ -597,24 +597,28 @@ class FrameCodec(CompressionModel):
         audio = self.head.overlap_add(blocks, raw)
         aux = {}
         if self.harmonic is not None:
-            target, voiced = self._pitch(x)
-            harmonic, logit = self.harmonic(features, (target, voiced) if teacher_f0 else None)
+            windows = F.pad(x.float(), (self.hop_length, 0))[:, 0].unfold(-1, 2 * self.hop_length, self.hop_length)
+            target, voiced = yin(windows, self.sample_rate, self.config.f0_min, self.config.f0_max)
+            harmonic, pred = self.harmonic(features, (target, voiced) if teacher_f0 else None)
             audio = audio + harmonic
-            aux["f0"] = self._pitch_loss(target, voiced, logit)
+            aux = self._harmonic_losses(windows, target, voiced, pred)
         return CodecOutput(audio[..., :length], q.codes, q.commitment_loss, q.n_q, latent, aux)
 
-    def _pitch(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`yin`'s f0 and voicing ``[B, F]`` on each frame's two-hop analysis window."""
-        c, hop = self.config, self.hop_length
-        windows = F.pad(wav.float(), (hop, 0))[:, 0].unfold(-1, 2 * hop, hop)  # [B, F, 2 hop]
-        return yin(windows, c.sample_rate, c.f0_min, c.f0_max)
-
-    def _pitch_loss(self, target: torch.Tensor, voiced: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
-        """L1 in octaves between the harmonic branch's f0 and the target's (voiced frames only)."""
+    def _harmonic_losses(self, windows, target, voiced, pred) -> dict[str, torch.Tensor]:
+        """The harmonic branch's supervised losses against the input's frames (two-hop analysis
+        windows ``[B, F, 2 hop]``) and their YIN pitch: f0 (L1 in octaves, voiced frames), voicing
+        (binary cross-entropy, x 0.1), log-amplitudes of the audible partials at YIN's pitch
+        (:func:`~codeclm.codec.harmonic.harmonic_amplitudes`, L1 in nats on voiced frames, x 0.1)."""
         c = self.config
-        octaves = math.log2(c.f0_max / c.f0_min) * torch.sigmoid(logit.float())  # log2(f0 / f0_min)
-        error = (octaves - torch.log2(target.clamp(min=c.f0_min) / c.f0_min)).abs()
-        return (error * voiced).sum() / voiced.sum().clamp(min=1)
+        count = voiced.sum().clamp(min=1)
+        octaves = math.log2(c.f0_max / c.f0_min) * torch.sigmoid(pred["f0_logit"])  # log2(f0 / f0_min)
+        f0_error = (octaves - torch.log2(target.clamp(min=c.f0_min) / c.f0_min)).abs()
+        voicing = F.binary_cross_entropy_with_logits(pred["voicing_logit"], voiced.float())
+        amps = harmonic_amplitudes(windows, target, c.sample_rate, c.harmonics)
+        audible = voiced[..., None] & (self.harmonic.orders * target[..., None] < 0.45 * c.sample_rate)
+        amp_error = (pred["log_amp"] - torch.log(amps.clamp(min=1e-5))).abs()
+        return {"f0": (f0_error * voiced).sum() / count, "voicing": 0.1 * voicing,
+                "amp": 0.1 * (amp_error * audible).sum() / audible.sum().clamp(min=1)}
 
     def sample_n_q(self, generator: torch.Generator | None = None) -> int:
         """Quantizer dropout: a random bandwidth from the config's targets, as codebooks."""

@@ -39,9 +39,11 @@ from torch import nn
 from codeclm.codec.layers import PackedLinear, pack_linear, pointwise_exact
 from codeclm.streaming import StreamingModule
 
-__all__ = ["HarmonicHead", "yin"]
+__all__ = ["HarmonicHead", "harmonic_amplitudes", "yin"]
 
-_AMP_OFFSET = -10.0  # log-amplitude of a partial at a zero output: exp(-10) ~ 5e-5 (-87 dB): inaudible at the start
+_AMP_OFFSET = -5.0  # log-amplitude of a partial at a zero output: exp(-5) ~ 0.007, a speech partial's order
+_OUT_SCALE = 4.0  # the head's outputs x 4: Adam moves a weight by ~lr a step, so a new head on a trained
+#                   decoder reaches its targets (log-amplitudes several nats away) 4x sooner
 _MAX_LOG_AMP = 1.0  # a partial's amplitude is at most e
 _NYQUIST_FRACTION = 0.45
 
@@ -88,6 +90,22 @@ def yin(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max: float, th
     return f0.view(lead), voiced.view(lead)
 
 
+@torch.no_grad()
+def harmonic_amplitudes(frames: torch.Tensor, f0: torch.Tensor, sample_rate: int, harmonics: int) -> torch.Tensor:
+    """Amplitude of partial ``k = 1..harmonics`` of ``f0 [...]`` in ``frames [..., L]``: the periodic-
+    Hann-windowed DFT magnitude at ``k f0``, ``2 |X| / sum(window)`` -> ``[..., K]`` (zero-padded 4x and
+    linear between those bins: within ~1 % of a partial's amplitude, no half-bin scalloping)."""
+    length = frames.shape[-1]
+    k = torch.arange(length, dtype=torch.float64, device=frames.device)
+    window = (0.5 - 0.5 * torch.cos(2 * math.pi * k / length)).to(frames.dtype)
+    mag = torch.fft.rfft(frames * window, n=4 * length).abs() * (2.0 / float(window.sum()))  # [..., 2 L + 1]
+    position = (f0[..., None] * torch.arange(1, harmonics + 1, device=frames.device) * (4 * length / sample_rate))
+    position = position.clamp(0, mag.shape[-1] - 1.001)
+    low = position.floor().long()
+    frac = (position - low).to(mag.dtype)
+    return torch.gather(mag, -1, low) * (1 - frac) + torch.gather(mag, -1, low + 1) * frac
+
+
 class HarmonicHead(StreamingModule):
     """Decoder features ``[B, F, D]`` -> per-frame ``f0 [B, F]`` and partial amplitudes ``[B, F, K]``,
     and the oscillator that turns them into audio (see the module notes)."""
@@ -96,7 +114,7 @@ class HarmonicHead(StreamingModule):
         super().__init__()
         self.hop, self.sample_rate, self.harmonics = hop, sample_rate, harmonics
         self.f0_min, self.f0_max = float(f0_min), float(f0_max)
-        self.out = nn.Linear(dim, 1 + harmonics)
+        self.out = nn.Linear(dim, 2 + harmonics)  # f0 logit, voicing logit, log-amplitudes
         s = torch.arange(hop, dtype=torch.float64)
         self.register_buffer("ramp", (s / hop).float(), persistent=False)  # alpha(s): frame t's weight 1 - alpha
         # phase(s) - phase(0) = 2 pi / sr * (f_t s + (f_{t+1} - f_t) s (s - 1) / (2 hop)): the sum of the
@@ -111,24 +129,24 @@ class HarmonicHead(StreamingModule):
         return {"pending": None, "phase": None, "plan": None}
 
     # -- per-frame parameters ---------------------------------------------------------------------
-    def _params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Linear outputs ``[B, F, 1 + K]`` -> ``(f0 [B, F], amplitudes [B, F, K], f0 logit [B, F])``."""
-        h = h.float()
-        logit = h[..., 0]
-        f0 = self.f0_min * (self.f0_max / self.f0_min) ** torch.sigmoid(logit)
-        amps = torch.exp((h[..., 1:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP))
-        audible = (self.orders * f0.detach()[..., None]) < _NYQUIST_FRACTION * self.sample_rate
-        return f0, amps * audible, logit
+    def _params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Linear outputs ``[B, F, 2 + K]`` -> f0 ``[B, F]`` and its logit, voicing logit, log-amplitudes
+        of the partials ``[B, F, K]`` (before the voicing gate and the Nyquist limit)."""
+        h = h.float() * _OUT_SCALE
+        f0 = self.f0_min * (self.f0_max / self.f0_min) ** torch.sigmoid(h[..., 0])
+        return {"f0": f0, "f0_logit": h[..., 0], "voicing_logit": h[..., 1],
+                "log_amp": (h[..., 2:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP)}
 
     def _params_exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self._plan()
         b, n, c = x.shape
-        h = plan(x.reshape(b * n, c)).view(b, n, -1).float()
+        h = plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
         f0 = self.f0_min * pointwise_exact(torch.exp, math.log(self.f0_max / self.f0_min)
                                            * pointwise_exact(torch.sigmoid, h[..., 0]))
-        amps = pointwise_exact(torch.exp, (h[..., 1:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP))
+        gate = pointwise_exact(torch.sigmoid, h[..., 1])
+        amps = pointwise_exact(torch.exp, (h[..., 2:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP))
         audible = (self.orders * f0[..., None]) < _NYQUIST_FRACTION * self.sample_rate
-        return f0, amps * audible
+        return f0, amps * gate[..., None] * audible
 
     def _plan(self) -> PackedLinear:
         state = self._streaming_state
@@ -140,15 +158,19 @@ class HarmonicHead(StreamingModule):
 
     # -- training ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: features ``[B, F, D]`` -> ``(audio [B, 1, F * hop], f0 logit [B, F])``.
-        ``teacher = (f0, voiced)`` (``[B, F]`` each): the partials play ``f0`` on the voiced frames
-        instead of the predicted pitch (teacher forcing)."""
-        f0, amps, logit = self._params(self.out(x))
-        f0 = f0.detach()
-        if teacher is not None:  # partials that the given pitch puts above the Nyquist limit are silent
-            f0 = torch.where(teacher[1], teacher[0].to(f0), f0)
-            amps = amps * ((self.orders * f0[..., None]) < _NYQUIST_FRACTION * self.sample_rate)
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training: features ``[B, F, D]`` -> ``(audio [B, 1, F * hop], predictions)`` (see
+        :meth:`_params`). ``teacher = (f0, voiced)`` (``[B, F]`` each): the partials play ``f0`` on
+        the voiced frames and are silent elsewhere, instead of the predicted pitch and voicing."""
+        pred = self._params(self.out(x))
+        amps = torch.exp(pred["log_amp"])
+        if teacher is None:
+            f0 = pred["f0"].detach()
+            amps = amps * torch.sigmoid(pred["voicing_logit"])[..., None]
+        else:
+            f0 = torch.where(teacher[1], teacher[0].to(amps), pred["f0"].detach())
+            amps = amps * teacher[1][..., None]
+        amps = amps * ((self.orders * f0[..., None]) < _NYQUIST_FRACTION * self.sample_rate)
         f0_next = torch.cat([f0[:, 1:], f0[:, -1:]], 1)
         amps_next = torch.cat([amps[:, 1:], amps[:, -1:]], 1)
         a, c = self._hop_advance
@@ -161,7 +183,7 @@ class HarmonicHead(StreamingModule):
         here = torch.bmm(sines, amps.reshape(b * n, self.harmonics, 1)).view(b, n, hop)
         there = torch.bmm(sines, amps_next.reshape(b * n, self.harmonics, 1)).view(b, n, hop)
         audio = here + self.ramp * (there - here)
-        return audio.reshape(b, 1, n * hop), logit
+        return audio.reshape(b, 1, n * hop), pred
 
     # -- inference --------------------------------------------------------------------------------
     def stream(self, x: torch.Tensor, final: bool) -> torch.Tensor:
