@@ -630,3 +630,334 @@ class ResidualUnit(nn.Module):
         for layer in self.block:
             y = layer(y)
         return self.shortcut(x) + y
+
+
+# ---------------------------------------------------------------------------------------------
+# The SEANet codec's exact path on time-major rows (what Codec's streaming and offline passes run)
+# ---------------------------------------------------------------------------------------------
+# Every layer of a stream step runs on time-major activations ``[B, T, C]`` (rows = time steps):
+# a convolution is one GEMM of its im2col rows (a strided view of the input: stride-1 and
+# strided kernels alike, a pointwise conv is the input itself) against the weight reshaped to
+# ``[C_out, k * C_in]`` and packed once for oneDNN (its AVX-512 fp32 kernel: ~2x MKL's on AMD
+# CPUs, where MKL takes its AVX2 path); the residual addition is the GEMM's fused ``add``
+# post-op; a transposed conv is one GEMM to every step's ``k`` outputs (its bias folded into the
+# first ``s`` of them) plus one overlap-add; the LSTM's input projections of all steps are one
+# GEMM and the recurrence a fixed-shape step. Each row's bits are independent of how many rows
+# come together (:class:`RowsLinear`), and ELU is position-independent (:func:`elu_rows`), so any
+# chunking gives the offline bits. The layers' own ``_forward_streaming`` (channel-major) stay as
+# they were; the per-layer stream state objects are shared (``previous``/``pending`` are kept as
+# ``[B, C, T]`` views of time-major tensors).
+_RUNTIME_PACKS = torch.utils.weak.WeakIdKeyDictionary()  # parameter -> {key: (versions, value)}
+_MIN_COLUMNS = 16  # narrower outputs (the decoder's last conv: 1 channel) are padded with zero weights
+
+
+def _derived(source: torch.Tensor, key, tensors: tuple, build):
+    """``build()`` cached on ``source`` under ``key`` while ``tensors`` keep their values (data
+    pointer, version counter, shape); built afresh for inference-mode tensors (no version counter)."""
+    versions = _versions(*tensors)
+    if versions is None:
+        return build()
+    slot = _RUNTIME_PACKS.get(source)
+    if slot is None:
+        slot = _RUNTIME_PACKS[source] = {}
+    hit = slot.get(key)
+    if hit is not None and hit[0] == versions:
+        return hit[1]
+    value = build()
+    slot[key] = (versions, value)
+    return value
+
+
+class RowsLinear:
+    """``x [M, K] -> x @ W.T + b (+ add)`` with every row's bits independent of ``M``.
+
+    CPU float32 without gradients: oneDNN's linear on its blocked float32 weight (``add`` fused
+    as a binary post-op; a lone row computed twice, as :class:`PackedLinear`), whatever the
+    weights' values (no float16-weight kernel: the codec's GEMMs are compute-bound). Otherwise
+    :func:`rows_matmul` (differentiable). ``N`` under 16 is padded with zero weight rows.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.out_features = n = weight.shape[0]
+        tensors = [t for t in (weight, bias) if t is not None]
+        self.kind, self.op = "rows", None
+        fast = (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+                and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+                and torch.backends.mkldnn.is_available())
+        pad = max(0, _MIN_COLUMNS - n)
+        self.padded_features = n + pad
+        w = weight if not fast else weight.detach()
+        b = bias if bias is None or not fast else bias.detach()
+        if pad:
+            w = F.pad(w, (0, 0, 0, pad))
+            b = None if b is None else F.pad(b, (0, pad))
+        self.bias = b
+        if fast:
+            try:
+                self.op, self.kind = torch.ops.mkldnn._reorder_linear_weight(w.contiguous()), "onednn"
+                return
+            except (RuntimeError, AttributeError, NotImplementedError):  # a torch without the op
+                pass
+        self.weight_t = w.t()
+
+    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None, fixed_rows: bool = False) -> torch.Tensor:
+        """``[M, K]`` -> ``[M, N]``; ``add`` ``[M, N]`` is added after the bias. ``fixed_rows``: the
+        caller always passes the same ``M`` (a recurrence step), so no row needs duplicating."""
+        m, n = x.shape[0], self.out_features
+        if m == 0:
+            return x.new_zeros(0, n)
+        if self.kind == "onednn":
+            if add is not None and self.padded_features != n:
+                add = F.pad(add, (0, self.padded_features - n))
+            if m < _MIN_ONEDNN_ROWS and not fixed_rows:
+                x = torch.cat([x, x])
+                add = None if add is None else torch.cat([add, add])
+            if add is not None:
+                y = torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), add.contiguous(), self.op, self.bias,
+                                                              "add")
+            else:
+                y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.op, self.bias, "none", [], "")
+            if m < _MIN_ONEDNN_ROWS and not fixed_rows:
+                y = y[:m]
+            return y[:, :n] if y.shape[1] != n else y
+        y = rows_matmul(x.contiguous(), self.weight_t, self.bias)
+        y = y[:, :n] if y.shape[1] != n else y
+        return y if add is None else y + add
+
+
+def elu_rows(x: torch.Tensor) -> torch.Tensor:
+    """ELU, position-independent like :func:`elu_exact`; on one thread in a single vectorised call
+    over the whole multiple of 64 elements (one thread never splits it) and one for the tail."""
+    if torch.get_num_threads() != 1 or x.dtype != torch.float32 or x.device.type != "cpu":
+        return elu_exact(x)
+    flat = x.contiguous().view(-1)
+    n = flat.numel()
+    full = n - n % _VEC_BLOCK
+    if full == n:
+        return F.elu(flat).view_as(x)
+    out = torch.empty_like(flat)
+    if full:
+        torch._C._nn.elu(flat[:full], out=out[:full])
+    tail = flat.new_zeros(_VEC_BLOCK)
+    tail[: n - full] = flat[full:]
+    out[full:] = F.elu(tail)[: n - full]
+    return out.view_as(x)
+
+
+def _tm(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A ``[B, C, T]`` view kept in a stream state -> the time-major tensor ``[B, T, C]``."""
+    return None if x is None else x.transpose(1, 2)
+
+
+def _reflect_tm(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """EnCodec's reflect padding (:func:`pad1d`) of a time-major ``[B, T, C]``."""
+    return pad1d(x.transpose(1, 2), left, right, "reflect").transpose(1, 2).contiguous()
+
+
+def conv_linear(m: "StreamingConv1d") -> RowsLinear:
+    """The conv's weight as ``[C_out, k * C_in]`` (tap-major, matching im2col rows), packed once
+    per weight version."""
+    w, b = m.conv.weight, m.conv.bias
+    key = ("conv", torch.is_grad_enabled())
+    return _derived(w, key, (w, b), lambda: RowsLinear(w.permute(0, 2, 1).reshape(w.shape[0], -1), b))
+
+
+def im2col_rows(x: torch.Tensor, kernel: int, stride: int, dilation: int) -> torch.Tensor:
+    """Time-major ``[B, L, C]`` -> the rows of a valid conv's patches ``[B * T_out, kernel * C]``
+    (``x`` itself for a pointwise conv)."""
+    b, length, c = x.shape
+    reach = (kernel - 1) * dilation + 1
+    steps = (length - reach) // stride + 1
+    x = x.contiguous()
+    if kernel == 1 and stride == 1:
+        return x.view(b * length, c)
+    view = x.as_strided((b, steps, kernel, c), (length * c, stride * c, dilation * c, 1))
+    return view.reshape(b * steps, kernel * c)
+
+
+def tap_linear(m: "StreamingConv1d") -> RowsLinear:
+    """A stride-1 conv with few output channels as a GEMM to every tap's outputs ``[k, C_out]``
+    (the bias on tap 0), packed once per weight version."""
+    w, b = m.conv.weight, m.conv.bias  # [out, in, k]
+
+    def build():
+        bias = None if b is None else torch.cat([b, b.new_zeros((w.shape[2] - 1) * w.shape[0])])
+        return RowsLinear(w.permute(2, 0, 1).reshape(-1, w.shape[1]), bias)
+
+    return _derived(w, ("taps", torch.is_grad_enabled()), (w, b), build)
+
+
+def conv_rows(m: "StreamingConv1d", window: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """Valid conv of a time-major window ``[B, L, C_in]`` -> ``[B, T_out, C_out]`` (``add``: same
+    shape as the output, added in the GEMM's epilogue).
+
+    One GEMM of the im2col rows; a stride-1 conv with fewer than 16 output channels (the
+    decoder's last, one channel) instead multiplies the input rows by every tap at once and sums
+    the taps' shifted outputs in order (no ``k``-times copy of the input, no padded columns)."""
+    b, length, _ = window.shape
+    k, s, d = m.conv.kernel_size[0], m.stride, m.conv.dilation[0]
+    out_ch = m.conv.out_channels
+    if length < m.effective_kernel:
+        return window.new_zeros(b, 0, out_ch)
+    if s == 1 and k > 1 and out_ch < _MIN_COLUMNS:
+        steps = length - m.effective_kernel + 1
+        window = window.contiguous()
+        taps = tap_linear(m)(window.view(b * length, -1)).view(b, length, k, out_ch)
+        y = torch.add(taps[:, :steps, 0], taps[:, d: d + steps, 1])
+        for j in range(2, k):  # fixed order: identical rounding in every chunking
+            y.add_(taps[:, j * d: j * d + steps, j])
+        return y if add is None else y + add
+    rows = im2col_rows(window, k, s, d)
+    y = conv_linear(m)(rows, None if add is None else add.reshape(rows.shape[0], -1))
+    return y.view(b, -1, m.conv.out_channels)
+
+
+def conv1d_stream_rows(m: "StreamingConv1d", x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """:meth:`StreamingConv1d._forward_streaming` on time-major rows: ``[B, T, C_in]`` (the next
+    samples of the stream) -> ``[B, T / stride, C_out]``, the same state rules (context, reflect
+    start-up, the final right pad). ``add`` (the output's shape) is added in the epilogue."""
+    state: _ConvState = m._streaming_state
+    s, out_ch = m.stride, m.conv.out_channels
+    context = m.effective_kernel - s
+    if not state.started:  # reflect padding: hold the first samples back
+        pending = _tm(state.pending)
+        x = x if pending is None else torch.cat([pending, x], 1)
+        if not state.final:
+            if x.shape[1] < m.start_delay:
+                state.pending = x.transpose(1, 2)
+                return x.new_zeros(x.shape[0], 0, out_ch)
+            state.previous = x[:, 1: context + 1].flip(1).transpose(1, 2)  # EnCodec's left reflect pad
+        else:  # the whole signal is shorter than the pad: offline rules (zeros first)
+            state.pending, state.started = None, True
+            if x.shape[1] == 0:
+                return x.new_zeros(x.shape[0], 0, out_ch)
+            return conv_rows(m, _reflect_tm(x, context, (-x.shape[1]) % s), add)
+        state.pending, state.started = None, True
+    if x.shape[1] == 0:
+        return x.new_zeros(x.shape[0], 0, out_ch)
+    if context == 0:
+        window = x
+    else:
+        previous = _tm(state.previous)
+        if previous is None:
+            previous = x.new_zeros(x.shape[0], context, x.shape[2])
+        window = torch.cat([previous, x], 1)
+        state.previous = window[:, window.shape[1] - context:].transpose(1, 2)
+    if state.final and m.pad_mode == "reflect":
+        extra = (-x.shape[1]) % s  # EnCodec's right pad that completes the last frame
+        if extra:
+            window = _reflect_tm(window, 0, extra)
+    return conv_rows(m, window, add)
+
+
+def convtr_linear(m: "StreamingConvTranspose1d") -> RowsLinear:
+    """The transposed conv as a GEMM ``[C_in] -> [reach, s, C_out]`` (every input step's output
+    pieces; the bias on the first ``s``, the step's own samples), packed once per weight version."""
+    w, b = m.convtr.weight, m.convtr.bias  # [in, out, k]
+    k, s = m.convtr.kernel_size[0], m.stride
+    reach = -(-k // s)
+
+    def build():
+        pieces = F.pad(w, (0, reach * s - k)).view(w.shape[0], w.shape[1], reach, s)
+        w2 = pieces.permute(2, 3, 1, 0).reshape(reach * s * w.shape[1], w.shape[0])  # [(r, j, out), in]
+        bias = None
+        if b is not None:
+            bias = torch.cat([b.repeat(s), b.new_zeros((reach - 1) * s * b.shape[0])])
+        return RowsLinear(w2, bias)
+
+    return _derived(w, ("convtr", torch.is_grad_enabled()), (w, b), build)
+
+
+def convtr_stream_rows(m: "StreamingConvTranspose1d", x: torch.Tensor) -> torch.Tensor:
+    """:meth:`StreamingConvTranspose1d._forward_streaming` on time-major rows: ``[B, T, C_in]`` ->
+    ``[B, T * s, C_out]``; output sample ``t s + j`` is ``sum_r z[t - r, r, j]`` in the order
+    ``r = 0, 1, ...`` (the last ``reach - 1`` steps' pieces are the state)."""
+    state: _ConvTrState = m._streaming_state
+    k, s = m.convtr.kernel_size[0], m.stride
+    out_ch = m.convtr.out_channels
+    b, steps, c_in = x.shape
+    reach = -(-k // s)
+    if steps == 0:
+        return x.new_zeros(b, 0, out_ch)
+    z = convtr_linear(m)(x.reshape(b * steps, c_in)).view(b, steps, reach, s, out_ch)
+    if reach == 1:
+        return z.view(b, steps * s, out_ch)
+    if state.tail is None:
+        state.tail = x.new_zeros(b, reach - 1, reach, s, out_ch)
+    if reach == 2:  # EnCodec's k = 2 s: one shifted addition, no copy of z
+        out = x.new_empty(b, steps, s, out_ch)
+        torch.add(z[:, :1, 0], state.tail[:, :, 1], out=out[:, :1])
+        if steps > 1:
+            torch.add(z[:, 1:, 0], z[:, :-1, 1], out=out[:, 1:])
+        state.tail = z[:, steps - 1:].clone()
+    else:
+        zz = torch.cat([state.tail, z], 1)  # [B, reach - 1 + T, reach, s, out]
+        state.tail = zz[:, steps:].clone()
+        off = reach - 1
+        out = zz[:, off:, 0] + zz[:, off - 1: off - 1 + steps, 1]
+        for r in range(2, reach):  # fixed order: identical rounding in every chunking
+            out = out + zz[:, off - r: off - r + steps, r]
+    return out.reshape(b, steps * s, out_ch)
+
+
+def residual_stream_rows(m: "ResidualUnit", x: torch.Tensor) -> torch.Tensor:
+    """:class:`ResidualUnit` on time-major rows: ``shortcut(x) + conv1(elu(conv_k(elu(x))))``, the
+    addition fused into the last GEMM."""
+    elu1, conv_k, elu2, conv_1 = m.block
+    if not (isinstance(elu1, ELU) and isinstance(elu2, ELU)):
+        raise TypeError("residual_stream_rows expects ELU, conv, ELU, conv")
+    h = elu_rows(conv1d_stream_rows(conv_k, elu_rows(x)))
+    skip = x if isinstance(m.shortcut, nn.Identity) else conv1d_stream_rows(m.shortcut, x)
+    return conv1d_stream_rows(conv_1, h, add=skip)
+
+
+def _lstm_packs(m: "StreamingLSTM", layer: int):
+    lstm = m.lstm
+    w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+    b_ih, b_hh = getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}")
+    return _derived(w_ih, ("lstm", torch.is_grad_enabled()), (w_ih, w_hh, b_ih, b_hh),
+                    lambda: (RowsLinear(w_ih, b_ih + b_hh), RowsLinear(w_hh)))
+
+
+def lstm_stream_rows(m: "StreamingLSTM", x: torch.Tensor) -> torch.Tensor:
+    """:class:`StreamingLSTM` on time-major rows ``[B, N, C]`` (one step per frame) with the
+    hidden state carried across calls: the input projections of all steps are one row-invariant
+    GEMM, each step one fixed-shape product on the packed recurrent weight."""
+    batch, steps, dim = x.shape
+    if steps == 0:
+        return x
+    state = m._streaming_state["hc"]
+    layer_in = x
+    for layer in range(m.lstm.num_layers):
+        lin_ih, lin_hh = _lstm_packs(m, layer)
+        proj = lin_ih(layer_in.reshape(batch * steps, dim)).view(batch, steps, 4 * dim)
+        h, c = state[layer] if state[layer] is not None else (x.new_zeros(batch, dim), x.new_zeros(batch, dim))
+        out = x.new_empty(batch, steps, dim)
+        for t in range(steps):
+            gates = lin_hh(h, add=proj[:, t], fixed_rows=True)
+            act = torch.sigmoid(gates)
+            c = torch.addcmul(act[:, dim: 2 * dim] * c, act[:, :dim], torch.tanh(gates[:, 2 * dim: 3 * dim]))
+            h = act[:, 3 * dim:] * torch.tanh(c)
+            out[:, t] = h
+        state[layer] = (h, c)
+        layer_in = out
+    return layer_in + x
+
+
+def seanet_stream_rows(layers, x: torch.Tensor) -> torch.Tensor:
+    """A SEANet layer list (convs, residual units, ELUs, transposed convs, LSTM) streamed on
+    time-major rows ``[B, T, C]``."""
+    for layer in layers:
+        if isinstance(layer, StreamingConv1d):
+            x = conv1d_stream_rows(layer, x)
+        elif isinstance(layer, ResidualUnit):
+            x = residual_stream_rows(layer, x)
+        elif isinstance(layer, ELU):
+            x = elu_rows(x)
+        elif isinstance(layer, StreamingConvTranspose1d):
+            x = convtr_stream_rows(layer, x)
+        elif isinstance(layer, StreamingLSTM):
+            x = lstm_stream_rows(layer, x)
+        else:
+            raise TypeError(f"seanet_stream_rows: no time-major path for {type(layer).__name__}")
+    return x

@@ -2,6 +2,10 @@
 
 The layer order mirrors EnCodec (and ``transformers``' port) one to one, so importing its
 weights is a walk over two module lists of the same shape.
+
+Inside a streaming block (the codec's exact path, offline passes of causal models included)
+both run on time-major rows (:func:`~codeclm.codec.layers.seanet_stream_rows`: every conv one
+row-invariant GEMM on a packed weight); outside it, the plain channel-major layers (training).
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ import torch
 from torch import nn
 
 from codeclm.codec.config import CodecConfig
-from codeclm.codec.layers import ELU, ResidualUnit, StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM
+from codeclm.codec.layers import (ELU, ResidualUnit, StreamingConv1d, StreamingConvTranspose1d, StreamingLSTM,
+                                  seanet_stream_rows)
 from codeclm.errors import ConfigError
 
 
@@ -46,6 +51,8 @@ class SEANetEncoder(nn.Module):
         _assign_frame_lengths(self, cfg.hop_length)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _streaming(self):
+            return seanet_stream_rows(self.layers, x.transpose(1, 2).contiguous()).transpose(1, 2)
         for layer in self.layers:
             x = layer(x)
         return x
@@ -73,9 +80,16 @@ class SEANetDecoder(nn.Module):
         _assign_frame_lengths(self, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _streaming(self):
+            return seanet_stream_rows(self.layers, x.transpose(1, 2).contiguous()).transpose(1, 2)
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+def _streaming(model: nn.Module) -> bool:
+    """The layers are inside a streaming block (their first conv has a stream state)."""
+    return model.layers[0].is_streaming
 
 
 def _assign_frame_lengths(model: nn.Module, start: int) -> None:
