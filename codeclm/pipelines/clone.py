@@ -61,6 +61,18 @@ MAX_BATCH = 8  # sentences decoded together in one AR batch
 PHONEMES_PER_SECOND = 12.0  # typical speech rate: how long a sentence is expected to take
 
 
+def _load_model(folder: Path):
+    """The VALL-E of a folder: the duration-guided one (``codeclm-valle-dur``) or the original."""
+    from codeclm.lm.valle_dur import MODEL_TYPE as DUR_TYPE
+    from codeclm.lm.valle_dur import DurValle
+
+    try:
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        kind = None  # Valle.from_pretrained reports the problem
+    return DurValle.from_pretrained(folder) if kind == DUR_TYPE else Valle.from_pretrained(folder)
+
+
 def _frame_db(wav: torch.Tensor, hop: int) -> torch.Tensor:
     """RMS in dBFS of consecutive ``hop``-sample frames of mono ``wav [N]``."""
     n = wav.shape[-1] // hop
@@ -108,7 +120,7 @@ class VoiceClone(BasePipeline):
 
             return DiaVoiceClone.from_pretrained(folder, device)
         info = cls._read_info(folder, ("valle", "codec", "phonemes"))
-        model = Valle.from_pretrained(folder / "valle")
+        model = _load_model(folder / "valle")
         codec = load_model(folder / "codec")
         check_codec_identity(info, codec, folder)
         vocab = PhonemeVocab.load(folder / "phonemes")
@@ -333,8 +345,22 @@ class VoiceClone(BasePipeline):
         prompt, ref_text = self._prompt(ref_audio, ref_text, language, name)
         return prompt, ref_text, language
 
+    @property
+    def duration_guided(self) -> bool:
+        from codeclm.lm.valle_dur import DurValle
+
+        return isinstance(self.model, DurValle)
+
     def _synthesize(self, jobs: list[tuple], seeds: list[int | None], temperature: float, top_k: int,
                     top_p: float, progress: bool) -> list[torch.Tensor]:
+        if self.duration_guided:
+            from codeclm.pipelines.clone_dur import synthesize_dur
+
+            return synthesize_dur(self, jobs, seeds, temperature, top_k, top_p, progress)
+        return self._synthesize_valle(jobs, seeds, temperature, top_k, top_p, progress)
+
+    def _synthesize_valle(self, jobs: list[tuple], seeds: list[int | None], temperature: float, top_k: int,
+                          top_p: float, progress: bool) -> list[torch.Tensor]:
         """Audio per job ``(text, prompt, ref_text, language)``: each text split into pieces, all
         pieces decoded by the AR in batches (pieces of one voice share one batch), joined with pauses.
         Piece ``j`` of job ``i`` samples with ``window_seed(seeds[i], j)`` (piece 0: the seed itself)."""

@@ -26,7 +26,8 @@ from codeclm.errors import ConfigError
 
 # task name -> module defining `Recipe` (a TrainConfig subclass) and `Task` (see trainer.py)
 TASKS = {"codec": "codeclm.training.codec_task", "frame_codec": "codeclm.training.frame_codec_task",
-         "lm": "codeclm.training.lm_task", "valle": "codeclm.training.valle_task"}
+         "lm": "codeclm.training.lm_task", "valle": "codeclm.training.valle_task",
+         "valle_dur": "codeclm.training.valle_dur_task"}
 
 
 @dataclass
