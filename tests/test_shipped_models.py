@@ -42,12 +42,16 @@ def test_shipped_voice_model():
     from codeclm.pipelines import VoiceClone
 
     pipe = VoiceClone.from_pretrained()
-    assert pipe.sample_rate == 24000 and set(pipe.languages) == {"de", "en"}
-    assert {"allison", "us_male", "german_male"} <= set(pipe.voices)
+    # the duration-guided model (docs/voice.md) speaks English; the earlier VALL-E also German
+    languages = {"en"} if getattr(pipe, "duration_guided", False) else {"de", "en"}
+    assert pipe.sample_rate == 24000 and set(pipe.languages) == languages
+    assert {"allison", "us_male"} <= set(pipe.voices)
     text = "Good morning, how are you today?"
     a = pipe.say(text, voice="us_male", seed=0)
     seconds = a.shape[1] / pipe.sample_rate
     assert 0.5 < seconds < 8 and torch.isfinite(a).all() and rms_db(a) > -45, seconds
     assert torch.equal(a, pipe.say(text, voice="us_male", seed=0))
-    b = pipe.say("Guten Morgen, wie geht es dir?", voice="german_male", seed=0)
-    assert b.shape[1] > 0.5 * pipe.sample_rate
+    if "de" in languages:
+        assert "german_male" in pipe.voices
+        b = pipe.say("Guten Morgen, wie geht es dir?", voice="german_male", seed=0)
+        assert b.shape[1] > 0.5 * pipe.sample_rate

@@ -11,6 +11,7 @@ without the silence at their ends, clamped to ``[0.6, 1.8]``. The output of each
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -32,13 +33,22 @@ END_FRAMES = 4  # frames of silence kept at the end of each piece (before the pa
 
 
 def espeak_durations(text: str, frame_rate: float, language: str = "en") -> tuple[list[str], np.ndarray]:
-    """espeak-ng's phoneme tokens of ``text`` and their frames at ``frame_rate``."""
+    """espeak-ng's phoneme tokens of ``text`` and their frames at ``frame_rate``.
+
+    Cached per process: espeak-ng carries a little state from call to call (spans drift by a few
+    samples), so the same text always gets the durations of its first rendering here."""
+    tokens, dur = _espeak_durations(text, float(frame_rate), language)
+    return list(tokens), np.array(dur)
+
+
+@functools.lru_cache(maxsize=4096)
+def _espeak_durations(text: str, frame_rate: float, language: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     if language != "en":
         raise TextError(f"the duration-guided model speaks English only, not {language!r}")
     utt = Espeak().synth(normalize_text(text, language), ESPEAK_VOICE, ESPEAK_RATE, 50)
     n = max(1, math.ceil(len(utt.audio) / utt.sample_rate * frame_rate))
     dur = durations_from_alignment(utt.frame_alignment(n, frame_rate), len(utt.tokens))
-    return utt.tokens, dur
+    return tuple(utt.tokens), tuple(int(x) for x in dur)
 
 
 def speaking_rate(prompt_frames: int, ref_text: str, frame_rate: float, language: str = "en") -> float:
