@@ -141,6 +141,56 @@ class FrameConditioner(nn.Module):
         return torch.where((idx >= 0)[..., None], x, self.prompt.to(x.dtype).expand_as(x))
 
 
+class _LeanDecoder:
+    """Batch-``n`` step-by-step decoding of a causal, pre-norm, sinusoidal, cross-attention-free
+    :class:`TokenLM` with one codebook, straight on its weights (the per-call work of the
+    generic cache paths costs more than the matmuls at this size). Same arithmetic as
+    ``TokenLM.forward`` (the tests compare the greedy codes with teacher forcing)."""
+
+    def __init__(self, lm: TokenLM, extra: torch.Tensor) -> None:
+        from codeclm.lm.layers import sinusoidal_embedding
+
+        cfg = lm.config
+        if not cfg.causal or cfg.cross_attention or cfg.positional != "sinusoidal" or not cfg.norm_first or cfg.n_q != 1:
+            raise CodecLMError("the lean decoder needs a causal, pre-norm, sinusoidal, one-codebook LM")
+        n, T, _ = extra.shape
+        self.lm, self.H, self.hd = lm, cfg.num_heads, cfg.head_dim
+        pos = sinusoidal_embedding(torch.arange(T, device=extra.device), cfg.dim, cfg.max_period)
+        self.pre = (extra + pos.to(extra.dtype)).contiguous()  # what is added to each step's embedding
+        self.k = [extra.new_zeros(n, self.H, T, self.hd) for _ in lm.layers]
+        self.v = [extra.new_zeros(n, self.H, T, self.hd) for _ in lm.layers]
+        self.emb = lm.emb[0].weight
+        self.head = lm.heads[0]
+
+    def __call__(self, codes: torch.Tensor, start: int) -> torch.Tensor:
+        """Feed ``codes [n, S]`` at steps ``start .. start + S - 1``; logits ``[n, card]`` of the last."""
+        n, S = codes.shape
+        x = F.embedding(codes, self.emb) + self.pre[:, start: start + S]
+        end = start + S
+        for i, layer in enumerate(self.lm.layers):
+            a = layer.attn
+            h = F.layer_norm(x, layer.norm_attn.normalized_shape, layer.norm_attn.weight, layer.norm_attn.bias,
+                             layer.norm_attn.eps)
+            q, k, v = a.qkv(h).view(n, S, 3, self.H, self.hd).permute(2, 0, 3, 1, 4)
+            self.k[i][:, :, start:end] = k
+            self.v[i][:, :, start:end] = v
+            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]
+            if S == 1:
+                att = F.scaled_dot_product_attention(q, keys, values)
+            elif start == 0:
+                att = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+            else:
+                mask = torch.arange(end, device=x.device)[None, :] <= torch.arange(start, end, device=x.device)[:, None]
+                att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            x = x + a.out(att.transpose(1, 2).reshape(n, S, -1))
+            f = layer.ffn
+            h = F.layer_norm(x, layer.norm_ffn.normalized_shape, layer.norm_ffn.weight, layer.norm_ffn.bias,
+                             layer.norm_ffn.eps)
+            x = x + f[2](F.gelu(f[0](h)))
+        x = self.lm.out_norm(x[:, -1])
+        return self.head(x)
+
+
 class DurValle(nn.Module):
     """The duration-guided AR and NAR; ``generate`` makes exactly ``sum(durations)`` frames."""
 
@@ -151,6 +201,32 @@ class DurValle(nn.Module):
         self.ar = TokenLM(c.ar_config())
         self.nar_cond = FrameConditioner(c)
         self.nar = TokenLM(c.nar_config())
+
+    nar_bf16 = True  # the NAR at inference on CPU under bfloat16 autocast (False: float32)
+    ar_int8 = True  # the AR's decoding steps on CPU with int8 weights (codeclm.lm.quant; False: float32)
+
+    def train(self, mode: bool = True) -> DurValle:
+        self.__dict__.pop("_ar_int8", None)  # weights may change: quantise again when decoding next
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # .to(), .half(): the int8 copy is made again from the new weights
+        self.__dict__.pop("_ar_int8", None)
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.__dict__.pop("_ar_int8", None)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _decoding_ar(self) -> TokenLM:
+        """The AR used step by step: an int8 copy on CPU (memory-bound steps, a quarter of the
+        bytes), else the AR itself."""
+        from codeclm.lm.quant import int8_available, quantize_int8
+
+        if not (self.ar_int8 and self.device.type == "cpu" and int8_available()):
+            return self.ar
+        if "_ar_int8" not in self.__dict__:
+            self.__dict__["_ar_int8"] = quantize_int8(self.ar)  # not a submodule: never saved
+        return self.__dict__["_ar_int8"]
 
     @property
     def start(self) -> int:
@@ -271,11 +347,10 @@ class DurValle(nn.Module):
         idx, pos, left = (x.to(device) for x in self.layout([Tp] * n, [d.clamp(min=0) for d in durations], T))
         cond = self.ar_cond(tok, mask, idx, pos, left)
         first = torch.zeros(n, max(lengths), dtype=torch.long, device=device)
-        # KV cache preallocated for the whole sequence; step s reads frame s's condition
-        cache = self.ar.new_static_cache(n, T, FusedCondition(sum=cond))
-        inp = torch.cat([prompt.new_full((n, 1), self.start), prompt[0][None].expand(n, -1)], 1)[:, None]
-        positions = torch.arange(T, device=device)
-        logits = self.ar.static_step(inp, positions[: Tp + 1], cache)[:, 0]  # [n, card]: frame Tp
+        # KV cache for the whole sequence; step s reads frame s's condition
+        step = _LeanDecoder(self._decoding_ar(), cond)
+        inp = torch.cat([prompt.new_full((n, 1), self.start), prompt[0][None].expand(n, -1)], 1)
+        logits = step(inp, 0)  # [n, card]: frame Tp
         for f in range(max(lengths)):
             code = torch.stack([sample_next(logits[b: b + 1, None], temperature, top_k, top_p, do_sample,
                                             generators[b])[0, 0] for b in range(n)])
@@ -283,17 +358,20 @@ class DurValle(nn.Module):
             if on_frame is not None:
                 on_frame(f + 1)
             if f + 1 < max(lengths):
-                logits = self.ar.static_step(code[:, None, None], positions[Tp + 1 + f: Tp + 2 + f], cache)[:, 0]
-        ncond = self.nar_cond(tok, mask, idx, pos, left)
-        out = []
-        for b in range(n):
-            tgt = prompt.new_full((c.n_q, lengths[b]), c.card)
-            tgt[0] = first[b, : lengths[b]]
-            for j in range(1, c.n_q):
-                hidden = self.nar.hidden_states(self.nar_input(prompt, tgt, j)[None],
-                                                FusedCondition(sum=ncond[b: b + 1, : Tp + lengths[b]]))[0, Tp:]
-                tgt[j] = self.nar.heads[j](hidden).argmax(-1)
-            out.append(tgt)
+                logits = step(code[:, None], Tp + 1 + f)
+        # NAR: whole sequences (compute-bound), in bfloat16 on CPU as in training (autocast)
+        fast = device.type == "cpu" and self.nar_bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            ncond = self.nar_cond(tok, mask, idx, pos, left)
+            out = []
+            for b in range(n):
+                tgt = prompt.new_full((c.n_q, lengths[b]), c.card)
+                tgt[0] = first[b, : lengths[b]]
+                for j in range(1, c.n_q):
+                    hidden = self.nar.hidden_states(self.nar_input(prompt, tgt, j)[None],
+                                                    FusedCondition(sum=ncond[b: b + 1, : Tp + lengths[b]]))[0, Tp:]
+                    tgt[j] = self.nar.heads[j](hidden).float().argmax(-1)
+                out.append(tgt)
         return out
 
     # -- files ----------------------------------------------------------------------------------------
