@@ -3,6 +3,7 @@
     python benchmarks/tts_eval.py                          # shipped default model, built-in pairs
     python benchmarks/tts_eval.py --model runs/clone/model --pairs pairs.jsonl
     python benchmarks/tts_eval.py --tiny                   # CI: 2 pairs, short texts
+    python benchmarks/tts_eval.py --espeak                 # baseline: espeak-ng itself speaks the targets
 
 Each pair is a reference clip (the voice to clone, with its transcript) and a different target
 text; :func:`codeclm.evaluation.clone_eval.evaluate_clone` generates every pair and measures
@@ -20,6 +21,9 @@ Without ``--pairs`` the pairs are built here: references from the held-out Aster
 so at most a third of the pairs) and espeak-ng utterances of distinct synthetic speakers made with
 :func:`codeclm.data.synth_speech.synth_speech` in a temporary folder; target texts come from
 :func:`~codeclm.data.synth_speech.make_sentence`. Everything depends on ``--seed`` only.
+``--espeak`` measures espeak-ng (voice ``en-us``, default rate) speaking the same target texts
+through the same recogniser instead of a model: the WER floor the goal lines are read against
+(its similarity numbers only say how far ``en-us`` is from each reference).
 Needs pocketsphinx, resemblyzer (``pip install resemblyzer --no-deps webrtcvad-wheels librosa``)
 and espeak-ng.
 """
@@ -77,6 +81,23 @@ def build_pairs(n: int, workdir: Path, seed: int = 0, tiny: bool = False, heldou
     return pairs
 
 
+class EspeakSpeaker:
+    """espeak-ng as a "pipeline": ``generate`` speaks the text with voice en-us (the reference is
+    ignored), at 24 kHz."""
+
+    sample_rate = 24000
+
+    def generate(self, text, ref_audio=None, ref_text=None, seed=0, language="en"):
+        import soxr
+        import torch
+
+        from codeclm.tokenizers.align import Espeak
+        from codeclm.tokenizers.normalize import normalize_text
+
+        utt = Espeak().synth(normalize_text(text, "en"), "en-us", 175, 50)
+        return torch.from_numpy(soxr.resample(utt.audio, utt.sample_rate, self.sample_rate).astype("float32"))[None]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="VoiceClone model folder (default: the shipped one)")
@@ -88,6 +109,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="torch device for the model (default: cuda if available)")
     parser.add_argument("--no-warmup", action="store_true", help="time the first generation too")
     parser.add_argument("--details", action="store_true", help="include per-pair results")
+    parser.add_argument("--espeak", action="store_true",
+                        help="evaluate espeak-ng (en-us) speaking the targets instead of a model (the WER baseline)")
     args = parser.parse_args()
 
     import torch
@@ -109,7 +132,7 @@ def main() -> None:
                     raise CodecLMError("the voice cloning pipeline (codeclm.pipelines.clone) is not available") from None
                 raise
             device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            pipe = VoiceClone.from_pretrained(args.model)
+            pipe = EspeakSpeaker() if args.espeak else VoiceClone.from_pretrained(args.model)
             if hasattr(pipe, "to"):
                 pipe = pipe.to(device) or pipe
             result = evaluate_clone(pipe, pairs, seed=args.seed, progress=True, warmup=not args.no_warmup,
@@ -121,7 +144,7 @@ def main() -> None:
         **result,
         "device": str(dev) if not str(dev).startswith("cuda") or not torch.cuda.is_available()
         else f"{dev} ({torch.cuda.get_device_name()})",
-        "model": str(args.model) if args.model else "default",
+        "model": "espeak-ng en-us" if args.espeak else (str(args.model) if args.model else "default"),
         "pairs": str(args.pairs) if args.pairs else ("built-in tiny" if args.tiny else "built-in"),
         "seed": args.seed,
         "threads": torch.get_num_threads(),
