@@ -19,7 +19,7 @@ HOP = 480
 def tiny(seed: int = 0, **overrides) -> FrameCodec:
     torch.manual_seed(seed)
     kw = dict(encoder_dim=32, encoder_layers=1, decoder_dim=48, decoder_layers=1, dimension=16, bins=64,
-              target_bandwidths=[0.9, 1.8], kmeans_iters=2, harmonics=24)
+              target_bandwidths=[0.9, 1.8], kmeans_iters=2, harmonics=24, pitch_features=True)
     kw.update(overrides)
     codec = FrameCodec(FrameCodecConfig(**kw)).train()
     with torch.no_grad():
@@ -133,6 +133,22 @@ def test_harmonic_amplitudes_read_each_partial():
     assert ((measured - amps).abs() / amps).max() < 0.05  # leakage from the other partials: a few percent
 
 
+def test_pitch_features_read_the_tone_and_stream_exactly():
+    codec = tiny(seed=7)
+    assert codec.config.n_features == 481 + 4 * 121 + 3
+    wav = voiced(SR, f0=180.0)[None]
+    feats = codec.frontend(wav)[0, 3:-1, -3:] / 4  # voiced, log2(f0 / 50) / log2(12), periodicity
+    assert bool((feats[:, 0] == 1).all()) and bool((feats[:, 2] > 0.8).all())
+    f0 = 50.0 * 2 ** (feats[:, 1] * math.log2(12.0))
+    assert ((f0 / 180.0).log2().abs() < 0.2).all()  # the vibrato moves it +-13 %
+    bounds = [0, 480, 1920, 2400, 7200, SR]  # the front end takes whole hops (the codec buffers the rest)
+    with codec.streaming(1):
+        exact = torch.cat([codec.frontend(wav[..., a:b]) for a, b in zip(bounds, bounds[1:])], 1)
+    with torch.no_grad():
+        whole = codec.frontend(wav, exact=True)
+    assert torch.equal(exact, whole)
+
+
 def test_bad_harmonic_configs_are_refused():
     with pytest.raises(ConfigError, match="harmonics"):
         FrameCodecConfig(harmonics=-1)
@@ -145,14 +161,18 @@ def test_bad_harmonic_configs_are_refused():
 def test_a_harmonic_run_starts_from_a_folder_without_the_branch(tmp_path):
     from codeclm.training.codec_task import _init_weights
 
-    plain = tiny(seed=5, harmonics=0)
+    plain = tiny(seed=5, harmonics=0, pitch_features=False)
     folder = plain.save_pretrained(tmp_path / "plain", inference_only=True)
-    extended = FrameCodec(dataclasses.replace(plain.config, harmonics=24))
+    extended = FrameCodec(dataclasses.replace(plain.config, harmonics=24, pitch_features=True))
     fresh = extended.harmonic.out.weight.clone()
     _init_weights(str(folder), extended)
     assert torch.equal(extended.decoder.proj_in.weight, plain.decoder.proj_in.weight)
     assert torch.equal(extended.quantizer.layers[0].embed, plain.quantizer.layers[0].embed)
     assert torch.equal(extended.harmonic.out.weight, fresh)  # the new branch keeps its initial weights
+    grown = extended.encoder.proj_in.weight  # the pitch features' input columns start at zero: the same codes
+    assert grown.shape[1] == plain.encoder.proj_in.weight.shape[1] + 3 and not bool(grown[:, -3:].any())
+    wav = voiced(SR // 2)[None]
+    assert torch.equal(extended.eval().encode(wav), plain.encode(wav))
     other = FrameCodec(dataclasses.replace(plain.config, decoder_dim=64))
     with pytest.raises(ConfigError, match="another architecture"):
         _init_weights(str(folder), other)

@@ -45,7 +45,7 @@ from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
 from codeclm.codec.config import RVQBandwidths
-from codeclm.codec.harmonic import HarmonicHead, harmonic_amplitudes, yin
+from codeclm.codec.harmonic import HarmonicHead, harmonic_amplitudes, pitch_features, yin
 from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
@@ -58,6 +58,7 @@ __all__ = ["FrameCodec", "FrameCodecConfig"]
 MODEL_TYPE = "codeclm-frame-codec"
 _OFFLINE_BLOCK_FRAMES = 500  # frames per call of the offline frame-synchronous pass (bounds memory)
 _LOG_EPS = 1e-6
+_PITCH_SCALE = 4.0  # pitch features (in [0, 1]) x 4: an input a trained encoder gains learns 4x sooner
 _MAX_LOG_MAG = 8.0  # exp(8) ~ 3000: far above any real frame's DFT magnitude, bounds a wild output
 _SIZE_LIMITS = {"sample_rate": (1, 1_000_000), "hop_length": (8, 1 << 16), "encoder_dim": (1, 8192),
                 "encoder_layers": (0, 64), "decoder_dim": (1, 8192), "decoder_layers": (0, 64),
@@ -86,6 +87,7 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
     latent_norm: bool = True  # normalise each latent frame (no affine): bounded codebook targets
     phase_features: bool = False  # also give the encoder the long window's phase (compressed complex STFT)
     harmonics: int = 0  # > 0: a harmonic oscillator branch with this many partials (codeclm.codec.harmonic)
+    pitch_features: bool = False  # also give the encoder the long window's YIN pitch (voicing, log f0, periodicity)
     f0_min: float = 50.0  # its pitch range (Hz)
     f0_max: float = 600.0
     bins: int = 1024
@@ -102,7 +104,7 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
     @property
     def n_features(self) -> int:
         long = (self.hop_length + 1) * (3 if self.phase_features else 1)
-        return long + 4 * (self.hop_length // 4 + 1)
+        return long + 4 * (self.hop_length // 4 + 1) + (3 if self.pitch_features else 0)
 
     def validate(self) -> None:
         def bad(msg: str) -> ConfigError:
@@ -127,7 +129,7 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
         if not (math.isfinite(self.f0_min) and math.isfinite(self.f0_max)
                 and 0 < self.f0_min < self.f0_max < self.sample_rate / 2):
             raise bad(f"need 0 < f0_min < f0_max < sample_rate / 2, got {self.f0_min} and {self.f0_max}")
-        if self.harmonics and 2 * self.hop_length - math.ceil(self.sample_rate / self.f0_min) < \
+        if (self.harmonics or self.pitch_features) and 2 * self.hop_length - math.ceil(self.sample_rate / self.f0_min) < \
                 math.ceil(self.sample_rate / self.f0_min) // 2:
             raise bad(f"f0_min {self.f0_min} Hz needs a longer hop than {self.hop_length} (its pitch tracker "
                       "looks at two hops)")
@@ -191,9 +193,10 @@ def dft_basis(n_fft: int) -> torch.Tensor:
 class Frontend(StreamingModule):
     """Causal STFT log-power features ``[B, 1, F * hop]`` -> ``[B, F, n_features]`` (no weights)."""
 
-    def __init__(self, hop: int, phase: bool = False):
+    def __init__(self, hop: int, phase: bool = False, pitch: tuple[int, float, float] | None = None):
         super().__init__()
         self.hop, self.short, self.phase = hop, hop // 4, phase
+        self.pitch = pitch  # (sample_rate, f0_min, f0_max): append the long window's YIN pitch features
         self.register_buffer("long_basis", dft_basis(2 * hop), persistent=False)
         self.register_buffer("short_basis", dft_basis(2 * self.short), persistent=False)
         self.register_buffer("long_window", _hann(2 * hop), persistent=False)
@@ -230,7 +233,17 @@ class Frontend(StreamingModule):
         short = self._log_power(conv(window[..., start:], self.short_basis, self.short), exact)  # [B, k, 4n]
         b, k, m = short.shape
         short = short.view(b, k, m // 4, 4).permute(0, 3, 1, 2).reshape(b, 4 * k, m // 4)
-        return torch.cat([long, short], 1).transpose(1, 2)
+        features = torch.cat([long, short], 1).transpose(1, 2)
+        return self._with_pitch(features, window, False)
+
+    def _with_pitch(self, features: torch.Tensor, window: torch.Tensor, exact: bool) -> torch.Tensor:
+        """``features`` and, with ``pitch``, each long window's :func:`~codeclm.codec.harmonic.pitch_features`
+        (x ``_PITCH_SCALE``) after them."""
+        if self.pitch is None:
+            return features
+        frames = window[:, 0].float().unfold(-1, 2 * self.hop, self.hop)  # the long windows [B, n, 2 hop]
+        pitch = pitch_features(frames, *self.pitch, exact=exact) * _PITCH_SCALE
+        return torch.cat([features, pitch.to(features.dtype)], -1)
 
     @staticmethod
     def _log_power_fft(frames: torch.Tensor, window: torch.Tensor, phase: bool = False) -> torch.Tensor:
@@ -250,7 +263,7 @@ class Frontend(StreamingModule):
         start = self.hop - self.short  # the short windows need half a short window of context
         short = self._log_power_fft(window[:, 0, start:].unfold(-1, 2 * self.short, self.short),
                                     self.short_window)  # [B, 4n, k]
-        return torch.cat([long, short.reshape(b, long.shape[1], -1)], -1)
+        return self._with_pitch(torch.cat([long, short.reshape(b, long.shape[1], -1)], -1), window, True)
 
     def forward(self, wav: torch.Tensor, exact: bool = False) -> torch.Tensor:
         if not self.is_streaming:
@@ -439,13 +452,15 @@ class FrameCodec(CompressionModel):
     config_class = FrameCodecConfig
     shipped_default = "codec"
     dtype_tensor = "quantizer.layers.0.embed"
-    extension_keys = ("harmonics", "f0_min", "f0_max")  # a training run may add the harmonic branch (init_from)
+    # a training run may add the harmonic branch and the pitch features to a folder without them (init_from)
+    extension_keys = ("harmonics", "pitch_features", "f0_min", "f0_max")
 
     def __init__(self, config: FrameCodecConfig | None = None, **overrides):
         super().__init__()
         config = config or FrameCodecConfig(**overrides)
         self.config = c = config
-        self.frontend = Frontend(c.hop_length, c.phase_features)
+        self.frontend = Frontend(c.hop_length, c.phase_features,
+                                 (c.sample_rate, c.f0_min, c.f0_max) if c.pitch_features else None)
         self.encoder = _Stack(c.n_features, c.encoder_dim, c.encoder_layers, c.kernel_size, c.mlp_ratio, c.dimension,
                               out_norm=c.latent_norm)
         self.quantizer = ResidualVectorQuantizer(

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codeclm.codec.layers import PackedLinear, pack_linear, pointwise_exact
+from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
 from codeclm.streaming import StreamingModule
 
-__all__ = ["HarmonicHead", "harmonic_amplitudes", "yin"]
+__all__ = ["HarmonicHead", "harmonic_amplitudes", "pitch_features", "yin"]
 
 _AMP_OFFSET = -5.0  # log-amplitude of a partial at a zero output: exp(-5) ~ 0.007, a speech partial's order
 _OUT_SCALE = 4.0  # the head's outputs x 4: Adam moves a weight by ~lr a step, so a new head on a trained
@@ -59,6 +59,27 @@ def yin(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max: float, th
     refined by a parabola, gives the period. Frames with no such minimum, or quieter than
     ``silence_db`` (RMS, dB full scale), are unvoiced (their ``f0`` is 0).
     """
+    f0, voiced, _ = _yin(frames, sample_rate, f0_min, f0_max, threshold, silence_db, exact=False)
+    return f0, voiced
+
+
+@torch.no_grad()
+def pitch_features(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max: float,
+                   exact: bool = False) -> torch.Tensor:
+    """``[voiced, voiced * log2(f0 / f0_min) / log2(f0_max / f0_min), periodicity]`` of each frame
+    ``[..., L]`` -> ``[..., 3]`` (:func:`yin`; periodicity = 1 - the smallest normalised difference in
+    the pitch range, in [0, 1]). ``exact``: every row's bits independent of the other rows (the
+    frame codec's streaming front end)."""
+    f0, voiced, clarity = _yin(frames, sample_rate, f0_min, f0_max, 0.15, -50.0, exact)
+    pitch = torch.where(voiced, f0, torch.full_like(f0, f0_min)) / f0_min
+    log_pitch = (pointwise_exact(torch.log2, pitch) if exact else torch.log2(pitch)) / math.log2(f0_max / f0_min)
+    v = voiced.to(f0.dtype)
+    return torch.stack([v, v * log_pitch, clarity], -1)
+
+
+def _yin(frames, sample_rate, f0_min, f0_max, threshold, silence_db, exact):
+    """:func:`yin`, and each frame's periodicity; ``exact``: row-invariant kernels (FFT rows,
+    sequential cumulative sums, :func:`pointwise_exact`)."""
     lead, length = frames.shape[:-1], frames.shape[-1]
     x = frames.reshape(-1, length).float()
     lag_min, lag_max = max(2, int(sample_rate / f0_max)), int(math.ceil(sample_rate / f0_min))
@@ -66,7 +87,11 @@ def yin(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max: float, th
     if window < lag_max // 2:
         raise ValueError(f"yin: frames of {length} samples are too short for f0_min {f0_min} Hz")
     n_fft = 1 << (length + window).bit_length()
-    corr = torch.fft.irfft(torch.fft.rfft(x, n_fft) * torch.fft.rfft(x[:, :window], n_fft).conj(), n_fft)
+    if exact:
+        spectrum = fft_rows(torch.fft.rfft, x, n=n_fft) * fft_rows(torch.fft.rfft, x[:, :window], n=n_fft).conj()
+        corr = fft_rows(torch.fft.irfft, spectrum, n=n_fft)
+    else:
+        corr = torch.fft.irfft(torch.fft.rfft(x, n_fft) * torch.fft.rfft(x[:, :window], n_fft).conj(), n_fft)
     corr = corr[:, : lag_max + 1]  # r(tau) = sum_{n < W} x[n] x[n + tau]
     energy = F.pad(torch.cumsum(x * x, -1), (1, 0))
     shifted = energy[:, window: window + lag_max + 1] - energy[:, : lag_max + 1]  # sum_{n < W} x[n + tau]^2
@@ -84,10 +109,13 @@ def yin(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max: float, th
     curvature = left - 2 * mid + right
     shift = torch.where(curvature > 1e-9, 0.5 * (left - right) / curvature.clamp(min=1e-9), torch.zeros_like(mid))
     period = tau.to(x.dtype) + shift.clamp(-0.5, 0.5)
-    rms_db = 10 * torch.log10(x.pow(2).mean(-1) + 1e-12)
+    power = energy[:, -1] / length + 1e-12
+    rms_db = 10 * (pointwise_exact(torch.log10, power) if exact else torch.log10(power))
     voiced &= rms_db > silence_db
     f0 = torch.where(voiced, sample_rate / period, torch.zeros_like(period))
-    return f0.view(lead), voiced.view(lead)
+    clarity = (1 - cmnd[:, lag_min: lag_max + 1].amin(-1)).clamp(0, 1)
+    clarity = torch.where(rms_db > silence_db, clarity, torch.zeros_like(clarity))
+    return f0.view(lead), voiced.view(lead), clarity.view(lead)
 
 
 @torch.no_grad()

@@ -137,7 +137,16 @@ def _init_weights(folder: str, codec: torch.nn.Module) -> None:
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
     if [k for k in diff if k not in getattr(codec, "extension_keys", ())]:
         raise ConfigError(f"recipe: codec.init_from {folder} has another architecture ({', '.join(diff)} differ)")
-    missing, unexpected = codec.load_state_dict({k: v.float() for k, v in source.state_dict().items()}, strict=False)
+    weights = {k: v.float() for k, v in source.state_dict().items()}
+    own = codec.state_dict()
+    for key, value in weights.items():  # an input the extension grew (e.g. pitch features after the
+        mine_ = own.get(key)             # encoder's inputs): the folder's weights, zeros for the new part
+        if diff and mine_ is not None and mine_.shape != value.shape and mine_.dim() == value.dim() \
+                and all(a >= b for a, b in zip(mine_.shape, value.shape)):
+            grown = torch.zeros_like(mine_)
+            grown[tuple(slice(0, n) for n in value.shape)] = value
+            weights[key] = grown
+    missing, unexpected = codec.load_state_dict(weights, strict=False)
     if unexpected or (missing and not diff):
         raise ConfigError(f"recipe: codec.init_from {folder}: weights do not match the architecture "
                           f"({len(missing)} missing, {len(unexpected)} unexpected)")
