@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "codec_speed.jsonl"))
     args = parser.parse_args()
     threads = set_threads(args.threads)
+    load_before = round(os.getloadavg()[0], 2)
 
     torch.manual_seed(0)
     hf = EncodecModel(EncodecConfig()).eval()
@@ -91,6 +92,7 @@ def main() -> None:
     enc_delay, dec_delay = ours.start_delay_frames
     write_result({
         "benchmark": "codec_speed",
+        "load_avg_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "model": "EnCodec 24 kHz config (random weights), 6 kbps",
         "machine": machine_info(),
         "audio_seconds": seconds,

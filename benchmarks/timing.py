@@ -40,9 +40,25 @@ def best_time(fn, repeats: int):
     return wall["fn"], cpu["fn"], out.get("value")
 
 
+def machine() -> dict:
+    """The machine beside every number: CPU model, CPUs, torch threads, ISA, load average."""
+    try:
+        from codeclm.threads import machine_info
+
+        return machine_info()
+    except ImportError:  # run from outside the repository
+        import platform
+
+        return {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                "load_1min": round(os.getloadavg()[0], 2)}
+
+
 def write_result(result: dict, path: str | None) -> str:
     """Print ``result`` as one JSON line and append it to the JSON-lines file ``path`` (none if
-    empty or None, its folder made if needed); returns the line."""
+    empty or None, its folder made if needed); returns the line. A result without a ``machine``
+    entry gets one (:func:`machine`: CPU model, threads, load), so no number goes out without it."""
+    if "machine" not in result:
+        result = {**result, "machine": machine()}
     line = json.dumps(result)
     print(line)
     if path:
