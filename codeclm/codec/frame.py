@@ -45,8 +45,9 @@ from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
 from codeclm.codec.config import RVQBandwidths
-from codeclm.codec.harmonic import HarmonicHead, harmonic_amplitudes, pitch_features, yin
-from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
+from codeclm.codec.harmonic import (HarmonicHead, analyse_pitch, harmonic_amplitudes, pitch_feature_values,
+                                    pitch_features)
+from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact, stream_plan
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
 from codeclm.errors import ConfigError
@@ -163,17 +164,6 @@ def _linear_exact(x: torch.Tensor, linear: PackedLinear) -> torch.Tensor:
     return linear(x.reshape(b * t, c)).view(b, t, linear.out_features)
 
 
-def _plan(module: nn.Module, build) -> tuple:
-    """A streaming module's per-stream constants (weights read once, packed linears), built at the
-    stream's first call; outside a stream, for this call only."""
-    state = module._streaming_state
-    if state is None:
-        return build()
-    if state.get("plan") is None:
-        state["plan"] = build()
-    return state["plan"]
-
-
 def _hann(n: int) -> torch.Tensor:
     """Periodic Hann window of ``n`` samples (the one in :func:`dft_basis`), float32."""
     k = torch.arange(n, dtype=torch.float64)
@@ -219,8 +209,9 @@ class Frontend(StreamingModule):
         scale = pointwise_exact(torch.exp, -1.4 * log_power) if exact else torch.exp(-1.4 * log_power)
         return torch.cat([log_power, re * scale, im * scale], dim)
 
-    def _features(self, window: torch.Tensor, exact: bool) -> torch.Tensor:
-        """``window``: the hop of context followed by ``n`` hops -> ``[B, n, n_features]``."""
+    def _features(self, window: torch.Tensor, exact: bool, pitch: torch.Tensor | None = None) -> torch.Tensor:
+        """``window``: the hop of context followed by ``n`` hops -> ``[B, n, n_features]``; ``pitch``:
+        the long windows' pitch features when the caller has them already (training)."""
         if exact:
             return self._features_exact(window)
         conv = lambda x, w, s: F.conv1d(x, w, stride=s)  # noqa: E731
@@ -234,16 +225,18 @@ class Frontend(StreamingModule):
         b, k, m = short.shape
         short = short.view(b, k, m // 4, 4).permute(0, 3, 1, 2).reshape(b, 4 * k, m // 4)
         features = torch.cat([long, short], 1).transpose(1, 2)
-        return self._with_pitch(features, window, False)
+        return self._with_pitch(features, window, False, pitch)
 
-    def _with_pitch(self, features: torch.Tensor, window: torch.Tensor, exact: bool) -> torch.Tensor:
+    def _with_pitch(self, features: torch.Tensor, window: torch.Tensor, exact: bool,
+                    pitch: torch.Tensor | None = None) -> torch.Tensor:
         """``features`` and, with ``pitch``, each long window's :func:`~codeclm.codec.harmonic.pitch_features`
-        (x ``_PITCH_SCALE``) after them."""
+        (x ``_PITCH_SCALE``) after them (``pitch``: those features, computed by the caller)."""
         if self.pitch is None:
             return features
-        frames = window[:, 0].float().unfold(-1, 2 * self.hop, self.hop)  # the long windows [B, n, 2 hop]
-        pitch = pitch_features(frames, *self.pitch, exact=exact) * _PITCH_SCALE
-        return torch.cat([features, pitch.to(features.dtype)], -1)
+        if pitch is None:
+            frames = window[:, 0].float().unfold(-1, 2 * self.hop, self.hop)  # the long windows [B, n, 2 hop]
+            pitch = pitch_features(frames, *self.pitch, exact=exact)
+        return torch.cat([features, (pitch * _PITCH_SCALE).to(features.dtype)], -1)
 
     @staticmethod
     def _log_power_fft(frames: torch.Tensor, window: torch.Tensor, phase: bool = False) -> torch.Tensor:
@@ -265,9 +258,10 @@ class Frontend(StreamingModule):
                                     self.short_window)  # [B, 4n, k]
         return self._with_pitch(torch.cat([long, short.reshape(b, long.shape[1], -1)], -1), window, True)
 
-    def forward(self, wav: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    def forward(self, wav: torch.Tensor, exact: bool = False, pitch: torch.Tensor | None = None) -> torch.Tensor:
+        """``pitch`` (offline only): the long windows' pitch features, if the caller has them."""
         if not self.is_streaming:
-            return self._features(F.pad(wav, (self.hop, 0)), exact)
+            return self._features(F.pad(wav, (self.hop, 0)), exact, pitch)
         state = self._streaming_state
         previous = state["previous"]
         if previous is None:
@@ -309,7 +303,7 @@ class ConvNeXtBlock(StreamingModule):
     def _exact(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         k = self.kernel
-        taps, dw_bias, ln_weight, ln_bias, lin1, lin2 = _plan(self, self._build_plan)
+        taps, dw_bias, ln_weight, ln_bias, lin1, lin2 = stream_plan(self, self._build_plan)
         state = self._streaming_state
         previous = state["previous"] if state is not None else None
         if previous is None:
@@ -364,7 +358,7 @@ class _Stack(StreamingModule):
                 None if self.proj_out is None else _linear_plan(self.proj_out))
 
     def _exact(self, x: torch.Tensor) -> torch.Tensor:
-        proj_in, norm_weight, norm_bias, proj_out = _plan(self, self._build_plan)
+        proj_in, norm_weight, norm_bias, proj_out = stream_plan(self, self._build_plan)
         x = _linear_exact(x, proj_in)
         for block in self.blocks:
             x = block._exact(x)
@@ -405,7 +399,7 @@ class ISTFTHead(StreamingModule):
         return frames * self.window, frames[..., self.hop:]
 
     def _exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (plan,) = _plan(self, lambda: (_linear_plan(self.out),))
+        (plan,) = stream_plan(self, lambda: (_linear_plan(self.out),))
         h = _linear_exact(x, plan).float()
         log_mag, phase = h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
         mag = pointwise_exact(torch.exp, log_mag)
@@ -604,16 +598,21 @@ class FrameCodec(CompressionModel):
         """Training pass (fast kernels): encode, quantize (EMA updates in train mode), decode.
         ``teacher_f0``: the harmonic branch plays the input's YIN pitch on its voiced frames."""
         length = wav.shape[-1]
-        x = F.pad(wav, (0, (-length) % self.hop_length))
-        latent = self.encoder(self.frontend(x)).transpose(1, 2)  # [B, D, F]
+        c, hop = self.config, self.hop_length
+        x = F.pad(wav, (0, (-length) % hop))
+        pitch = None
+        if self.harmonic is not None or c.pitch_features:  # one YIN pass for the front end and the losses
+            windows = F.pad(x.float(), (hop, 0))[:, 0].unfold(-1, 2 * hop, hop)  # the long windows [B, F, 2 hop]
+            target, voiced, periodicity = analyse_pitch(windows, c.sample_rate, c.f0_min, c.f0_max)
+            if c.pitch_features:
+                pitch = pitch_feature_values(target, voiced, periodicity, c.f0_min, c.f0_max)
+        latent = self.encoder(self.frontend(x, pitch=pitch)).transpose(1, 2)  # [B, D, F]
         q = self.quantizer(latent, n_q)
         features = self.decoder(q.quantized.transpose(1, 2))
         blocks, raw = self.head(features)
         audio = self.head.overlap_add(blocks, raw)
         aux = {}
         if self.harmonic is not None:
-            windows = F.pad(x.float(), (self.hop_length, 0))[:, 0].unfold(-1, 2 * self.hop_length, self.hop_length)
-            target, voiced = yin(windows, self.sample_rate, self.config.f0_min, self.config.f0_max)
             harmonic, pred = self.harmonic(features, (target, voiced) if teacher_f0 else None)
             audio = audio + harmonic
             aux = self._harmonic_losses(windows, target, voiced, pred)
@@ -626,11 +625,10 @@ class FrameCodec(CompressionModel):
         (:func:`~codeclm.codec.harmonic.harmonic_amplitudes`, L1 in nats on voiced frames, x 0.1)."""
         c = self.config
         count = voiced.sum().clamp(min=1)
-        octaves = math.log2(c.f0_max / c.f0_min) * torch.sigmoid(pred["f0_logit"])  # log2(f0 / f0_min)
-        f0_error = (octaves - torch.log2(target.clamp(min=c.f0_min) / c.f0_min)).abs()
+        f0_error = (torch.log2(pred["f0"]) - torch.log2(target.clamp(min=c.f0_min))).abs()
         voicing = F.binary_cross_entropy_with_logits(pred["voicing_logit"], voiced.float())
         amps = harmonic_amplitudes(windows, target, c.sample_rate, c.harmonics)
-        audible = voiced[..., None] & (self.harmonic.orders * target[..., None] < 0.45 * c.sample_rate)
+        audible = voiced[..., None] & self.harmonic.audible(target)
         amp_error = (pred["log_amp"] - torch.log(amps.clamp(min=1e-5))).abs()
         return {"f0": (f0_error * voiced).sum() / count, "voicing": 0.1 * voicing,
                 "amp": 0.1 * (amp_error * audible).sum() / audible.sum().clamp(min=1)}

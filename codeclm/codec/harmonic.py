@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact
+from codeclm.codec.layers import fft_rows, pack_linear, pointwise_exact, stream_plan
 from codeclm.streaming import StreamingModule
 
-__all__ = ["HarmonicHead", "harmonic_amplitudes", "pitch_features", "yin"]
+__all__ = ["HarmonicHead", "analyse_pitch", "harmonic_amplitudes", "pitch_feature_values", "pitch_features", "yin"]
 
 _AMP_OFFSET = -5.0  # log-amplitude of a partial at a zero output: exp(-5) ~ 0.007, a speech partial's order
 _OUT_SCALE = 4.0  # the head's outputs x 4: Adam moves a weight by ~lr a step, so a new head on a trained
@@ -59,7 +59,7 @@ def yin(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max: float, th
     refined by a parabola, gives the period. Frames with no such minimum, or quieter than
     ``silence_db`` (RMS, dB full scale), are unvoiced (their ``f0`` is 0).
     """
-    f0, voiced, _ = _yin(frames, sample_rate, f0_min, f0_max, threshold, silence_db, exact=False)
+    f0, voiced, _ = _yin(frames, sample_rate, f0_min, f0_max, threshold, silence_db, False)
     return f0, voiced
 
 
@@ -70,7 +70,19 @@ def pitch_features(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max
     ``[..., L]`` -> ``[..., 3]`` (:func:`yin`; periodicity = 1 - the smallest normalised difference in
     the pitch range, in [0, 1]). ``exact``: every row's bits independent of the other rows (the
     frame codec's streaming front end)."""
-    f0, voiced, clarity = _yin(frames, sample_rate, f0_min, f0_max, 0.15, -50.0, exact)
+    return pitch_feature_values(*analyse_pitch(frames, sample_rate, f0_min, f0_max, exact), f0_min, f0_max, exact)
+
+
+@torch.no_grad()
+def analyse_pitch(frames: torch.Tensor, sample_rate: int, f0_min: float, f0_max: float,
+                  exact: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`yin`'s ``(f0, voiced)`` and each frame's periodicity, from one analysis."""
+    return _yin(frames, sample_rate, f0_min, f0_max, 0.15, -50.0, exact)
+
+
+def pitch_feature_values(f0: torch.Tensor, voiced: torch.Tensor, clarity: torch.Tensor, f0_min: float,
+                         f0_max: float, exact: bool = False) -> torch.Tensor:
+    """:func:`pitch_features` from an :func:`analyse_pitch` result."""
     pitch = torch.where(voiced, f0, torch.full_like(f0, f0_min)) / f0_min
     log_pitch = (pointwise_exact(torch.log2, pitch) if exact else torch.log2(pitch)) / math.log2(f0_max / f0_min)
     v = voiced.to(f0.dtype)
@@ -158,31 +170,26 @@ class HarmonicHead(StreamingModule):
 
     # -- per-frame parameters ---------------------------------------------------------------------
     def _params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Linear outputs ``[B, F, 2 + K]`` -> f0 ``[B, F]`` and its logit, voicing logit, log-amplitudes
-        of the partials ``[B, F, K]`` (before the voicing gate and the Nyquist limit)."""
+        """Linear outputs ``[B, F, 2 + K]`` -> f0 ``[B, F]``, voicing logit, log-amplitudes of the
+        partials ``[B, F, K]`` (before the voicing gate and the Nyquist limit)."""
         h = h.float() * _OUT_SCALE
         f0 = self.f0_min * (self.f0_max / self.f0_min) ** torch.sigmoid(h[..., 0])
-        return {"f0": f0, "f0_logit": h[..., 0], "voicing_logit": h[..., 1],
+        return {"f0": f0, "voicing_logit": h[..., 1],
                 "log_amp": (h[..., 2:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP)}
 
     def _params_exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        plan = self._plan()
+        plan = stream_plan(self, lambda: pack_linear(self.out.weight, self.out.bias))
         b, n, c = x.shape
         h = plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
         f0 = self.f0_min * pointwise_exact(torch.exp, math.log(self.f0_max / self.f0_min)
                                            * pointwise_exact(torch.sigmoid, h[..., 0]))
         gate = pointwise_exact(torch.sigmoid, h[..., 1])
         amps = pointwise_exact(torch.exp, (h[..., 2:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP))
-        audible = (self.orders * f0[..., None]) < _NYQUIST_FRACTION * self.sample_rate
-        return f0, amps * gate[..., None] * audible
+        return f0, amps * gate[..., None] * self.audible(f0)
 
-    def _plan(self) -> PackedLinear:
-        state = self._streaming_state
-        if state is None:
-            return pack_linear(self.out.weight, self.out.bias)
-        if state["plan"] is None:
-            state["plan"] = pack_linear(self.out.weight, self.out.bias)
-        return state["plan"]
+    def audible(self, f0: torch.Tensor) -> torch.Tensor:
+        """Which partials of ``f0 [...]`` lie below the Nyquist limit (0.45 of the rate) -> ``[..., K]``."""
+        return (self.orders * f0[..., None]) < _NYQUIST_FRACTION * self.sample_rate
 
     # -- training ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -198,7 +205,7 @@ class HarmonicHead(StreamingModule):
         else:
             f0 = torch.where(teacher[1], teacher[0].to(amps), pred["f0"].detach())
             amps = amps * teacher[1][..., None]
-        amps = amps * ((self.orders * f0[..., None]) < _NYQUIST_FRACTION * self.sample_rate)
+        amps = amps * self.audible(f0)
         f0_next = torch.cat([f0[:, 1:], f0[:, -1:]], 1)
         amps_next = torch.cat([amps[:, 1:], amps[:, -1:]], 1)
         a, c = self._hop_advance

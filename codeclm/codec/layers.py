@@ -283,6 +283,18 @@ class PackedLinear:
         return y if add is None else add + y
 
 
+def stream_plan(module: nn.Module, build):
+    """A streaming module's per-stream constants (weights read once, packed linears), built by
+    ``build()`` at the stream's first call and kept in its state's ``"plan"``; outside a stream,
+    built for this call only."""
+    state = module._streaming_state
+    if state is None:
+        return build()
+    if state.get("plan") is None:
+        state["plan"] = build()
+    return state["plan"]
+
+
 def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None,
                 row_scale: torch.Tensor | None = None) -> PackedLinear:
     """:class:`PackedLinear` of ``weight`` ``[N, K]`` (times ``row_scale[:, None]`` when given),
