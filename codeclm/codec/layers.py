@@ -262,16 +262,7 @@ class PackedLinear:
         if m == 0:
             return x.new_zeros(0, self.out_features)
         if self.kind == "onednn":
-            if m < _MIN_ONEDNN_ROWS:  # a second copy of the row (one op; any row would do)
-                x = torch.cat([x, x])
-                add = None if add is None else torch.cat([add, add])
-            if add is not None:
-                y = torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), add.contiguous(), self.op, self.bias,
-                                                              "add")
-            else:
-                y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.op, self.bias, "gelu" if gelu else "none",
-                                                       [], "none" if gelu else "")
-            return y[:m] if m < _MIN_ONEDNN_ROWS else y
+            return onednn_linear(x, self.op, self.bias, add, gelu)
         if self.kind == "fp16":
             y = torch.ops.quantized.linear_dynamic_fp16(x.contiguous(), self.op)
         else:
@@ -281,6 +272,25 @@ class PackedLinear:
         if self.scale is not None:
             y = self.scale * y
         return y if add is None else add + y
+
+
+def onednn_linear(x: torch.Tensor, op, bias: torch.Tensor | None, add: torch.Tensor | None = None,
+                  gelu: bool = False, duplicate: bool = True) -> torch.Tensor:
+    """oneDNN's linear on a packed weight ``op``: ``x [M, K] -> [M, N]`` (+ ``add`` as a fused binary
+    post-op, or GELU). ``duplicate``: a call with fewer than ``_MIN_ONEDNN_ROWS`` rows computes a
+    second copy of them (oneDNN picks another kernel for a lone row; one op, any row would do);
+    a caller that always passes the same row count (a recurrence step) may skip it."""
+    m = x.shape[0]
+    twice = duplicate and m < _MIN_ONEDNN_ROWS
+    if twice:
+        x = torch.cat([x, x])
+        add = None if add is None else torch.cat([add, add])
+    if add is not None:
+        y = torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), add.contiguous(), op, bias, "add")
+    else:
+        y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), op, bias, "gelu" if gelu else "none", [],
+                                               "none" if gelu else "")
+    return y[:m] if twice else y
 
 
 def stream_plan(module: nn.Module, build):
@@ -721,16 +731,7 @@ class RowsLinear:
         if self.kind == "onednn":
             if add is not None and self.padded_features != n:
                 add = F.pad(add, (0, self.padded_features - n))
-            if m < _MIN_ONEDNN_ROWS and not fixed_rows:
-                x = torch.cat([x, x])
-                add = None if add is None else torch.cat([add, add])
-            if add is not None:
-                y = torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), add.contiguous(), self.op, self.bias,
-                                                              "add")
-            else:
-                y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.op, self.bias, "none", [], "")
-            if m < _MIN_ONEDNN_ROWS and not fixed_rows:
-                y = y[:m]
+            y = onednn_linear(x, self.op, self.bias, add, duplicate=not fixed_rows)
             return y[:, :n] if y.shape[1] != n else y
         y = rows_matmul(x.contiguous(), self.weight_t, self.bias)
         y = y[:, :n] if y.shape[1] != n else y
