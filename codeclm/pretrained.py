@@ -305,9 +305,11 @@ def load_folder(model_cls, config_cls: type[SavedConfig], folder: str | os.PathL
 
 def save_folder(folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor],
                 dtype: torch.dtype | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` atomically (temp files, then rename)."""
+    """Write ``config.json`` and ``model.safetensors`` atomically (temp files, then rename); the
+    tensors are written from CPU copies (a model on another device saves as it is)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in state.items()}
     if dtype is not None:
         state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
     with atomic_output(folder / WEIGHTS_NAME) as tmp:

@@ -134,7 +134,7 @@ class Conditioner(nn.Module):
         from codeclm.pretrained import fused_state_dict, save_folder
 
         config = {"model_type": f"codeclm-condition-{self.kind}", **self.config()}
-        return save_folder(folder, config, {k: v.detach().cpu() for k, v in fused_state_dict(self).items()})
+        return save_folder(folder, config, fused_state_dict(self))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Conditioner:

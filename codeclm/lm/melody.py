@@ -116,7 +116,7 @@ class MelodyConditioner(Conditioner):
     # -- files ------------------------------------------------------------------------------------
     def save_folder(self, folder: str | os.PathLike) -> Path:
         config = {"model_type": MODEL_TYPE, "dim": self.dim, "max_period": self.max_period}
-        return save_folder(folder, config, {k: v.detach().cpu() for k, v in fused_state_dict(self).items()})
+        return save_folder(folder, config, fused_state_dict(self))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> MelodyConditioner:

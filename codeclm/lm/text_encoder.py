@@ -112,7 +112,7 @@ class BuiltinTextConditioner(TextConditioner, TokenEncoder):
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
         self.tokenizer.save(folder)
-        save_folder(folder, self.config(), {k: v.detach().cpu() for k, v in fused_state_dict(self).items()})
+        save_folder(folder, self.config(), fused_state_dict(self))
         return folder
 
     @classmethod

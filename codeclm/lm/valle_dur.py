@@ -376,8 +376,7 @@ class DurValle(nn.Module):
 
     # -- files ----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        state = {k: v.detach().cpu() for k, v in fused_state_dict(self).items()}
-        return save_folder(folder, self.config.to_dict(), state, dtype)
+        return save_folder(folder, self.config.to_dict(), fused_state_dict(self), dtype)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> DurValle:

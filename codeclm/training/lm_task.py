@@ -359,7 +359,7 @@ class Task(BaseTask):
     def export(self, model: TokenLM, folder: Path) -> None:
         """``folder/lm`` + ``folder/text`` + ``folder/pipeline.json`` (see the module docstring)."""
         folder = Path(folder)
-        save_folder(folder / "lm", model.config.to_dict(), {k: v.detach().cpu() for k, v in fused_state_dict(model).items()})
+        save_folder(folder / "lm", model.config.to_dict(), fused_state_dict(model))
         conditions = self.provider.save_folders(folder)
         if self.cfg.lm.codec:
             replace_folder(self.cfg.lm.codec, folder / "codec")
