@@ -205,3 +205,28 @@ def test_a_decoder_only_run_keeps_the_codes_and_learns_the_pitch(tmp_path):
     assert all(math.isfinite(x["train/f0"]) for x in lines if "train/f0" in x) and any("train/f0" in x for x in lines)
     with pytest.raises(ConfigError, match="no submodule 'encoder_x'"):
         train(load_recipe("codec_frame_harmonic", overrides + ["codec.freeze=[encoder_x]"]))
+
+
+def test_lr_mult_gives_a_new_branch_its_own_learning_rate():
+    """optim.lr_mult: the parameters under a name prefix form their own AdamW group at lr * mult (the
+    longest prefix wins), in module.parameters() order, so checkpoints without it keep their layout."""
+    from codeclm.training.config import load_recipe
+    from codeclm.training.task import lr_groups
+
+    codec = tiny(seed=7, harmonics=8)
+    groups = lr_groups(codec, 1e-3, {"harmonic": 20.0, "harmonic.out.bias": 5.0})
+    by_lr = {g["lr"]: g["params"] for g in groups}
+    assert set(by_lr) == {1e-3, 2e-2, 5e-3}
+    assert by_lr[2e-2] == [codec.harmonic.out.weight] and by_lr[5e-3] == [codec.harmonic.out.bias]
+    assert sum(len(g["params"]) for g in groups) == len(list(codec.parameters()))
+    opt = torch.optim.AdamW(groups)
+    codec.harmonic.out.weight.grad = torch.ones_like(codec.harmonic.out.weight)
+    before = codec.harmonic.out.weight.detach().clone()
+    opt.step()  # Adam's first step moves each weight by its group's lr
+    assert torch.allclose(before - codec.harmonic.out.weight.detach(), torch.full_like(before, 2e-2), rtol=1e-3)
+    with pytest.raises(ConfigError, match="no parameter name starts with 'harmonik'"):
+        lr_groups(codec, 1e-3, {"harmonik": 2.0})
+    with pytest.raises(ConfigError, match="positive number"):
+        lr_groups(codec, 1e-3, {"harmonic": 0})
+    cfg = load_recipe("codec_frame_harmonic", ["optim.lr_mult.harmonic=30"])
+    assert cfg.optim.lr_mult == {"harmonic": 30.0}

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from codeclm.errors import ConfigError
+
 
 def held_out(path: str, fraction: float) -> bool:
     """Whether the token-cache record of the audio file ``path`` is held out for validation: a
@@ -40,6 +42,24 @@ def held_out(path: str, fraction: float) -> bool:
     file's folder/name; the two rules are kept apart so that no existing split changes.)"""
     h = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
     return h / 2 ** 64 < fraction
+
+
+def lr_groups(module: nn.Module, lr: float, lr_mult: dict[str, float]) -> list[dict]:
+    """``module``'s parameters as AdamW groups: one at ``lr`` and one per prefix of
+    ``lr_mult`` at ``lr * mult`` (the longest matching prefix wins). A prefix that names no
+    parameter is a recipe error, not a silent no-op."""
+    for prefix, mult in lr_mult.items():
+        if not isinstance(mult, (int, float)) or isinstance(mult, bool) or not mult > 0:
+            raise ConfigError(f"recipe: optim.lr_mult[{prefix!r}] must be a positive number, got {mult!r}")
+    groups: dict[str, list] = {"": []}
+    order = sorted(lr_mult, key=len, reverse=True)
+    for name, p in module.named_parameters():  # frozen ones too: the same order as module.parameters()
+        key = next((k for k in order if name.startswith(k)), "")
+        groups.setdefault(key, []).append(p)
+    unused = [k for k in lr_mult if not groups.get(k)]
+    if unused:
+        raise ConfigError(f"recipe: optim.lr_mult: no parameter name starts with {unused[0]!r}")
+    return [{"params": ps, "lr": lr * (lr_mult[k] if k else 1.0)} for k, ps in groups.items() if ps]
 
 
 class Task:
@@ -72,9 +92,16 @@ class Task:
         self._pending.clear()
 
     # -- setup / state ----------------------------------------------------------------------------
-    def adamw(self, params) -> torch.optim.AdamW:
-        """The recipe's AdamW (``optim.lr``, ``betas``, ``weight_decay``) over ``params``."""
+    def adamw(self, params, lr_mult: dict[str, float] | None = None) -> torch.optim.AdamW:
+        """The recipe's AdamW (``optim.lr``, ``betas``, ``weight_decay``) over ``params``. With
+        ``lr_mult`` (the task passes ``optim.lr_mult`` for its main model), ``params`` is a module
+        whose parameters named with a prefix get their own group at ``lr * mult``; the schedule
+        scales every group alike."""
         o = self.cfg.optim
+        if lr_mult:
+            params = lr_groups(params, o.lr, lr_mult)
+        elif isinstance(params, nn.Module):
+            params = params.parameters()
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
     def prepare(self, accelerator) -> list[nn.Module]:
