@@ -38,6 +38,9 @@ def test_recipe_overrides_and_types():
         cfg = load_recipe(REPO / "recipes" / f"{recipe}.yaml")
         assert cfg.model.sample_rate == 24000 and cfg.model.channels == 1 and cfg.model.bins == 1024
         assert cfg.model.target_bandwidths == [1.5, 3.0, 6.0, 12.0] and cfg.model.frame_rate in (50, 75)
+    cfg = load_recipe(REPO / "recipes" / "lm_music_frame.yaml")  # the music LM on the frame codec's tokens
+    assert (cfg.model.n_q, cfg.lm.codec, cfg.mixed_precision) == (6, "checkpoints/codec", "auto")
+    assert cfg.lm.conditions == {"melody": {"fuse": "sum"}}
 
 
 @pytest.mark.parametrize("overrides, expected", [
