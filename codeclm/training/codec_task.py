@@ -217,7 +217,7 @@ class Task(BaseTask):
             self.weights.update(adv=c.adv_weight, feat=c.feat_weight)
         self.weights = {k: w for k, w in self.weights.items() if w > 0}
         self.ema_model = "generator"
-        self.optimizers = {name: self.adamw(m, cfg.optim.lr_mult if name == "generator" else None)
+        self.optimizers = {name: self.adamw(m if name == "generator" else m.parameters())
                            for name, m in self.models.items()}
         sr = cfg.model.sample_rate
         self.mel = (MultiScaleMelLoss.encodec(sr) if c.mel_loss == "encodec" else MultiScaleMelLoss.dac(sr))

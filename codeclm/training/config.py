@@ -55,8 +55,10 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     grad_clip: float = 0.0  # max gradient norm, 0 = no clipping
-    # parameter-name prefix -> LR multiplier, e.g. {"harmonic.": 20.0}: a branch added to a trained
-    # model (init_from) learns at its own rate; the longest matching prefix wins, the rest keeps 1.0
+    # parameter-name prefix -> LR multiplier, e.g. {"harmonic": 5.0}: a branch added to a trained
+    # model (init_from) learns at its own rate; the longest matching prefix wins, the rest keeps 1.0.
+    # Names are those of the task's trained model (the codec's generator; the LM task's "lm.",
+    # "text.", ... conditioners; VALL-E's model), never the codec's discriminator
     lr_mult: dict[str, float] = field(default_factory=dict)
 
 

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
@@ -289,7 +290,8 @@ class Task(BaseTask):
         self.provider.check_lm(self.lm_config)
         self.models = {"lm": self.lm, **self.provider.conditioners}
         self.ema_model = "lm"
-        self.optimizers = {"lm": self.adamw([p for m in self.models.values() for p in m.parameters()])}
+        # one module over all (names "lm.", "text.", "melody.", ...; the same parameter order)
+        self.optimizers = {"lm": self.adamw(nn.ModuleDict(self.models))}
         self.collate = Collate(self.provider, self.fields)
 
     def _tokenizer(self) -> CaptionTokenizer:

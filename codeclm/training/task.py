@@ -92,16 +92,14 @@ class Task:
         self._pending.clear()
 
     # -- setup / state ----------------------------------------------------------------------------
-    def adamw(self, params, lr_mult: dict[str, float] | None = None) -> torch.optim.AdamW:
-        """The recipe's AdamW (``optim.lr``, ``betas``, ``weight_decay``) over ``params``. With
-        ``lr_mult`` (the task passes ``optim.lr_mult`` for its main model), ``params`` is a module
-        whose parameters named with a prefix get their own group at ``lr * mult``; the schedule
-        scales every group alike."""
+    def adamw(self, params) -> torch.optim.AdamW:
+        """The recipe's AdamW (``optim.lr``, ``betas``, ``weight_decay``) over ``params``: a module
+        (each task passes its trained model this way), whose parameters named with a prefix of
+        ``optim.lr_mult`` get their own group at ``lr * mult``, or an iterable of parameters (one
+        group: the codec's discriminator). The schedule scales every group alike."""
         o = self.cfg.optim
-        if lr_mult:
-            params = lr_groups(params, o.lr, lr_mult)
-        elif isinstance(params, nn.Module):
-            params = params.parameters()
+        if isinstance(params, nn.Module):
+            params = lr_groups(params, o.lr, o.lr_mult) if o.lr_mult else params.parameters()
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
     def prepare(self, accelerator) -> list[nn.Module]:

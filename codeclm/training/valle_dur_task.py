@@ -139,7 +139,7 @@ class Task(BaseTask):
         self.model = DurValle(self.config).train()
         self.models = {"valle": self.model}
         self.ema_model = "valle"
-        self.optimizers = {"valle": self.adamw(self.model.parameters())}
+        self.optimizers = {"valle": self.adamw(self.model)}
         self.info(f"valle_dur: {len(train_idx)} training / {len(valid_idx)} validation utterances of "
                   f"{len(by_speaker)} speakers; {len(self.vocab)} phoneme tokens; "
                   f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f} M parameters")

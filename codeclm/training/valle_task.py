@@ -168,7 +168,7 @@ class Task(BaseTask):
         self.model = Valle(self.config).train()
         self.models = {"valle": self.model}
         self.ema_model = "valle"
-        self.optimizers = {"valle": self.adamw(self.model.parameters())}
+        self.optimizers = {"valle": self.adamw(self.model)}
         self.info(f"valle: {len(train_idx)} training / {len(valid_idx)} validation utterances, {self.skipped} "
                   f"skipped (too long or no phonemes); {len(self.vocab)} phoneme tokens; "
                   f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f} M parameters")
