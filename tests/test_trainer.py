@@ -41,6 +41,9 @@ def test_recipe_overrides_and_types():
     cfg = load_recipe(REPO / "recipes" / "lm_music_frame.yaml")  # the music LM on the frame codec's tokens
     assert (cfg.model.n_q, cfg.lm.codec, cfg.mixed_precision) == (6, "checkpoints/codec", "auto")
     assert cfg.lm.conditions == {"melody": {"fuse": "sum"}}
+    cfg = load_recipe(REPO / "recipes" / "lm_music_attr.yaml")  # checkpoints/music: + the caption's attributes
+    assert cfg.lm.conditions["attributes"] == {"type": "caption_attributes", "fuse": "prepend", "source": "text",
+                                               "options": {"dim": cfg.model.dim}}
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -55,6 +55,7 @@ CONDITIONERS: dict[str, type | str] = {
     "builtin": "codeclm.lm.text_encoder:BuiltinTextConditioner",
     "t5": "codeclm.lm.conditioners:T5Conditioner",
     "melody": "codeclm.lm.melody:MelodyConditioner",
+    "caption_attributes": "codeclm.lm.attributes:CaptionAttributeConditioner",
 }
 
 

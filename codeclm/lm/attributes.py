@@ -1,0 +1,197 @@
+"""Caption attributes: a music caption's tempo, key, mode, style, mood and instruments as a few
+prepended LM tokens (the ``caption_attributes`` condition type).
+
+    cond = CaptionAttributeConditioner(dim=256)
+    parse_caption("calm jazz track in D minor at 92 bpm with piano and upright bass")
+    # CaptionAttributes(bpm=92.0, tonic=2, mode='minor', style='jazz', mood='calm',
+    #                   instruments=('piano', 'upright bass'))
+    emb, mask = cond(cond.prepare(["calm piano", "techno at 128 bpm"], 2, None))  # [2, 6, 256], [2, 6]
+
+A small LM learns a condition it reads at one position far faster than one it must find by
+cross-attending to a caption's characters (AudioCraft offers prepend / sum beside cross for this
+reason): the text encoder keeps the free caption, and this conditioner hands the LM the handful of
+attributes a music caption is mostly about, one token each, in a fixed order (``SLOTS``):
+
+* ``tempo``: ``N bpm`` (or ``beats per minute``), a bucket embedding (``tempo_step`` bpm wide,
+  ``tempo_range``) plus a learned direction scaled by the log tempo, so neighbouring tempi are near;
+* ``key``: the tonic of ``X major`` / ``X minor`` (``C``, ``F#``, ``Bb``...), 12 rows;
+* ``mode``: ``major`` / ``minor``;
+* ``style``, ``mood``: one word of ``styles`` / ``moods``;
+* ``instruments``: the mean of the embeddings of every name of ``instruments`` in the caption
+  (longest names first, so "electric piano" is not also "piano").
+
+An attribute the caption does not name is masked (a zero token, as the classifier-free-guidance
+null is). The vocabularies are the constructor's arguments and are saved with the weights, so a
+model keeps the words it was trained on; the defaults are the synthetic corpus's
+(:mod:`codeclm.data.synth_music`) plus a few common synonyms.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from codeclm.errors import CodecLMError, ConfigError
+from codeclm.lm.conditioning import Conditioner, register_conditioner
+
+__all__ = ["SLOTS", "CaptionAttributeConditioner", "CaptionAttributes", "parse_caption"]
+
+SLOTS = ("tempo", "key", "mode", "style", "mood", "instruments")
+STYLES = ("pop", "rock", "electronic", "jazz", "orchestral", "ambient", "folk")
+MOODS = ("upbeat", "cheerful", "bright", "calm", "gentle", "warm", "driving", "tense", "energetic",
+         "melancholic", "dark", "moody")
+INSTRUMENTS = ("piano", "electric piano", "nylon guitar", "acoustic guitar", "jazz guitar", "overdriven guitar",
+               "distorted guitar", "upright bass", "electric bass", "picked bass", "synth bass", "violin", "cello",
+               "strings", "trumpet", "brass", "alto sax", "tenor sax", "oboe", "clarinet", "flute", "square lead",
+               "saw lead", "new age pad", "warm pad", "choir pad", "banjo", "vibraphone", "drums",
+               "guitar", "bass", "sax", "saxophone", "synth", "pad", "organ", "choir", "harp", "percussion")
+_NOTE = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_KEY_RE = re.compile(r"\b([A-Ga-g])[\s-]?(#|♯|b|♭|sharp|flat)?[\s-]+(major|minor)\b")
+_MODE_RE = re.compile(r"\b(major|minor)\b", re.I)
+_BPM_RE = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)\b", re.I)
+
+
+@dataclass(frozen=True)
+class CaptionAttributes:
+    """What :func:`parse_caption` read (None / empty: not named)."""
+
+    bpm: float | None = None
+    tonic: int | None = None      # 0 = C
+    mode: str | None = None       # "major" | "minor"
+    style: str | None = None
+    mood: str | None = None
+    instruments: tuple[str, ...] = ()
+
+
+def _words(text: str, vocab, multi: bool) -> list[str]:
+    """Vocabulary entries found as whole words, longest first, each span used once."""
+    low, found = f" {' '.join(re.findall(r'[a-z0-9#]+', text.lower()))} ", []
+    for entry in sorted(vocab, key=lambda w: (-len(w), w)):
+        pattern = f" {entry} "
+        while pattern in low:
+            found.append(entry)
+            low = low.replace(pattern, " | ", 1)
+            if not multi:
+                return found
+    return found
+
+
+def parse_caption(text: str, styles=STYLES, moods=MOODS, instruments=INSTRUMENTS) -> CaptionAttributes:
+    """The attributes a caption names; anything it does not name is None."""
+    if not isinstance(text, str):
+        raise CodecLMError(f"a caption must be a string, got {type(text).__name__}")
+    bpm = None
+    m = _BPM_RE.search(text)
+    if m:
+        bpm = float(m.group(1))
+    tonic = mode = None
+    k = _KEY_RE.search(text)
+    if k:
+        letter, accidental, mode = k.group(1).upper(), k.group(2), k.group(3).lower()
+        shift = {"#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}.get(accidental or "", 0)
+        tonic = (_NOTE[letter] + shift) % 12
+    else:
+        mm = _MODE_RE.search(text)
+        mode = mm.group(1).lower() if mm else None
+    # the instruments first, so that a word inside one ("warm" in "warm pad") is not read as a mood
+    inst = _words(text, instruments, multi=True)
+    rest = text.lower()
+    for name in inst:
+        rest = re.sub(rf"\b{re.escape(name)}\b", " ", rest, count=1)
+    style = next(iter(_words(rest, styles, multi=False)), None)
+    mood = next(iter(_words(rest, moods, multi=False)), None)
+    low = text.lower()
+    ordered = tuple(sorted(set(inst), key=lambda n: (low.find(n), inst.index(n))))  # caption order
+    return CaptionAttributes(bpm, tonic, mode, style, mood, ordered)
+
+
+@register_conditioner("caption_attributes")
+class CaptionAttributeConditioner(Conditioner):
+    """``forward(prepared) -> (emb [B, len(SLOTS), dim], mask [B, len(SLOTS)])`` (fuse ``prepend``)."""
+
+    data_field = "caption"  # training: a token cache entry's caption
+
+    def __init__(self, dim: int = 256, tempo_range: tuple[float, float] = (40.0, 220.0), tempo_step: float = 5.0,
+                 styles=STYLES, moods=MOODS, instruments=INSTRUMENTS) -> None:
+        super().__init__()
+        lo, hi = (float(v) for v in tempo_range)
+        if dim < 1 or not 0 < lo < hi or not tempo_step > 0:
+            raise ConfigError(f"caption attributes: need dim >= 1, 0 < tempo_range[0] < tempo_range[1] and "
+                              f"tempo_step > 0, got dim={dim}, tempo_range={tempo_range}, tempo_step={tempo_step}")
+        self.dim, self.tempo_range, self.tempo_step = int(dim), (lo, hi), float(tempo_step)
+        self.styles, self.moods, self.instruments = list(styles), list(moods), list(instruments)
+        for what, vocab in (("styles", self.styles), ("moods", self.moods), ("instruments", self.instruments)):
+            if not vocab or len(set(vocab)) != len(vocab) or not all(isinstance(w, str) and w for w in vocab):
+                raise ConfigError(f"caption attributes: {what} must be distinct non-empty words")
+        self.output_dim = self.dim
+        self.n_tempo = int(math.ceil((hi - lo) / self.tempo_step)) + 1
+        self.tempo = nn.Embedding(self.n_tempo, dim)
+        self.tempo_dir = nn.Parameter(torch.zeros(dim))  # a learned direction x log2(bpm / 110)
+        self.key = nn.Embedding(12, dim)
+        self.mode = nn.Embedding(2, dim)
+        self.style = nn.Embedding(len(self.styles), dim)
+        self.mood = nn.Embedding(len(self.moods), dim)
+        self.instrument = nn.Embedding(len(self.instruments), dim)
+        self.slot = nn.Parameter(torch.zeros(len(SLOTS), dim))  # which attribute a token is
+        for p in (self.tempo.weight, self.key.weight, self.mode.weight, self.style.weight, self.mood.weight,
+                  self.instrument.weight, self.slot, self.tempo_dir):
+            nn.init.normal_(p, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.slot.device
+
+    def config(self) -> dict:
+        return {"dim": self.dim, "tempo_range": list(self.tempo_range), "tempo_step": self.tempo_step,
+                "styles": self.styles, "moods": self.moods, "instruments": self.instruments}
+
+    def parse(self, text: str) -> CaptionAttributes:
+        return parse_caption(text, self.styles, self.moods, self.instruments)
+
+    def prepare(self, value, batch: int, context=None) -> dict[str, torch.Tensor]:
+        """One caption per row (a string: the same for all; None entries: nothing named) ->
+        index tensors (-1: not named) and the instruments' multi-hot ``[B, n_instruments]``."""
+        texts = [value] * batch if value is None or isinstance(value, str) else list(value)
+        if len(texts) != batch:
+            raise CodecLMError(f"got {len(texts)} captions for a batch of {batch}")
+        lo, hi = self.tempo_range
+        out = {k: torch.full((batch,), -1, dtype=torch.long) for k in ("tempo", "key", "mode", "style", "mood")}
+        out["log_tempo"] = torch.zeros(batch)
+        out["instruments"] = torch.zeros(batch, len(self.instruments))
+        for i, text in enumerate(texts):
+            a = self.parse(text or "")
+            if a.bpm is not None and a.bpm > 0:
+                bpm = min(max(a.bpm, lo), hi)
+                out["tempo"][i] = round((bpm - lo) / self.tempo_step)
+                out["log_tempo"][i] = math.log2(bpm / 110.0)
+            if a.tonic is not None:
+                out["key"][i] = a.tonic
+            if a.mode is not None:
+                out["mode"][i] = ("major", "minor").index(a.mode)
+            if a.style is not None:
+                out["style"][i] = self.styles.index(a.style)
+            if a.mood is not None:
+                out["mood"][i] = self.moods.index(a.mood)
+            for name in a.instruments:
+                out["instruments"][i, self.instruments.index(name)] = 1.0
+        return out
+
+    def forward(self, prepared: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        def lookup(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
+            return table(idx.clamp(min=0))
+
+        tempo = prepared["tempo"]
+        tokens = [lookup(self.tempo, tempo) + prepared["log_tempo"][:, None].to(self.slot.dtype) * self.tempo_dir,
+                  lookup(self.key, prepared["key"]), lookup(self.mode, prepared["mode"]),
+                  lookup(self.style, prepared["style"]), lookup(self.mood, prepared["mood"])]
+        multi = prepared["instruments"].to(self.slot.dtype)
+        count = multi.sum(1, keepdim=True)
+        tokens.append(multi @ self.instrument.weight / count.clamp(min=1))
+        emb = torch.stack(tokens, 1) + self.slot[None]
+        mask = torch.stack([tempo >= 0, prepared["key"] >= 0, prepared["mode"] >= 0, prepared["style"] >= 0,
+                            prepared["mood"] >= 0, count[:, 0] > 0], 1)
+        return emb * mask[..., None].to(emb.dtype), mask
