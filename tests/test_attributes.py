@@ -122,3 +122,14 @@ def test_trains_exports_and_the_caption_reaches_the_lm(tmp_path):
     kw = dict(duration=0.05, seed=0)
     first = pipe.generate(["calm jazz track at 80 bpm"], **kw)[0]
     assert torch.equal(first, pipe.generate(["calm jazz track at 80 bpm"], **kw)[0])
+    # the six prepended tokens take context: one window holds six steps fewer (long-form included)
+    from codeclm.pipelines.longform import context_frames, generate_long
+
+    assert pipe.max_steps == pipe.lm.config.max_seq_len - len(SLOTS)
+    most = context_frames(pipe)
+    assert pipe.pattern.num_steps(most) <= pipe.max_steps < pipe.pattern.num_steps(most + 1)
+    assert pipe._n_frames(most / pipe.frame_rate) == most
+    with pytest.raises(CodecLMError, match="at most"):
+        pipe._n_frames((most + 1) / pipe.frame_rate)
+    long = generate_long(pipe, "calm jazz track at 80 bpm", 1.5 * most / pipe.frame_rate, seed=0)
+    assert long.shape[-1] == round(1.5 * most / pipe.frame_rate * pipe.sample_rate)

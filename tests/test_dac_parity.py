@@ -132,8 +132,9 @@ def test_context_is_the_exact_receptive_field():
     with torch.inference_mode():
         base = codec.encoder(wav)
         # just outside: no effect at all; well inside: an effect (at the very edge it is a product of
-        # ~20 edge taps, below float32 resolution, so the check keeps a margin of one frame there)
-        for offset, inside in ((lo + hop, True), (lo - 1, False), (hi - hop, True), (hi + 1, False)):
+        # ~20 edge taps, below float32 resolution: one frame in it can still round away on AVX-512
+        # kernels, so the check keeps a margin of two frames there)
+        for offset, inside in ((lo + 2 * hop, True), (lo - 1, False), (hi - 2 * hop, True), (hi + 1, False)):
             moved = wav.clone()
             moved[..., 20 * hop + offset] += 1.0
             assert bool((codec.encoder(moved)[..., 20] != base[..., 20]).any()) == inside

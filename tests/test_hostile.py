@@ -762,8 +762,10 @@ def test_item8_saved_pipelines_record_their_codec(music_copy, tmp_path):
 
 def test_item8_nan_weights_are_refused(music_copy):
     _perturbed_codec(music_copy / "codec", float("nan"))
-    with pytest.raises(CodecLMError, match="conv.weight holds NaN or infinite values"):
-        Codec.from_pretrained(music_copy / "codec")
+    from codeclm.codec import load_model
+
+    with pytest.raises(CodecLMError, match=r"weight \S*conv.weight holds NaN or infinite values"):
+        load_model(music_copy / "codec")  # whatever the shipped codec's class
 
 
 @pytest.mark.parametrize("flag,value", [("--guidance", "nan"), ("--guidance", "inf"), ("--guidance", "-1"),

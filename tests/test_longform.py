@@ -120,3 +120,20 @@ def test_bad_arguments(pipe):
         generate_long(pipe, "jazz", sec(20), prompt_codes=clip)
     with pytest.raises(CodecLMError, match="prompt_codes"):
         generate_long(pipe, "jazz", sec(40), prompt_codes=torch.zeros(1, K + 1, 5, dtype=torch.long))
+
+
+def test_encode_clip_with_a_frame_codec():
+    """Continuation with the shipped kind of codec (FrameCodec, no per-chunk loudness scales):
+    the clip's codes are the codec's own, cut to the LM's codebooks."""
+    from types import SimpleNamespace
+
+    from test_frame_codec import tiny as tiny_frame_codec
+
+    codec = tiny_frame_codec()
+    pipe = SimpleNamespace(codec=codec, device=torch.device("cpu"), lm=SimpleNamespace(config=SimpleNamespace(n_q=2)))
+    t = torch.arange(4800) / 24000
+    clip = 0.5 * torch.sin(2 * torch.pi * 220 * t)[None]
+    codes = encode_clip(pipe, clip, 24000)
+    with torch.no_grad():
+        assert torch.equal(codes, codec.encode(clip[None])[:, :2])
+    assert codes.shape == (1, 2, 10) and codes.dtype == torch.long

@@ -180,13 +180,14 @@ def test_classifier_on_rendered_midi_of_two_families(tmp_path):
 def test_shipped_classifier_on_fresh_lead_sweep_raw_and_through_codec(tmp_path):
     """Like the benchmark's instrument sweep, on pieces of a seed no corpus or benchmark uses:
     a base piece of each style with >= 2 lead families, rendered with every lead family of its
-    style, read raw and after the music codec at 2 kbps: well above chance (the goal is 2x)."""
+    style, read raw and after the shipped music model's codec at its bandwidth: well above chance (the goal is 2x)."""
     from codeclm.codec import load_model
     from codeclm.data.synth_music import STYLES
 
     clf = me.InstrumentClassifier.load()
     codec_dir = ROOT / "checkpoints" / "music" / "codec"
     codec = load_model(codec_dir) if (codec_dir / "model.safetensors").is_file() else None
+    bandwidth = json.loads((ROOT / "checkpoints" / "music" / "pipeline.json").read_text())["bandwidth"]
     bases, styles = [], set()
     for p in me.corpus_pieces(5151, 200):
         if len(me.lead_choices(p.style)) >= 2 and p.style not in styles:
@@ -205,7 +206,7 @@ def test_shipped_classifier_on_fresh_lead_sweep_raw_and_through_codec(tmp_path):
             chance.append(1 / len(among))
             if codec is not None:
                 with torch.no_grad():
-                    y = codec.decode(codec.encode(wav.mean(0, keepdim=True)[None], bandwidth=2.0))[0]
+                    y = codec.decode(codec.encode(wav.mean(0, keepdim=True)[None], bandwidth=bandwidth))[0]
                 hits_codec.append(clf.predict(y, codec.sample_rate, among) == fam)
     assert len(hits) >= 11
     assert np.mean(hits) >= 2.2 * np.mean(chance), (hits, np.mean(chance))
@@ -242,5 +243,7 @@ def test_benchmark_tiny_end_to_end(capsys):
     assert -1 <= out["tempo"]["spearman"] <= 1 and 0 <= out["mode"]["accuracy"] <= 1
     assert out["instrument"]["chance"] == pytest.approx(0.5) and out["instrument"]["ratio_to_chance"] is not None
     assert set(out["tonality"]["generated"]) == set(me.TONALITY_KEYS) and out["tonality"]["corpus"]
+    assert set(out["tonality"]["in_codec_corpus_range_by_score"]) == set(me.TONALITY_KEYS)
+    assert 0 <= out["tonality"]["in_codec_corpus_range"] <= 1 and out["tonality"]["corpus_codec"]
     assert 0 <= out["melody"]["agreement_melody"] <= 1 and not math.isnan(out["melody"]["agreement_text_only"])
     assert set(out["long"]) >= {"first_0_0.1s", "last_0.3_0.4s"}

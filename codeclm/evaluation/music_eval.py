@@ -912,6 +912,10 @@ def main(argv=None) -> int:
     t.add_argument("--cache", default=None, help="an .npz file caching each clip's features")
     t.add_argument("--reference-n", type=int, default=120,
                    help="training clips whose tonality scores make reference.json (the corpus range)")
+    t.add_argument("--codec-reference", default=None,
+                   help="a manifest of the same training clips through the LM's codec (`codec` below): its "
+                        "first --reference-n clips make reference.json's corpus_codec, the range a model "
+                        "that speaks that codec's tokens can reach")
     c = sub.add_parser("codec", help="a manifest's clips through a codec (training / held-out data for the classifier)")
     c.add_argument("manifest")
     c.add_argument("--codec", default="checkpoints/music/codec")
@@ -941,6 +945,10 @@ def main(argv=None) -> int:
     records = [r for r in read_manifest(args.train_manifest[0]) if r.caption][: args.reference_n]
     ref = tonality_reference(load_audio(r.path)[0] for r in records)
     ref.update({"clips": f"the first {len(records)} of {args.train_manifest[0]}", "command": command})
+    if args.codec_reference:
+        coded = [r for r in read_manifest(args.codec_reference) if r.caption][: args.reference_n]
+        ref["corpus_codec"] = tonality_reference(load_audio(r.path)[0] for r in coded)["corpus"]
+        ref["clips_codec"] = f"the first {len(coded)} of {args.codec_reference}"
     (Path(args.out) / "reference.json").write_text(json.dumps(ref, indent=2) + "\n")
     report["tonality_reference"] = ref
     print(json.dumps(report))

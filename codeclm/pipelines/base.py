@@ -150,12 +150,26 @@ class GenerationPipeline(BasePipeline):
             raise CodecLMError(f"duration must be in (0, {self.max_duration:g}] seconds, got {duration:g}")
         return duration
 
+    @property
+    def max_steps(self) -> int:
+        """The LM steps one generation can hold: its context less the prepended condition tokens
+        (e.g. six caption-attribute tokens), measured once on an empty prompt."""
+        if getattr(self, "_prefix_len", None) is None:
+            prepend = self.provider.fuser.names("prepend") if self.provider.names else []
+            if not prepend:
+                self._prefix_len = 0
+            else:
+                values = {"text": [""]} if "text" in self.provider else {}
+                conds = self.provider.encode(values, 1, self.condition_context(1))
+                self._prefix_len = sum(int(conds[n].emb.shape[1]) for n in prepend)
+        return int(self.lm.config.max_seq_len) - self._prefix_len
+
     def _n_frames(self, duration: float) -> int:
         duration = self.check_duration(duration)
         n = max(1, round(duration * self.frame_rate))
         steps = self.pattern.num_steps(n)
-        if steps > self.lm.config.max_seq_len:
-            limit = self.pattern.frames_for_steps(self.lm.config.max_seq_len) / self.frame_rate
+        if steps > self.max_steps:
+            limit = self.pattern.frames_for_steps(self.max_steps) / self.frame_rate
             raise CodecLMError(f"duration {duration:g} s needs {steps} steps; this model handles at most "
                                f"{limit:.2f} s")
         return n

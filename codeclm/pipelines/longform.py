@@ -28,8 +28,10 @@ DEFAULT_OVERLAP = 0.4  # fraction of the window kept as the next window's prompt
 
 
 def context_frames(pipe) -> int:
-    """The most frames the pipeline's LM generates in one window."""
-    return int(pipe.pattern.frames_for_steps(pipe.lm.config.max_seq_len))
+    """The most frames the pipeline's LM generates in one window (its context less any prepended
+    condition tokens)."""
+    steps = getattr(pipe, "max_steps", None)
+    return int(pipe.pattern.frames_for_steps(pipe.lm.config.max_seq_len if steps is None else steps))
 
 
 def window_seed(seed: int | None, index: int) -> int:
@@ -54,10 +56,10 @@ def encode_clip(pipe, clip, sample_rate: int | None = None) -> torch.Tensor:
             raise AudioError("clip tensor: pass its sample_rate")
         clip = (clip.float(), sample_rate)
     wav = audio_argument(clip, codec.sample_rate, codec.channels, "clip")
-    with torch.no_grad():
-        codes, scales = codec.encode(wav[None].to(pipe.device), return_scales=True)
-    if scales is not None:
+    if getattr(getattr(codec, "config", None), "normalize", False):  # EnCodec 48 kHz: per-chunk scales
         raise CodecLMError("continuation is not available with a codec that normalises loudness per chunk")
+    with torch.no_grad():
+        codes = codec.encode(wav[None].to(pipe.device))
     return codes[:, : pipe.lm.config.n_q].long()
 
 

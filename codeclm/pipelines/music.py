@@ -105,8 +105,10 @@ class TextToMusic(GenerationPipeline):
         if n_frames < 1:
             raise CodecLMError(f"max_new_tokens={max_new_tokens} gives no complete frame "
                                f"(need > {self.pattern.num_steps(1) - 1})")
-        if self.pattern.num_steps(n_frames) > self.lm.config.max_seq_len:
-            raise CodecLMError(f"max_new_tokens={max_new_tokens} exceeds the LM's max_seq_len={self.lm.config.max_seq_len}")
+        if self.pattern.num_steps(n_frames) > self.max_steps:
+            raise CodecLMError(f"max_new_tokens={max_new_tokens} exceeds the LM's max_seq_len={self.lm.config.max_seq_len}"
+                               + (f" less its {self.lm.config.max_seq_len - self.max_steps} prepended condition tokens"
+                                  if self.max_steps < self.lm.config.max_seq_len else ""))
         return self._generate_codes(prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample)
 
     def stream(self, prompt, duration: float = 8.0, seed: int | None = 0, guidance_scale: float | None = 3.0,
