@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from codeclm.audio import load_audio, save_audio
-from codeclm.codec import Codec, CodecConfig
+from codeclm.codec import Codec, CodecConfig, load_model
 from codeclm.compression import compress_file, decompress_file, read_info
 from codeclm.compression.entropy import AdaptiveCodeModel
 from codeclm.errors import CodecLMError
@@ -77,7 +77,7 @@ def music(folder: Path, seconds: float) -> tuple[Path, str]:
 def pick_codec(model: str | None, signals: list[Path]) -> tuple[Codec, bool]:
     """The given or shipped codec; else a random default-size one, codebooks k-means'd on ``signals``."""
     try:
-        return Codec.from_pretrained(model).eval(), False
+        return load_model(model).eval(), False  # the shipped default is a FrameCodec, not a Codec
     except CodecLMError as exc:
         if model is not None:
             raise
