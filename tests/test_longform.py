@@ -137,3 +137,32 @@ def test_encode_clip_with_a_frame_codec():
     with torch.no_grad():
         assert torch.equal(codes, codec.encode(clip[None])[:, :2])
     assert codes.shape == (1, 2, 10) and codes.dtype == torch.long
+
+
+def test_pipeline_window_seconds_is_the_default_window(causal_pipe, tmp_path):
+    """pipeline.json's window_seconds sets the windows of long-form generation (a model trained on
+    short crops drifts in windows far past its training length); an explicit window still wins."""
+    import json
+
+    from codeclm.errors import ConfigError
+
+    pipe = causal_pipe
+    try:
+        pipe.window_seconds = sec(20)
+        _, _, windows = generate_long(pipe, "calm piano", sec(50), seed=0, return_codes=True)
+        assert [w.shape[2] for w in windows] == [20, 20, 20, 20]  # 20 new, then 8 of context + 12 new each
+        _, _, explicit = generate_long(pipe, "calm piano", sec(50), sec(40), seed=0, return_codes=True)
+        assert explicit[0].shape[2] == 40
+        pipe.window_seconds = 10 * context_frames(pipe) / FR  # longer than the context: the context
+        _, _, capped = generate_long(pipe, "calm piano", sec(30), seed=0, return_codes=True)
+        assert [w.shape[2] for w in capped] == [30]
+        pipe.window_seconds = sec(20)
+        pipe.save_pretrained(tmp_path / "p")
+        info = json.loads((tmp_path / "p" / "pipeline.json").read_text())
+        assert info["window_seconds"] == pytest.approx(sec(20))
+        assert TextToMusic.from_pretrained(tmp_path / "p").window_seconds == pytest.approx(sec(20))
+        (tmp_path / "p" / "pipeline.json").write_text(json.dumps({**info, "window_seconds": -1}))
+        with pytest.raises(ConfigError, match="window_seconds must be a positive number"):
+            TextToMusic.from_pretrained(tmp_path / "p")
+    finally:
+        pipe.window_seconds = None

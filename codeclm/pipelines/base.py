@@ -62,6 +62,10 @@ class GenerationPipeline(BasePipeline):
 
     kind = "generation"
     max_duration = 300.0  # seconds
+    # seconds per LM call of long-form generation when the caller names none (pipeline.json's
+    # window_seconds; None: the LM's whole context). A model trained on short crops stays musical
+    # in windows near its training length and drifts past it.
+    window_seconds: float | None = None
 
     def __init__(self, lm: TokenLM, codec: Codec, conditioner: TextConditioner | None = None,
                  pattern: Pattern | None = None, melody=None, *,
@@ -250,7 +254,10 @@ class GenerationPipeline(BasePipeline):
 
     # -- folders -------------------------------------------------------------------------------
     def _pipeline_info(self) -> dict:
-        return {"type": self.kind, "format": FORMAT, "max_duration": self.max_duration}
+        info = {"type": self.kind, "format": FORMAT, "max_duration": self.max_duration}
+        if self.window_seconds is not None:
+            info["window_seconds"] = self.window_seconds
+        return info
 
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write the folder; ``dtype=torch.float16`` halves the LM and codec weights (shipping)."""

@@ -82,8 +82,8 @@ def generate_long(pipe, prompt: str, duration: float, window_seconds: float | No
     """Audio ``[C, round(duration * sample_rate)]`` for one prompt, of any length up to the
     pipeline's ``max_duration``, generated window by window.
 
-    ``window_seconds`` (default: the LM's context) frames per LM call; every window after the
-    first is prompted with at least ``overlap_seconds`` (default 40% of the window) of the codes
+    ``window_seconds`` (default: the pipeline's ``window_seconds``, else the LM's context) frames
+    per LM call; every window after the first is prompted with at least ``overlap_seconds`` (default 40% of the window) of the codes
     so far, as many as fit beside its new frames. ``prompt_codes [1, K, P]`` (e.g.
     :func:`encode_clip`) start the output: ``duration`` counts them. ``on_window(j, codes)``
     receives each window's codes (its prompt frames included). ``return_codes``: return
@@ -96,7 +96,11 @@ def generate_long(pipe, prompt: str, duration: float, window_seconds: float | No
     duration = pipe.check_duration(duration)
     total = max(1, round(duration * pipe.frame_rate))
     limit = context_frames(pipe)
-    window = limit if window_seconds is None else _frames(pipe, window_seconds, "window")
+    if window_seconds is None:  # the pipeline's own default window (pipeline.json), within the context
+        default = getattr(pipe, "window_seconds", None)
+        window = limit if default is None else min(limit, _frames(pipe, default, "window"))
+    else:
+        window = _frames(pipe, window_seconds, "window")
     if window > limit:
         raise CodecLMError(f"window {window / pipe.frame_rate:g} s is longer than the model's context "
                            f"({limit / pipe.frame_rate:.2f} s)")
