@@ -246,4 +246,5 @@ def test_benchmark_tiny_end_to_end(capsys):
     assert set(out["tonality"]["in_codec_corpus_range_by_score"]) == set(me.TONALITY_KEYS)
     assert 0 <= out["tonality"]["in_codec_corpus_range"] <= 1 and out["tonality"]["corpus_codec"]
     assert 0 <= out["melody"]["agreement_melody"] <= 1 and not math.isnan(out["melody"]["agreement_text_only"])
+    assert 0 <= out["melody"]["agreement_codec_round_trip"] <= 1
     assert set(out["long"]) >= {"first_0_0.1s", "last_0.3_0.4s"}
