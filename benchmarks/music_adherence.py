@@ -184,20 +184,23 @@ def summarize(rows: list[dict]) -> dict:
                 "p95": _r(np.percentile([r[k] for r in rows], 95))} for k in TONALITY_KEYS}
 
 
+def _inside(row: dict, ref: dict, key: str) -> bool:
+    return ref[key]["p5"] <= row[key] <= ref[key]["p95"]
+
+
 def in_range(rows: list[dict], ref: dict) -> float | None:
     """Share of clips whose every tonality score lies inside the corpus's [p5, p95] range (about
     0.6 for the corpus's own clips: five scores, each inside its range for 90 % of them)."""
     if not rows or not ref:
         return None
-    ok = [all(ref[k]["p5"] <= r[k] <= ref[k]["p95"] for k in TONALITY_KEYS if k in ref) for r in rows]
-    return _r(np.mean(ok))
+    return _r(np.mean([all(_inside(r, ref, k) for k in TONALITY_KEYS if k in ref) for r in rows]))
 
 
 def in_range_by_score(rows: list[dict], ref: dict) -> dict | None:
     """Per tonality score, the share of clips inside the corpus's [p5, p95] range."""
     if not rows or not ref:
         return None
-    return {k: _r(np.mean([ref[k]["p5"] <= r[k] <= ref[k]["p95"] for r in rows])) for k in TONALITY_KEYS if k in ref}
+    return {k: _r(np.mean([_inside(r, ref, k) for r in rows])) for k in TONALITY_KEYS if k in ref}
 
 
 def oracle_summary(res: dict, reference: dict) -> dict:

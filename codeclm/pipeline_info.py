@@ -40,10 +40,11 @@ def _check_info(info, path: Path) -> dict:
     if type(version) is not int or version != FORMAT:
         raise ConfigError(f"{path}: pipeline format {version!r} is not supported (this codeclm reads format "
                           f"{FORMAT}; a newer codeclm may read it)")
-    if "max_duration" in info:
-        value = info["max_duration"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{path}: max_duration must be a positive number of seconds, got {value!r}")
+    for key in ("max_duration", "window_seconds"):  # seconds: one generation / one long-form window
+        if key in info:
+            value = info[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{path}: {key} must be a positive number of seconds, got {value!r}")
     for key, types in _TYPES.items():
         if key in info and not isinstance(info[key], types):
             raise ConfigError(f"{path}: {key} must be a JSON {'list' if types == (list,) else 'object'}, "

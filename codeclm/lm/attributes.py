@@ -99,12 +99,11 @@ def parse_caption(text: str, styles=STYLES, moods=MOODS, instruments=INSTRUMENTS
         mode = mm.group(1).lower() if mm else None
     # the instruments first, so that a word inside one ("warm" in "warm pad") is not read as a mood
     inst = _words(text, instruments, multi=True)
-    rest = text.lower()
+    low = rest = text.lower()
     for name in inst:
         rest = re.sub(rf"\b{re.escape(name)}\b", " ", rest, count=1)
     style = next(iter(_words(rest, styles, multi=False)), None)
     mood = next(iter(_words(rest, moods, multi=False)), None)
-    low = text.lower()
     ordered = tuple(sorted(set(inst), key=lambda n: (low.find(n), inst.index(n))))  # caption order
     return CaptionAttributes(bpm, tonic, mode, style, mood, ordered)
 
@@ -140,10 +139,6 @@ class CaptionAttributeConditioner(Conditioner):
         for p in (self.tempo.weight, self.key.weight, self.mode.weight, self.style.weight, self.mood.weight,
                   self.instrument.weight, self.slot, self.tempo_dir):
             nn.init.normal_(p, std=0.02)
-
-    @property
-    def device(self) -> torch.device:
-        return self.slot.device
 
     def config(self) -> dict:
         return {"dim": self.dim, "tempo_range": list(self.tempo_range), "tempo_step": self.tempo_step,

@@ -82,6 +82,7 @@ class GenerationPipeline(BasePipeline):
             raise ConfigError("pass the conditions either as a provider or as conditioner / melody, not both")
         provider.check_lm(lm.config)
         self.lm, self.codec, self.provider = lm.eval(), codec.eval(), provider.eval()
+        self._prefix_len: int | None = None  # prepended condition tokens (max_steps measures them once)
         self.pattern = pattern if pattern is not None else lm.config.get_pattern()
         if self.pattern.n_q != lm.config.n_q:
             raise ConfigError(f"pattern is for {self.pattern.n_q} codebooks, the LM has {lm.config.n_q}")
@@ -158,7 +159,7 @@ class GenerationPipeline(BasePipeline):
     def max_steps(self) -> int:
         """The LM steps one generation can hold: its context less the prepended condition tokens
         (e.g. six caption-attribute tokens), measured once on an empty prompt."""
-        if getattr(self, "_prefix_len", None) is None:
+        if self._prefix_len is None:
             prepend = self.provider.fuser.names("prepend") if self.provider.names else []
             if not prepend:
                 self._prefix_len = 0

@@ -83,8 +83,8 @@ def generate_long(pipe, prompt: str, duration: float, window_seconds: float | No
     pipeline's ``max_duration``, generated window by window.
 
     ``window_seconds`` (default: the pipeline's ``window_seconds``, else the LM's context) frames
-    per LM call; every window after the first is prompted with at least ``overlap_seconds`` (default 40% of the window) of the codes
-    so far, as many as fit beside its new frames. ``prompt_codes [1, K, P]`` (e.g.
+    per LM call; every window after the first is prompted with at least ``overlap_seconds``
+    (default 40% of the window) of the codes so far, as many as fit beside its new frames. ``prompt_codes [1, K, P]`` (e.g.
     :func:`encode_clip`) start the output: ``duration`` counts them. ``on_window(j, codes)``
     receives each window's codes (its prompt frames included). ``return_codes``: return
     ``(audio, codes [1, K, F], windows)`` instead, ``windows`` being the list passed to on_window.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from codeclm.errors import CodecLMError, ConfigError
+from codeclm.errors import CodecLMError
 from codeclm.pipelines.base import GenerationPipeline
 from codeclm.pretrained import default_checkpoint
 
@@ -36,11 +36,8 @@ class TextToMusic(GenerationPipeline):
         info, lm, codec, provider = cls._load_parts(folder)
         pipe = cls(lm, codec, provider=provider)
         pipe.max_duration = float(info.get("max_duration", cls.max_duration))
-        window = info.get("window_seconds")
-        if window is not None:
-            if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
-                raise ConfigError(f"{folder / 'pipeline.json'}: window_seconds must be a positive number, got {window!r}")
-            pipe.window_seconds = float(window)
+        if "window_seconds" in info:  # checked by the pipeline.json reader
+            pipe.window_seconds = float(info["window_seconds"])
         return pipe.to(device)
 
     @classmethod
