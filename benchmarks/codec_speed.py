@@ -9,6 +9,12 @@ the main ratio is the exact path's. Also timed: the zero-padded variant (``pad_m
 what the shipped codec and ``compress`` run) and streaming in 20 ms chunks on one thread, with a
 check that the stream's codes equal offline's.
 
+The LSTMs (two layers in the encoder and two in the decoder, one step per frame) are timed apart,
+beside their floor: each step must read the recurrent weight (``4 * dim * dim`` floats, 4 MB at
+dim 512: more than a core's L2 on one thread), so ``lstm_floor_seconds`` times those bare products
+alone (``[1, dim] @ [dim, 4 * dim]``, every step of the 10 s) and ``max_speedup_vs_transformers``
+is transformers' time over codeclm's with its LSTMs at that floor.
+
 Ratios are reported on wall-clock and on process CPU time (``*_cpu``: robust to other processes'
 load on a shared machine). Prints one JSON line with the machine and appends it to
 ``benchmarks/results/codec_speed.jsonl`` (``--results ''`` for none).
@@ -27,6 +33,41 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timing import interleaved, write_result  # noqa: E402  (this folder is on sys.path when run as a script)
+
+
+def _lstm_costs(ours, hf, frames: int, repeats: int) -> dict:
+    """Seconds of both implementations' LSTMs (encoder's and decoder's, ``frames`` steps each) and
+    of the bare per-step recurrent products (the floor)."""
+    from codeclm.codec.layers import StreamingLSTM, lstm_stream_rows
+
+    mine = [m for m in ours.modules() if isinstance(m, StreamingLSTM)]
+    theirs = [m for m in hf.modules() if type(m).__name__ == "EncodecLSTM"]
+    dim = mine[0].lstm.hidden_size
+    x = 0.1 * torch.randn(1, frames, dim)
+
+    def run_mine():
+        for m in mine:
+            m._streaming_state = m._init_streaming_state(1)
+            lstm_stream_rows(m, x)
+            m._streaming_state = None
+
+    def run_theirs():
+        for m in theirs:
+            m(x.transpose(1, 2))
+
+    weights = [getattr(m.lstm, f"weight_hh_l{k}").detach().t().contiguous()
+               for m in mine for k in range(m.lstm.num_layers)]
+    h, bias = torch.zeros(1, dim), torch.zeros(1, 4 * dim)
+
+    def floor():
+        for w in weights:
+            for _ in range(frames):
+                torch.addmm(bias, h, w)
+
+    wall, cpu = interleaved({"codeclm": run_mine, "transformers": run_theirs, "floor": floor}, repeats)
+    return {"codeclm_lstm_seconds": round(cpu["codeclm"], 4), "transformers_lstm_seconds": round(cpu["transformers"], 4),
+            "lstm_floor_seconds": round(cpu["floor"], 4), "lstm_steps": frames * len(weights),
+            "lstm_weight_mb_per_step": round(4 * dim * 4 * dim / 2 ** 20, 2)}
 
 
 def main() -> None:
@@ -71,6 +112,8 @@ def main() -> None:
             "zero_pad": lambda: zero_pad.decode(zero_pad.encode(wav, bw)),
         }, args.repeats)
 
+        lstm = _lstm_costs(ours, hf, -(-wav.shape[-1] // ours.hop_length), args.repeats)
+
         torch.set_num_threads(1)
         chunk = int(0.02 * sr)
         piece = wav[..., : int(args.stream_seconds * sr)]
@@ -105,6 +148,9 @@ def main() -> None:
         "codeclm_x_realtime": round(seconds / wall["codeclm"], 2),
         "speedup_vs_transformers": round(wall["transformers"] / wall["codeclm"], 2),
         "speedup_vs_transformers_cpu": round(cpu["transformers"] / cpu["codeclm"], 2),
+        **lstm,
+        "max_speedup_vs_transformers": round(cpu["transformers"] / (cpu["codeclm"] - lstm["codeclm_lstm_seconds"]
+                                                                  + lstm["lstm_floor_seconds"]), 2),
         "zero_pad_x_realtime": round(seconds / wall["zero_pad"], 2),
         "zero_pad_speedup_vs_transformers_cpu": round(cpu["transformers"] / cpu["zero_pad"], 2),
         "streaming_20ms_rtf_1thread": round(t_stream / args.stream_seconds, 3),

@@ -71,6 +71,11 @@ def render(folder: str) -> str:
         notes.append(f"codec: identical codes {c['identical_codes']}, max audio difference {c['max_abs_audio_diff']:.1e}, "
                      f"stream codes == offline {c.get('stream_codes_equal_offline')}, latency "
                      f"{c['algorithmic_latency_ms']} ms + start-up hold-back {c.get('start_delay_frames')} frames.")
+        if "lstm_floor_seconds" in c:
+            notes.append(f"codec LSTMs (CPU s, {c['lstm_steps']} steps): codeclm {c['codeclm_lstm_seconds']}, transformers "
+                         f"{c['transformers_lstm_seconds']}, floor {c['lstm_floor_seconds']} (the bare per-step products: "
+                         f"{c['lstm_weight_mb_per_step']} MB of recurrent weight read each step); with its LSTMs at that "
+                         f"floor codeclm would be {c['max_speedup_vs_transformers']}x transformers.")
     lm = newest("lm_speed", folder)
     if lm:
         cfg = lm.get("config", {})
