@@ -10,7 +10,11 @@ each with codeclm's default thread count (:func:`codeclm.threads.default_threads
 already kept busy) and with torch's own default (one thread per core, ``torch_default``), best of
 ``--repeats``. ``slowdown`` = busy / alone wall time with the default threads (goal <= 1.3);
 ``torch_default_slowdown`` the same with torch's threads; ``default_vs_torch_busy`` = how much
-faster the default is than torch's choice next to the busy core. On a machine that is already
+faster the default is than torch's choice next to the busy core. The floor: next to a core that
+is kept busy the job has one core fewer, so it cannot beat the same job run alone on the CPUs
+left (``alone_on_free_cpus_seconds``, e.g. one thread of two); ``slowdown_floor`` = that over
+``alone`` (the job's own gain from the busy core), ``busy_vs_floor`` = busy over it (1.0: the
+default loses nothing to the contention itself). On a machine that is already
 busy "alone" is not quiet: ``machine.load_1min`` says how busy it was. Prints one JSON line and
 appends it to ``benchmarks/results/busy_cpu.jsonl``.
 
@@ -71,6 +75,8 @@ def main() -> None:
     machine = machine_info()
     n_alone, alone = best("default", args.seconds, args.repeats)
     _, torch_alone = best(str(cpus), args.seconds, args.repeats)
+    free = max(1, cpus - 1)
+    _, floor = best(str(free), args.seconds, args.repeats)
     spin = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         time.sleep(0.5)
@@ -86,6 +92,8 @@ def main() -> None:
         "alone_seconds": round(alone, 3), "alone_threads": n_alone,
         "busy_seconds": round(busy, 3), "busy_threads": n_busy,
         "slowdown": round(busy / alone, 2),
+        "alone_on_free_cpus_seconds": round(floor, 3), "free_cpus": free,
+        "slowdown_floor": round(floor / alone, 2), "busy_vs_floor": round(busy / floor, 2),
         "torch_default_threads": cpus,
         "torch_default_alone_seconds": round(torch_alone, 3),
         "torch_default_busy_seconds": round(torch_busy, 3),

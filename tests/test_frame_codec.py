@@ -197,13 +197,15 @@ def test_trainer_learns_and_exports(tmp_path):
                  "model.encoder_dim=32", "model.encoder_layers=1", "model.decoder_dim=32", "model.decoder_layers=1",
                  "model.dimension=16", "model.bins=64", "model.target_bandwidths=[0.9,1.8]", "model.kmeans_iters=2",
                  "codec.disc_start_step=6", "codec.disc_filters=4", "optim.lr=2e-3", "data.train_manifest=null",
-                 "data.valid_manifest=null", "data.num_workers=0"]
+                 "data.valid_manifest=null", "data.num_workers=0", "codec.phase_weight=1.0", "codec.phase_windows=[256,512]"]
     cfg = load_recipe("codec_frame", overrides)
     assert cfg.task == "frame_codec"
     train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     mel = [x["train/mel"] for x in lines if "train/mel" in x]
     assert len(mel) >= 2 and all(math.isfinite(v) for v in mel)
+    phase = [x["train/phase"] for x in lines if "train/phase" in x]  # the phase-derivative loss, in the balancer
+    assert len(phase) == len(mel) and all(0 < v < 4 for v in phase)
     assert any("train/disc" in x for x in lines)  # the adversary started at step 6
     model = load_model(tmp_path / "run" / "model")
     assert isinstance(model, FrameCodec)

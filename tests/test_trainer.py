@@ -55,6 +55,8 @@ def test_recipe_overrides_and_types():
     (["model.bins=100"], "bins must be a power of two"),
     (["task=bogus"], "unknown task 'bogus'"),
     (["mixed_precision=fp8"], "mixed_precision"),
+    (["codec.phase_weight=1", "codec.phase_windows=[8]"], "codec.phase_windows must be STFT window sizes >= 16, got [8]"),
+    (["codec.phase_weight=-1"], "codec loss weights must be >= 0"),
 ])
 def test_recipe_errors_are_one_line(overrides, expected):
     with pytest.raises(ConfigError) as err:

@@ -27,6 +27,7 @@ from codeclm.training.config import TrainConfig
 from codeclm.training.discriminator import MultiScaleSTFTDiscriminator
 from codeclm.training.losses import (
     MultiScaleMelLoss,
+    PhaseDerivativeLoss,
     feature_matching_loss,
     hinge_discriminator_loss,
     hinge_generator_loss,
@@ -50,6 +51,9 @@ class CodecTaskConfig:
     balancer: bool = True  # false: plain weighted sum of the losses
     balancer_ema: float = 0.999
     mel_loss: str = "encodec"  # encodec (linear L1 + log MSE, 64 mels) | dac (log L1)
+    phase_weight: float = 0.0  # > 0: PhaseDerivativeLoss (instantaneous frequency + group delay) in the balancer:
+    #                            what teaches a per-frame phase head coherent harmonics without the adversary
+    phase_windows: list[int] = field(default_factory=lambda: [512, 1024])
     quantizer_dropout: bool = True  # a random bandwidth per step; false: always every codebook
     disc_filters: int = 32
     disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512])
@@ -70,7 +74,7 @@ class Recipe(TrainConfig):
 
     def validate_task(self) -> None:
         c = self.codec
-        weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight, c.aux_weight)
+        weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight, c.aux_weight, c.phase_weight)
         if min(weights) < 0 or c.l1_weight + c.mel_weight <= 0:
             raise ConfigError("recipe: codec loss weights must be >= 0 with l1_weight + mel_weight > 0")
         if not 0 <= c.teacher_f0 <= 1:
@@ -79,6 +83,8 @@ class Recipe(TrainConfig):
             raise ConfigError("recipe: codec.teacher_f0 needs a frame codec with a harmonic branch (model.harmonics > 0)")
         if c.mel_loss not in ("encodec", "dac") or not 0 <= c.disc_prob <= 1 or not 0 <= c.balancer_ema < 1:
             raise ConfigError("recipe: codec.mel_loss must be encodec or dac, disc_prob and balancer_ema in [0, 1]")
+        if c.phase_weight and (not c.phase_windows or any(not isinstance(w, int) or w < 16 for w in c.phase_windows)):
+            raise ConfigError(f"recipe: codec.phase_windows must be STFT window sizes >= 16, got {c.phase_windows!r}")
         if c.export_dtype is not None and c.export_dtype not in _DTYPES:
             raise ConfigError(f"recipe: codec.export_dtype must be null, float16 or bfloat16, got {c.export_dtype!r}")
         samples = int(self.data.segment_seconds * self.model.sample_rate)
@@ -210,7 +216,7 @@ class Task(BaseTask):
         for module in self.frozen:  # no gradients; eval mode in every step (no codebook EMA updates)
             module.requires_grad_(False)
         self.models = {"generator": self.codec}
-        self.weights = {"l1": c.l1_weight, "mel": c.mel_weight}
+        self.weights = {"l1": c.l1_weight, "mel": c.mel_weight, "phase": c.phase_weight}
         if c.adv_weight or c.feat_weight:
             self.models["discriminator"] = MultiScaleSTFTDiscriminator(
                 filters=c.disc_filters, in_channels=cfg.model.channels, n_ffts=c.disc_n_ffts)
@@ -222,6 +228,7 @@ class Task(BaseTask):
         sr = cfg.model.sample_rate
         self.mel = (MultiScaleMelLoss.encodec(sr) if c.mel_loss == "encodec" else MultiScaleMelLoss.dac(sr))
         self.mel_metric = MultiScaleMelLoss.dac(sr)  # validation's mel distance, whatever the training loss
+        self.phase = PhaseDerivativeLoss(c.phase_windows) if c.phase_weight > 0 else None
         self.balancer = Balancer(self.weights, ema_decay=c.balancer_ema)
         self.train_set, self.valid_set = build_datasets(cfg)
         self.collate = collate_audio
@@ -232,6 +239,8 @@ class Task(BaseTask):
         wrapped = super().prepare(accelerator)
         self.mel.to(accelerator.device)
         self.mel_metric.to(accelerator.device)
+        if self.phase is not None:
+            self.phase.to(accelerator.device)
         return wrapped
 
     def extra_state(self) -> dict:
@@ -271,6 +280,8 @@ class Task(BaseTask):
         with read_only(self.models["discriminator"]) if adversarial else nullcontext():
             with acc.autocast():
                 losses = {"l1": F.l1_loss(y, x), "mel": self.mel(y, x)}
+                if self.phase is not None:
+                    losses["phase"] = self.phase(y, x)
                 if adversarial:
                     disc = self.models["discriminator"]  # unwrapped: DDP allows one backward per forward
                     with torch.no_grad():
