@@ -27,6 +27,11 @@ def test_renders_and_writes_idempotently(tmp_path):
     out = _run("--results", str(res))
     assert out.returncode == 0, out.stderr
     assert "20.0x real time" in out.stdout and "Test CPU" in out.stdout  # the newest line, with its machine
+    one_thread = {**codec, "threads": 1, "codeclm_x_realtime": 9.0}
+    (res / "codec_speed.jsonl").write_text("\n".join(json.dumps(r) for r in (one_thread, {**codec, "codeclm_x_realtime": 1.0}, codec)) + "\n")
+    out = _run("--results", str(res))  # the newest line of each thread count on that CPU
+    assert "exact path (2 threads) | 20.0x" in out.stdout and "exact path (1 threads) | 9.0x" in out.stdout
+    assert "1.0x real time" not in out.stdout
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n## Measured\n\nold text\n")
     assert _run("--results", str(res), "--readme", str(readme), "--write").returncode == 0

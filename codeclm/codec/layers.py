@@ -421,6 +421,7 @@ class _ConvState:
     pending: torch.Tensor | None = None  # reflect padding: input held back until then [B, C, T]
     final: bool = False  # set by the codec's flush: the next input is the end of the signal
     packs: dict | None = None  # (batch, input length) -> oneDNN-blocked weight (pack_conv_weight)
+    rows_plan: tuple | None = None  # conv1d_stream_rows' constants, once per stream (see _rows_plan)
 
 
 class StreamingConv1d(StreamingModule):
@@ -518,6 +519,7 @@ class StreamingConv1d(StreamingModule):
 class _ConvTrState:
     tail: torch.Tensor | None = None  # the last ``reach - 1`` steps' output pieces, bias not yet added
     pointwise: torch.Tensor | None = None  # the kernel as a 1x1 conv, built once per stream
+    rows_linear: "RowsLinear | None" = None  # convtr_stream_rows' packed GEMM, once per inference stream
     packs: dict | None = None  # its oneDNN-blocked copies per input length (cached_pack)
 
 
@@ -777,6 +779,23 @@ def tap_linear(m: "StreamingConv1d") -> RowsLinear:
     return _derived(w, ("taps", torch.is_grad_enabled()), (w, b), build)
 
 
+def _rows_plan(m: "StreamingConv1d") -> tuple:
+    """``(kernel, stride, dilation, out_channels, effective kernel, taps, packed linear)`` of a
+    conv for :func:`conv_rows`; kept in the stream's state when gradients are off (the weights do
+    not change within an inference stream), so a 20 ms chunk does not look them up again."""
+    state = m._streaming_state
+    grad = torch.is_grad_enabled()
+    if not grad and state is not None and state.rows_plan is not None:
+        return state.rows_plan
+    k, s, d = m.conv.kernel_size[0], m.stride, m.conv.dilation[0]
+    out_ch = m.conv.out_channels
+    taps = s == 1 and k > 1 and out_ch < _MIN_COLUMNS
+    plan = (k, s, d, out_ch, (k - 1) * d + 1, taps, tap_linear(m) if taps else conv_linear(m))
+    if not grad and state is not None:
+        state.rows_plan = plan
+    return plan
+
+
 def conv_rows(m: "StreamingConv1d", window: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
     """Valid conv of a time-major window ``[B, L, C_in]`` -> ``[B, T_out, C_out]`` (``add``: same
     shape as the output, added in the GEMM's epilogue).
@@ -785,21 +804,20 @@ def conv_rows(m: "StreamingConv1d", window: torch.Tensor, add: torch.Tensor | No
     decoder's last, one channel) instead multiplies the input rows by every tap at once and sums
     the taps' shifted outputs in order (no ``k``-times copy of the input, no padded columns)."""
     b, length, _ = window.shape
-    k, s, d = m.conv.kernel_size[0], m.stride, m.conv.dilation[0]
-    out_ch = m.conv.out_channels
-    if length < m.effective_kernel:
+    k, s, d, out_ch, reach, taps, linear = _rows_plan(m)
+    if length < reach:
         return window.new_zeros(b, 0, out_ch)
-    if s == 1 and k > 1 and out_ch < _MIN_COLUMNS:
-        steps = length - m.effective_kernel + 1
+    if taps:
+        steps = length - reach + 1
         window = window.contiguous()
-        taps = tap_linear(m)(window.view(b * length, -1)).view(b, length, k, out_ch)
-        y = torch.add(taps[:, :steps, 0], taps[:, d: d + steps, 1])
+        z = linear(window.view(b * length, -1)).view(b, length, k, out_ch)
+        y = torch.add(z[:, :steps, 0], z[:, d: d + steps, 1])
         for j in range(2, k):  # fixed order: identical rounding in every chunking
-            y.add_(taps[:, j * d: j * d + steps, j])
+            y.add_(z[:, j * d: j * d + steps, j])
         return y if add is None else y + add
     rows = im2col_rows(window, k, s, d)
-    y = conv_linear(m)(rows, None if add is None else add.reshape(rows.shape[0], -1))
-    return y.view(b, -1, m.conv.out_channels)
+    y = linear(rows, None if add is None else add.reshape(rows.shape[0], -1))
+    return y.view(b, -1, out_ch)
 
 
 def conv1d_stream_rows(m: "StreamingConv1d", x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
@@ -807,8 +825,8 @@ def conv1d_stream_rows(m: "StreamingConv1d", x: torch.Tensor, add: torch.Tensor 
     samples of the stream) -> ``[B, T / stride, C_out]``, the same state rules (context, reflect
     start-up, the final right pad). ``add`` (the output's shape) is added in the epilogue."""
     state: _ConvState = m._streaming_state
-    s, out_ch = m.stride, m.conv.out_channels
-    context = m.effective_kernel - s
+    _, s, _, out_ch, reach, _, _ = _rows_plan(m)
+    context = reach - s
     if not state.started:  # reflect padding: hold the first samples back
         pending = _tm(state.pending)
         x = x if pending is None else torch.cat([pending, x], 1)
@@ -869,7 +887,11 @@ def convtr_stream_rows(m: "StreamingConvTranspose1d", x: torch.Tensor) -> torch.
     reach = -(-k // s)
     if steps == 0:
         return x.new_zeros(b, 0, out_ch)
-    z = convtr_linear(m)(x.reshape(b * steps, c_in)).view(b, steps, reach, s, out_ch)
+    linear = state.rows_linear
+    if linear is None or torch.is_grad_enabled():
+        linear = convtr_linear(m)
+        state.rows_linear = None if torch.is_grad_enabled() else linear
+    z = linear(x.reshape(b * steps, c_in)).view(b, steps, reach, s, out_ch)
     if reach == 1:
         return z.view(b, steps * s, out_ch)
     if state.tail is None:
@@ -926,11 +948,17 @@ def lstm_stream_rows(m: "StreamingLSTM", x: torch.Tensor) -> torch.Tensor:
     batch, steps, dim = x.shape
     if steps == 0:
         return x
-    state = m._streaming_state["hc"]
+    stream = m._streaming_state
+    state = stream["hc"]
     layer_in = x
     inplace = not torch.is_grad_enabled()
+    packs = stream.get("packs") if inplace else None  # an inference stream's packs, looked up once
+    if packs is None:
+        packs = [_lstm_packs(m, layer) for layer in range(m.lstm.num_layers)]
+        if inplace:
+            stream["packs"] = packs
     for layer in range(m.lstm.num_layers):
-        lin_ih, w_hh_t = _lstm_packs(m, layer)
+        lin_ih, w_hh_t = packs[layer]
         proj = lin_ih(layer_in.reshape(batch * steps, dim)).view(batch, steps, 4 * dim)
         h, c = state[layer] if state[layer] is not None else (x.new_zeros(batch, dim), x.new_zeros(batch, dim))
         out = x.new_empty(batch, steps, dim)
