@@ -5,7 +5,8 @@
 
 * speech: held-out real speech (default: the Asterisk held-out split, ``codeclm data real-speech``)
   and unseen synthetic voices (espeak-ng Caribbean/West Midlands English, flite ``kal``, Festival
-  ``kal_diphone``: ``codeclm.evaluation.intelligibility.UNSEEN_VOICES``), PESQ (wideband) and STOI
+  ``kal_diphone``: ``codeclm.evaluation.intelligibility.UNSEEN_VOICES``), PESQ (wideband), STOI and the
+  phase-derivative distance (``codeclm.metrics.phase_distance``)
   of the codec at 3 and 6 kbps, of Opus at 6 kbps and at its lowest useful rate (``--opus-low``,
   5 kbps);
 * music: mel and STFT distances of the codec and of Opus at 6 kbps on held-out music (default: the
@@ -36,7 +37,7 @@ from codeclm.evaluation.intelligibility import UNSEEN_VOICES, unseen_voice_sente
 from codeclm.threads import cpu_model
 
 DATA = Path(os.environ.get("CODECLM_DATA", Path.home() / "codeclm-data"))
-SPEECH_METRICS = ("pesq", "stoi", "mel")
+SPEECH_METRICS = ("pesq", "stoi", "mel", "phase")  # phase: lower is better (codeclm.metrics.phase_distance)
 MUSIC_METRICS = ("mel", "stft")
 
 

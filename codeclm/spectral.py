@@ -11,6 +11,9 @@ package (it imports no codeclm module), so that :mod:`codeclm.metrics` (evaluati
                                   :meth:`~MultiScaleMelLoss.encodec` and :meth:`~MultiScaleMelLoss.dac`,
                                   the latter also the ``mel`` metric).
 :class:`MultiResolutionSTFTLoss`  spectral convergence + log-magnitude L1 (Parallel WaveGAN).
+:class:`PhaseDerivativeLoss`      magnitude-weighted, wrap-free errors of the phase's time and frequency
+                                  derivatives (instantaneous frequency, group delay): what a
+                                  magnitude loss cannot see (the ``phase`` metric, a training loss).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.audio_utils import mel_filter_bank
 
-__all__ = ["stft_magnitude", "MelSpectrogram", "MultiScaleMelLoss", "MultiResolutionSTFTLoss"]
+__all__ = ["stft_magnitude", "MelSpectrogram", "MultiScaleMelLoss", "MultiResolutionSTFTLoss", "PhaseDerivativeLoss"]
 
 
 def stft_magnitude(
@@ -191,4 +194,63 @@ class MultiResolutionSTFTLoss(nn.Module):
             sc = torch.linalg.vector_norm(my - mx) / torch.linalg.vector_norm(my)
             log_mag = F.l1_loss(torch.log(mx), torch.log(my))
             loss = loss + self.sc_weight * sc + self.log_mag_weight * log_mag
+        return loss / len(self.windows)
+
+
+class PhaseDerivativeLoss(nn.Module):
+    """What the magnitude losses cannot see: whether partials keep a coherent phase.
+
+    A mel or magnitude loss gives the same value to a voiced sound and to its spectral envelope
+    excited by noise (whisper); a decoder that predicts each frame's phase on its own (an
+    inverse-STFT head) learns the envelope and not the harmonics. APNet (Ai and Ling, 2023)
+    trains such heads with anti-wrapping losses on the phase's derivatives; this is the same
+    idea on the output waveform, so it works for any decoder and under the loss balancer:
+
+    * instantaneous frequency: ``d_t = S[k, t] conj(S[k, t - 1])`` (the phase advance over a hop),
+    * group delay: ``d_f = S[k, t] conj(S[k - 1, t])`` (the phase step between bins),
+
+    and per derivative ``sum w (1 - cos(angle(d_est) - angle(d_target))) / sum w`` with
+    ``w = sqrt |d_target|`` (the bins where the target has energy), the cosine computed as
+    ``Re(d_est conj(d_target)) / (|d_est| |d_target| + eps)`` (no ``atan2``, no wrapping; ``eps`` is
+    ``(1e-3 mean |d_target|)^2``, so near-silent bins weigh little and nothing divides by zero). A constant phase offset or a small common delay changes
+    neither the instantaneous frequency nor (beyond a linear ramp) the group delay much; a noise
+    excitation changes both completely (tests/test_losses.py). Each term is in [0, 2] (1 for an
+    unrelated phase); the loss is their weighted sum averaged over STFT resolutions (Hann
+    windows, hop = window / 4).
+    """
+
+    def __init__(self, windows: Sequence[int] = (512, 1024), if_weight: float = 1.0, gd_weight: float = 1.0):
+        super().__init__()
+        if not windows:
+            raise ValueError("PhaseDerivativeLoss needs at least one STFT window")
+        self.windows = list(windows)
+        self.if_weight, self.gd_weight = if_weight, gd_weight
+        for w in self.windows:
+            self.register_buffer(f"window_{w}", torch.hann_window(w), persistent=False)
+
+    @staticmethod
+    def _term(d_est: torch.Tensor, d_ref: torch.Tensor) -> torch.Tensor:
+        mag_ref = d_ref.abs()
+        eps = (1e-3 * mag_ref.mean()).square().clamp(min=1e-24)
+        cos = (d_est * d_ref.conj()).real / (d_est.abs() * mag_ref + eps)
+        w = mag_ref.sqrt()
+        return (w * (1 - cos)).sum() / w.sum().clamp(min=1e-12)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distance of estimate ``x`` from target ``y`` (same shape ``[..., T]``)."""
+        if x.shape != y.shape:
+            raise ValueError(f"estimate {tuple(x.shape)} and target {tuple(y.shape)} differ in shape")
+        flat_x, flat_y = x.float().reshape(-1, x.shape[-1]), y.float().reshape(-1, y.shape[-1])
+        loss = flat_x.new_zeros(())
+        for w in self.windows:
+            window = getattr(self, f"window_{w}")
+            pad_mode = "reflect" if x.shape[-1] > w // 2 else "constant"
+            sx, sy = (torch.stft(z, w, hop_length=w // 4, window=window, center=True, pad_mode=pad_mode,
+                                 return_complex=True) for z in (flat_x, flat_y))  # [N, bins, frames]
+            if self.if_weight:
+                loss = loss + self.if_weight * self._term(sx[..., 1:] * sx[..., :-1].conj(),
+                                                          sy[..., 1:] * sy[..., :-1].conj())
+            if self.gd_weight:
+                loss = loss + self.gd_weight * self._term(sx[:, 1:] * sx[:, :-1].conj(),
+                                                          sy[:, 1:] * sy[:, :-1].conj())
         return loss / len(self.windows)

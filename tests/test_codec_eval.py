@@ -65,8 +65,8 @@ def test_seconds_crop_and_default_metrics(tiny_codec, clips):
     (row,) = evaluate_codec(tiny_codec, [clips / "a.wav"], [4.5], metrics=["stft"], seconds=0.1)
     assert row["seconds"] == pytest.approx(0.1)
     speech = [AudioRecord(str(clips / "a.wav"), 0.25, SR, 1, text="hello")]
-    assert default_metrics(speech) == ("si_sdr", "mel", "stft", "lines", "pesq", "stoi")
-    assert default_metrics([str(clips / "a.wav")]) == ("si_sdr", "mel", "stft", "lines")
+    assert default_metrics(speech) == ("si_sdr", "mel", "stft", "lines", "phase", "pesq", "stoi")
+    assert default_metrics([str(clips / "a.wav")]) == ("si_sdr", "mel", "stft", "lines", "phase")
 
 
 def test_cli_json_lines_with_opus(codec_dir, clips, tmp_path, capsys):

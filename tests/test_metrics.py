@@ -7,7 +7,7 @@ import torch
 
 import codeclm.baselines as baselines
 from codeclm.errors import AudioError, CodecLMError
-from codeclm.metrics import evaluate_pair, mel_distance, pesq_score, si_sdr, stft_distance, stoi_score
+from codeclm.metrics import evaluate_pair, mel_distance, pesq_score, phase_distance, si_sdr, stft_distance, stoi_score
 
 SR = 16000
 
@@ -121,6 +121,21 @@ def test_opus_roundtrip_quality_bitrate_and_alignment():
     # aligned: shifting the decoded signal by a single sample makes it worse
     assert si_sdr(x[:, 1:], high[:, :-1]) < high_sdr - 3
 
+
+@needs_opus
+def test_phase_distance_separates_opus_from_a_whispered_rendition():
+    """The ``phase`` metric: ~0 for the signal itself, low for Opus at 6 kbps (a coder that keeps
+    the harmonics), ~1 for the same STFT magnitudes with a noise phase (the whisper a decoder
+    trained on magnitudes alone produces), whatever the mel distance says."""
+    x = speech_like(2.0, pauses=False)
+    window = torch.hann_window(512, dtype=torch.float64)
+    spec = torch.stft(x, 512, 128, window=window, return_complex=True)
+    noise_phase = 2 * math.pi * torch.rand(spec.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    whisper = torch.istft(spec.abs() * torch.exp(1j * noise_phase), 512, 128, window=window, length=x.shape[-1])
+    opus, _ = baselines.opus_roundtrip(x, SR, 6)
+    assert phase_distance(x, x) < 0.03  # near-silent bins (weighted by sqrt |d|) keep it off exact 0
+    assert phase_distance(x, opus) < 0.5 < 0.9 < phase_distance(x, whisper) < 1.2
+    assert evaluate_pair(x, whisper, SR, ("phase",))["phase"] == pytest.approx(phase_distance(x, whisper))
 
 @needs_opus
 def test_opus_roundtrip_stereo_and_1d():

@@ -56,7 +56,7 @@ from codeclm.metrics import METRICS
 
 __all__ = ["evaluate_codec", "codebook_perplexity", "collect_inputs", "default_metrics", "BASIC_METRICS", "SPEECH_METRICS"]
 
-BASIC_METRICS = ("si_sdr", "mel", "stft", "lines")
+BASIC_METRICS = ("si_sdr", "mel", "stft", "lines", "phase")
 SPEECH_METRICS = ("pesq", "stoi")
 
 
