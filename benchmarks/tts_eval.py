@@ -4,6 +4,7 @@
     python benchmarks/tts_eval.py --model runs/clone/model --pairs pairs.jsonl
     python benchmarks/tts_eval.py --tiny                   # CI: 2 pairs, short texts
     python benchmarks/tts_eval.py --espeak                 # baseline: espeak-ng itself speaks the targets
+    python benchmarks/tts_eval.py --espeak --espeak-codec checkpoints/codec   # ... through the codec at 3 kbps
 
 Each pair is a reference clip (the voice to clone, with its transcript) and a different target
 text; :func:`codeclm.evaluation.clone_eval.evaluate_clone` generates every pair and measures
@@ -83,9 +84,13 @@ def build_pairs(n: int, workdir: Path, seed: int = 0, tiny: bool = False, heldou
 
 class EspeakSpeaker:
     """espeak-ng as a "pipeline": ``generate`` speaks the text with voice en-us (the reference is
-    ignored), at 24 kHz."""
+    ignored), at 24 kHz; with a ``codec`` the speech also makes a round trip through it at
+    ``bandwidth`` kbps (the ceiling a codec LM trained on that codec's tokens can reach)."""
 
     sample_rate = 24000
+
+    def __init__(self, codec=None, bandwidth: float | None = None):
+        self.codec, self.bandwidth = codec, bandwidth
 
     def generate(self, text, ref_audio=None, ref_text=None, seed=0, language="en"):
         import soxr
@@ -95,7 +100,11 @@ class EspeakSpeaker:
         from codeclm.tokenizers.normalize import normalize_text
 
         utt = Espeak().synth(normalize_text(text, "en"), "en-us", 175, 50)
-        return torch.from_numpy(soxr.resample(utt.audio, utt.sample_rate, self.sample_rate).astype("float32"))[None]
+        wav = torch.from_numpy(soxr.resample(utt.audio, utt.sample_rate, self.sample_rate).astype("float32"))[None]
+        if self.codec is not None:
+            with torch.inference_mode():
+                wav = self.codec.decode(self.codec.encode(wav[None], self.bandwidth))[0, :, : wav.shape[-1]]
+        return wav
 
 
 def main() -> None:
@@ -111,6 +120,10 @@ def main() -> None:
     parser.add_argument("--details", action="store_true", help="include per-pair results")
     parser.add_argument("--espeak", action="store_true",
                         help="evaluate espeak-ng (en-us) speaking the targets instead of a model (the WER baseline)")
+    parser.add_argument("--espeak-codec", default=None, metavar="FOLDER",
+                        help="with --espeak: espeak-ng's speech through this codec (e.g. checkpoints/codec) and back, "
+                             "the ceiling of a model on its tokens")
+    parser.add_argument("--bandwidth", type=float, default=3.0, help="kbps of the --espeak-codec round trip (default 3)")
     args = parser.parse_args()
 
     import torch
@@ -132,7 +145,15 @@ def main() -> None:
                     raise CodecLMError("the voice cloning pipeline (codeclm.pipelines.clone) is not available") from None
                 raise
             device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            pipe = EspeakSpeaker() if args.espeak else VoiceClone.from_pretrained(args.model)
+            if args.espeak_codec and not args.espeak:
+                raise CodecLMError("--espeak-codec needs --espeak")
+            if args.espeak:
+                from codeclm.codec import load_model
+
+                codec = load_model(args.espeak_codec).eval() if args.espeak_codec else None
+                pipe = EspeakSpeaker(codec, args.bandwidth if codec is not None else None)
+            else:
+                pipe = VoiceClone.from_pretrained(args.model)
             if hasattr(pipe, "to"):
                 pipe = pipe.to(device) or pipe
             result = evaluate_clone(pipe, pairs, seed=args.seed, progress=True, warmup=not args.no_warmup,
@@ -144,7 +165,8 @@ def main() -> None:
         **result,
         "device": str(dev) if not str(dev).startswith("cuda") or not torch.cuda.is_available()
         else f"{dev} ({torch.cuda.get_device_name()})",
-        "model": "espeak-ng en-us" if args.espeak else (str(args.model) if args.model else "default"),
+        "model": ("espeak-ng en-us" + (f" through {args.espeak_codec} at {args.bandwidth:g} kbps" if args.espeak_codec else "")
+                  if args.espeak else (str(args.model) if args.model else "default")),
         "pairs": str(args.pairs) if args.pairs else ("built-in tiny" if args.tiny else "built-in"),
         "seed": args.seed,
         "threads": torch.get_num_threads(),

@@ -441,6 +441,32 @@ def test_two_processes_clone_the_same_files(trained, tmp_path):
         assert np.array_equal(sf.read(tmp_path / "one" / n)[0], sf.read(tmp_path / "two" / n)[0]), n
 
 
+def test_tts_eval_espeak_through_a_codec_is_the_ceiling_line(tmp_path):
+    """--espeak --espeak-codec: espeak-ng's speech after a round trip through a codec (a random tiny
+    one here: its output cannot be easier to recognise than espeak-ng itself); --espeak-codec alone
+    is a one-line error."""
+    pytest.importorskip("pocketsphinx")
+    pytest.importorskip("resemblyzer")
+    from codeclm.codec.frame import FrameCodec, FrameCodecConfig
+
+    torch.manual_seed(0)
+    FrameCodec(FrameCodecConfig(encoder_dim=16, encoder_layers=1, decoder_dim=16, decoder_layers=1, dimension=8,
+                                bins=16, target_bandwidths=[0.8])).save_pretrained(tmp_path / "codec")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    script = str(REPO / "benchmarks" / "tts_eval.py")
+
+    def run(*args):
+        return subprocess.run([sys.executable, script, "--tiny", *args], capture_output=True, text=True, timeout=600, env=env)
+
+    plain, coded = run("--espeak"), run("--espeak", "--espeak-codec", str(tmp_path / "codec"), "--bandwidth", "0.8")
+    assert plain.returncode == 0 and coded.returncode == 0, (plain.stderr + coded.stderr)[-2000:]
+    a, b = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (plain, coded))
+    assert b["model"] == f"espeak-ng en-us through {tmp_path / 'codec'} at 0.8 kbps" and b["n"] == a["n"] == 2
+    assert b["wer"] >= a["wer"]
+    bad = run("--espeak-codec", str(tmp_path / "codec"))
+    assert bad.returncode != 0 and bad.stderr.strip() == "tts_eval.py: error: --espeak-codec needs --espeak"
+
+
 def test_tts_eval_benchmark_runs_on_a_tiny_case(trained, tmp_path):
     """The evaluation CI runs: benchmarks/tts_eval.py --tiny and codeclm eval clone on the tiny model."""
     pytest.importorskip("pocketsphinx")
