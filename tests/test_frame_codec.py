@@ -197,7 +197,8 @@ def test_trainer_learns_and_exports(tmp_path):
                  "model.encoder_dim=32", "model.encoder_layers=1", "model.decoder_dim=32", "model.decoder_layers=1",
                  "model.dimension=16", "model.bins=64", "model.target_bandwidths=[0.9,1.8]", "model.kmeans_iters=2",
                  "codec.disc_start_step=6", "codec.disc_filters=4", "optim.lr=2e-3", "data.train_manifest=null",
-                 "data.valid_manifest=null", "data.num_workers=0", "codec.phase_weight=1.0", "codec.phase_windows=[256,512]"]
+                 "data.valid_manifest=null", "data.num_workers=0", "codec.phase_weight=1.0", "codec.phase_windows=[256,512]",
+                 "codec.disc_periods=[2,3]", "codec.disc_period_filters=2"]  # both adversaries
     cfg = load_recipe("codec_frame", overrides)
     assert cfg.task == "frame_codec"
     train(cfg)

@@ -10,7 +10,10 @@ from codeclm.training import (
     MelSpectrogram,
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
+    Discriminators,
+    MultiPeriodDiscriminator,
     MultiScaleSTFTDiscriminator,
+    PeriodDiscriminator,
     PhaseDerivativeLoss,
     feature_matching_loss,
     hinge_discriminator_loss,
@@ -159,6 +162,56 @@ def test_default_discriminator_is_encodec_sized():
     assert [d.n_fft for d in disc.discriminators] == [1024, 2048, 512]
     assert [d.hop_length for d in disc.discriminators] == [256, 512, 128]
     assert sum(p.numel() for p in disc.parameters()) > 100_000
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_period_discriminator_shapes_and_gradients(channels):
+    torch.manual_seed(0)
+    disc = MultiPeriodDiscriminator(periods=(2, 3, 5), filters=2, in_channels=channels)
+    x = harmonic(seconds=0.1, channels=channels)[None, :, :1601].repeat(2, 1, 1).requires_grad_()  # odd length
+    logits, features = disc(x)
+    assert len(logits) == len(features) == 3
+    for p, logit, feats in zip((2, 3, 5), logits, features):
+        rows = -(-1601 // p)  # reflect-padded to a multiple of the period, then folded
+        for _ in range(4):  # four convs strided 3 in time (kernel 5, padding 2)
+            rows = (rows - 1) // 3 + 1
+        assert logit.shape == (2, 1, rows, p)
+        assert [f.shape[1] for f in feats] == [2, 8, 32, 64, 64] and all(f.shape[-1] == p for f in feats)
+    real_logits, real_feats = disc(harmonic(seconds=0.1, f0=200, channels=channels)[None, :, :1601].repeat(2, 1, 1))
+    hinge_discriminator_loss(real_logits, logits).backward(retain_graph=True)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in disc.parameters())
+    (hinge_generator_loss(logits) + feature_matching_loss(real_feats, features)).backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="expected audio"):
+        disc(x[:, :1] if channels == 2 else x.repeat(1, 2, 1))
+
+
+def test_period_discriminator_sees_every_pth_sample():
+    """The fold puts samples p apart in one column: a p-periodic input gives the same first-layer
+    features at every time row (away from the padded edges), any other period does not."""
+    torch.manual_seed(0)
+    disc = PeriodDiscriminator(5, filters=2)
+    one_period = torch.randn(5)
+    periodic = one_period.repeat(60)[None, None]  # [1, 1, 300], period 5
+    _, feats = disc(periodic)
+    rows = feats[0][0, :, 1:-1, :]  # [channels, rows, 5]
+    assert torch.allclose(rows, rows[:, :1].expand_as(rows), atol=1e-6)
+    _, other = disc(torch.randn(7).repeat(43)[None, None, :300])  # period 7: columns change row to row
+    rows = other[0][0, :, 1:-1, :]
+    assert (rows - rows[:, :1]).abs().max() > 1e-2
+
+
+def test_discriminators_concatenate_their_parts():
+    torch.manual_seed(0)
+    both = Discriminators(MultiScaleSTFTDiscriminator(filters=2, n_ffts=(128, 64)),
+                          MultiPeriodDiscriminator(periods=(2, 3, 5), filters=2))
+    x = harmonic(seconds=0.1)[None]
+    logits, features = both(x)
+    assert len(logits) == len(features) == 5
+    alone, _ = both.parts[1](x)
+    assert all(torch.equal(a, b) for a, b in zip(logits[2:], alone))
+    assert sum(p.numel() for p in MultiPeriodDiscriminator().parameters()) > 10 * sum(
+        p.numel() for p in MultiPeriodDiscriminator(filters=4).parameters())  # HiFi-GAN width at filters=32
 
 
 # ----------------------------------------------------------------------------- balancer

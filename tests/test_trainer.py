@@ -57,6 +57,8 @@ def test_recipe_overrides_and_types():
     (["mixed_precision=fp8"], "mixed_precision"),
     (["codec.phase_weight=1", "codec.phase_windows=[8]"], "codec.phase_windows must be STFT window sizes >= 16, got [8]"),
     (["codec.phase_weight=-1"], "codec loss weights must be >= 0"),
+    (["codec.disc_n_ffts=[]"], "the adversary needs codec.disc_n_ffts or codec.disc_periods"),
+    (["codec.disc_periods=[2,0]"], "codec.disc_periods must be whole periods >= 1"),
 ])
 def test_recipe_errors_are_one_line(overrides, expected):
     with pytest.raises(ConfigError) as err:

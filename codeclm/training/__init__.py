@@ -1,7 +1,13 @@
-"""Codec training pieces: reconstruction/adversarial losses, the STFT discriminator, the loss balancer."""
+"""Codec training pieces: reconstruction/adversarial losses, the STFT and period discriminators, the loss balancer."""
 
 from codeclm.training.balancer import Balancer
-from codeclm.training.discriminator import MultiScaleSTFTDiscriminator, STFTDiscriminator
+from codeclm.training.discriminator import (
+    Discriminators,
+    MultiPeriodDiscriminator,
+    MultiScaleSTFTDiscriminator,
+    PeriodDiscriminator,
+    STFTDiscriminator,
+)
 from codeclm.training.losses import (
     MelSpectrogram,
     MultiResolutionSTFTLoss,
@@ -14,7 +20,10 @@ from codeclm.training.losses import (
 
 __all__ = [
     "Balancer",
+    "Discriminators",
+    "MultiPeriodDiscriminator",
     "MultiScaleSTFTDiscriminator",
+    "PeriodDiscriminator",
     "STFTDiscriminator",
     "MelSpectrogram",
     "MultiScaleMelLoss",

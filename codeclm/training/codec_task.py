@@ -24,7 +24,7 @@ from codeclm.data import AudioSegmentDataset, collate_audio, read_manifest, spli
 from codeclm.errors import ConfigError
 from codeclm.training.balancer import Balancer
 from codeclm.training.config import TrainConfig
-from codeclm.training.discriminator import MultiScaleSTFTDiscriminator
+from codeclm.training.discriminator import Discriminators, MultiPeriodDiscriminator, MultiScaleSTFTDiscriminator
 from codeclm.training.losses import (
     MultiScaleMelLoss,
     PhaseDerivativeLoss,
@@ -56,7 +56,10 @@ class CodecTaskConfig:
     phase_windows: list[int] = field(default_factory=lambda: [512, 1024])
     quantizer_dropout: bool = True  # a random bandwidth per step; false: always every codebook
     disc_filters: int = 32
-    disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512])
+    disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512])  # [] with disc_periods: periods only
+    disc_periods: list[int] = field(default_factory=list)  # HiFi-GAN's multi-period discriminator beside the
+    #                                                        MS-STFT one (e.g. [2, 3, 5, 7, 11]); [] = none
+    disc_period_filters: int = 16  # its first layer's width (HiFi-GAN: 32; layers x 1, 4, 16, 32)
     disc_start_step: int = 0  # generator-only warm-up steps
     disc_prob: float = 1.0  # probability of a discriminator update per step
     export_dtype: str | None = None  # float16 | bfloat16: also write out_dir/model_<dtype>
@@ -87,8 +90,14 @@ class Recipe(TrainConfig):
             raise ConfigError(f"recipe: codec.phase_windows must be STFT window sizes >= 16, got {c.phase_windows!r}")
         if c.export_dtype is not None and c.export_dtype not in _DTYPES:
             raise ConfigError(f"recipe: codec.export_dtype must be null, float16 or bfloat16, got {c.export_dtype!r}")
+        if (c.adv_weight or c.feat_weight) and not (c.disc_n_ffts or c.disc_periods):
+            raise ConfigError("recipe: the adversary needs codec.disc_n_ffts or codec.disc_periods "
+                              "(or adv_weight = feat_weight = 0)")
+        if any(not isinstance(p, int) or p < 1 for p in c.disc_periods) or c.disc_period_filters < 1:
+            raise ConfigError(f"recipe: codec.disc_periods must be whole periods >= 1 and disc_period_filters >= 1, "
+                              f"got {c.disc_periods!r} and {c.disc_period_filters!r}")
         samples = int(self.data.segment_seconds * self.model.sample_rate)
-        if (c.adv_weight or c.feat_weight) and samples < max(c.disc_n_ffts):
+        if (c.adv_weight or c.feat_weight) and c.disc_n_ffts and samples < max(c.disc_n_ffts):
             raise ConfigError(f"recipe: data.segment_seconds gives {samples} samples, fewer than the discriminator's "
                               f"largest window {max(c.disc_n_ffts)}")
 
@@ -130,6 +139,16 @@ def build_datasets(cfg: Recipe) -> tuple[Dataset, Dataset | None]:
     held = held[: d.valid_items]
     valid = AudioSegmentDataset(held, m.sample_rate, m.channels, d.segment_seconds, random_crop=False) if held else None
     return train, valid
+
+
+def build_discriminator(c: CodecTaskConfig, channels: int) -> torch.nn.Module:
+    """The recipe's adversary: the MS-STFT discriminator, the multi-period one, or both."""
+    parts = []
+    if c.disc_n_ffts:
+        parts.append(MultiScaleSTFTDiscriminator(filters=c.disc_filters, in_channels=channels, n_ffts=c.disc_n_ffts))
+    if c.disc_periods:
+        parts.append(MultiPeriodDiscriminator(c.disc_periods, filters=c.disc_period_filters, in_channels=channels))
+    return parts[0] if len(parts) == 1 else Discriminators(*parts)
 
 
 def _init_weights(folder: str, codec: torch.nn.Module) -> None:
@@ -218,8 +237,7 @@ class Task(BaseTask):
         self.models = {"generator": self.codec}
         self.weights = {"l1": c.l1_weight, "mel": c.mel_weight, "phase": c.phase_weight}
         if c.adv_weight or c.feat_weight:
-            self.models["discriminator"] = MultiScaleSTFTDiscriminator(
-                filters=c.disc_filters, in_channels=cfg.model.channels, n_ffts=c.disc_n_ffts)
+            self.models["discriminator"] = build_discriminator(c, cfg.model.channels)
             self.weights.update(adv=c.adv_weight, feat=c.feat_weight)
         self.weights = {k: w for k, w in self.weights.items() if w > 0}
         self.ema_model = "generator"
