@@ -45,8 +45,9 @@ from torch import nn
 
 from codeclm.codec.base import EMA_STATS, CompressionModel
 from codeclm.codec.config import RVQBandwidths
-from codeclm.codec.harmonic import (HarmonicHead, analyse_pitch, harmonic_amplitudes, pitch_feature_values,
-                                    pitch_features)
+from codeclm.codec.harmonic import (PITCH_TOKEN_FEATURES, HarmonicHead, analyse_pitch, harmonic_amplitudes,
+                                    pitch_feature_values, pitch_features, pitch_from_tokens, pitch_token_features,
+                                    pitch_tokens)
 from codeclm.codec.layers import PackedLinear, fft_rows, pack_linear, pointwise_exact, stream_plan
 from codeclm.codec.model import CodecOutput
 from codeclm.codec.quantizer import ResidualVectorQuantizer
@@ -91,6 +92,12 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
     pitch_features: bool = False  # also give the encoder the long window's YIN pitch (voicing, log f0, periodicity)
     f0_min: float = 50.0  # its pitch range (Hz)
     f0_max: float = 600.0
+    # the pitch codebook: code row 1 is the input's YIN pitch (0 unvoiced, else log f0 on `bins - 1`
+    # steps; harmonic_codec.pitch_tokens), the residual VQ fills the other rows; the decoder reads it
+    # and the harmonic branch plays it, reading the partials' amplitudes off a predicted spectral
+    # envelope of `envelope_points` points (needs harmonics > 0)
+    pitch_codebook: bool = False
+    envelope_points: int = 128
     bins: int = 1024
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0])
     ema_decay: float = 0.99
@@ -130,6 +137,13 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
         if not (math.isfinite(self.f0_min) and math.isfinite(self.f0_max)
                 and 0 < self.f0_min < self.f0_max < self.sample_rate / 2):
             raise bad(f"need 0 < f0_min < f0_max < sample_rate / 2, got {self.f0_min} and {self.f0_max}")
+        if self.pitch_codebook and not self.harmonics:
+            raise bad("pitch_codebook needs the harmonic branch (harmonics > 0) to play the pitch")
+        if self.pitch_codebook and self.n_q < 2:
+            raise bad("pitch_codebook needs at least two codebooks (the pitch and one residual VQ)")
+        if isinstance(self.envelope_points, bool) or not isinstance(self.envelope_points, int) \
+                or not 2 <= self.envelope_points <= 4096:
+            raise bad(f"envelope_points must be an integer in 2..4096, got {self.envelope_points!r}")
         if (self.harmonics or self.pitch_features) and 2 * self.hop_length - math.ceil(self.sample_rate / self.f0_min) < \
                 math.ceil(self.sample_rate / self.f0_min) // 2:
             raise bad(f"f0_min {self.f0_min} Hz needs a longer hop than {self.hop_length} (its pitch tracker "
@@ -138,6 +152,11 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0) or (key == "ema_decay" and value > 1):
                 raise bad(f"{key} must be a finite number >= 0{' and <= 1' if key == 'ema_decay' else ''}, got {value}")
+
+    @property
+    def rvq_layers(self) -> int:
+        """Residual VQ codebooks: every code row but the pitch codebook's."""
+        return self.n_q - 1 if self.pitch_codebook else self.n_q
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         with torch.device("meta"):
@@ -258,17 +277,24 @@ class Frontend(StreamingModule):
                                     self.short_window)  # [B, 4n, k]
         return self._with_pitch(torch.cat([long, short.reshape(b, long.shape[1], -1)], -1), window, True)
 
-    def forward(self, wav: torch.Tensor, exact: bool = False, pitch: torch.Tensor | None = None) -> torch.Tensor:
-        """``pitch`` (offline only): the long windows' pitch features, if the caller has them."""
+    def forward(self, wav: torch.Tensor, exact: bool = False, pitch: torch.Tensor | None = None,
+                with_windows: bool = False):
+        """``pitch`` (offline only): the long windows' pitch features, if the caller has them;
+        ``with_windows``: also return the long analysis windows ``[B, n, 2 hop]`` (float32)."""
         if not self.is_streaming:
-            return self._features(F.pad(wav, (self.hop, 0)), exact, pitch)
-        state = self._streaming_state
-        previous = state["previous"]
-        if previous is None:
-            previous = wav.new_zeros(wav.shape[0], wav.shape[1], self.hop)
-        window = torch.cat([previous, wav], -1)
-        state["previous"] = window[..., -self.hop:].contiguous()
-        return self._features(window, True)
+            window = F.pad(wav, (self.hop, 0))
+            features = self._features(window, exact, pitch)
+        else:
+            state = self._streaming_state
+            previous = state["previous"]
+            if previous is None:
+                previous = wav.new_zeros(wav.shape[0], wav.shape[1], self.hop)
+            window = torch.cat([previous, wav], -1)
+            state["previous"] = window[..., -self.hop:].contiguous()
+            features = self._features(window, True)
+        if with_windows:
+            return features, window[:, 0].float().unfold(-1, 2 * self.hop, self.hop)
+        return features
 
 
 class ConvNeXtBlock(StreamingModule):
@@ -447,7 +473,7 @@ class FrameCodec(CompressionModel):
     shipped_default = "codec"
     dtype_tensor = "quantizer.layers.0.embed"
     # a training run may add the harmonic branch and the pitch features to a folder without them (init_from)
-    extension_keys = ("harmonics", "pitch_features", "f0_min", "f0_max")
+    extension_keys = ("harmonics", "pitch_features", "f0_min", "f0_max", "pitch_codebook", "envelope_points")
 
     def __init__(self, config: FrameCodecConfig | None = None, **overrides):
         super().__init__()
@@ -458,13 +484,18 @@ class FrameCodec(CompressionModel):
         self.encoder = _Stack(c.n_features, c.encoder_dim, c.encoder_layers, c.kernel_size, c.mlp_ratio, c.dimension,
                               out_norm=c.latent_norm)
         self.quantizer = ResidualVectorQuantizer(
-            c.dimension, c.n_q, c.bins, decay=c.ema_decay, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
+            c.dimension, c.rvq_layers, c.bins, decay=c.ema_decay, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
             dead_code_threshold=c.dead_code_threshold)
         self.decoder = _Stack(c.dimension, c.decoder_dim, c.decoder_layers, c.kernel_size, c.mlp_ratio, None)
         self.head = ISTFTHead(c.decoder_dim, c.hop_length)
-        self.harmonic = (HarmonicHead(c.decoder_dim, c.hop_length, c.sample_rate, c.harmonics, c.f0_min, c.f0_max)
-                         if c.harmonics else None)
+        self.harmonic = (HarmonicHead(c.decoder_dim, c.hop_length, c.sample_rate, c.harmonics, c.f0_min, c.f0_max,
+                                      c.envelope_points if c.pitch_codebook else 0) if c.harmonics else None)
+        # the pitch code's features, added to the quantized latent (zero at first: a decoder trained
+        # without them starts from its own function)
+        self.pitch_embed = nn.Linear(PITCH_TOKEN_FEATURES, c.dimension) if c.pitch_codebook else None
         self.apply(_init)
+        if self.pitch_embed is not None:
+            nn.init.zeros_(self.pitch_embed.weight)
 
     # -- interface (sample_rate, channels, hop_length, num_codebooks, cardinality: the config's) -----
     @property
@@ -565,9 +596,29 @@ class FrameCodec(CompressionModel):
         frames = self._whole_frames(wav)
         if frames.shape[-1] == 0:
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
-        latent = self.encoder(self.frontend(frames), exact=True)  # [B, n, D]
+        c = self.config
+        if not c.pitch_codebook:
+            latent = self.encoder(self.frontend(frames), exact=True)  # [B, n, D]
+            self._streaming_state["frames_encoded"] += latent.shape[1]
+            return self._quantize_exact(latent, n_q)
+        features, windows = self.frontend(frames, with_windows=True)
+        latent = self.encoder(features, exact=True)
         self._streaming_state["frames_encoded"] += latent.shape[1]
-        return self._quantize_exact(latent, n_q)
+        f0, voiced, _ = analyse_pitch(windows, c.sample_rate, c.f0_min, c.f0_max, exact=True)
+        return self._with_pitch_row(self._quantize_exact(latent, n_q - 1),
+                                    pitch_tokens(f0, voiced, c.f0_min, c.f0_max, c.bins, exact=True))
+
+    @staticmethod
+    def _with_pitch_row(rvq: torch.Tensor, pitch: torch.Tensor) -> torch.Tensor:
+        """Residual-VQ codes ``[B, K, F]`` and pitch codes ``[B, F]`` -> ``[B, K + 1, F]``, the pitch
+        as row 1 (row 0 stays the first, coarsest VQ codebook, the one an AR LM predicts first)."""
+        return torch.cat([rvq[:, :1], pitch[:, None], rvq[:, 1:]], 1)
+
+    def _split_pitch_row(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_with_pitch_row`'s inverse; a single row has no pitch (unvoiced)."""
+        if codes.shape[1] < 2:
+            return codes, torch.zeros_like(codes[:, 0])
+        return torch.cat([codes[:, :1], codes[:, 2:]], 1), codes[:, 1]
 
     def _decode_stream(self, codes: torch.Tensor) -> torch.Tensor:
         self._check_stream_batch(codes.shape[0])
@@ -580,17 +631,29 @@ class FrameCodec(CompressionModel):
         final = state["decoder_final"] or (state["encoder_done"]
                                            and state["frames_decoded"] >= state["frames_encoded"])
         state["decoder_done"] = final
+        c = self.config
+        pitch = None
         if codes.shape[-1] == 0:
             blocks = torch.zeros(codes.shape[0], 0, 2 * self.hop_length, dtype=self._dtype, device=codes.device)
             raw = blocks[..., : self.hop_length]
-            features = blocks.new_zeros(codes.shape[0], 0, self.config.decoder_dim)
+            features = blocks.new_zeros(codes.shape[0], 0, c.decoder_dim)
+            if c.pitch_codebook:
+                pitch = (blocks.new_zeros(codes.shape[0], 0, dtype=torch.float32),
+                         torch.zeros(codes.shape[0], 0, dtype=torch.bool, device=codes.device))
         else:
+            if c.pitch_codebook:
+                codes, tokens = self._split_pitch_row(codes)
+                pitch = pitch_from_tokens(tokens, c.f0_min, c.f0_max, c.bins, exact=True)
             latent = self.quantizer.decode(codes).transpose(1, 2).contiguous()  # [B, n, D]
+            if c.pitch_codebook:
+                (plan,) = stream_plan(self, lambda: (_linear_plan(self.pitch_embed),))
+                latent = latent + _linear_exact(pitch_token_features(tokens, c.bins, exact=True).to(latent.dtype),
+                                                plan)
             features = self.decoder(latent, exact=True)
             blocks, raw = self.head(features, exact=True)
         audio = self.head.stream(blocks, raw, final)
         if self.harmonic is not None:
-            audio = audio + self.harmonic.stream(features, final)
+            audio = audio + self.harmonic.stream(features, final, pitch)
         return audio
 
     # -- training ---------------------------------------------------------------------------------
@@ -607,8 +670,16 @@ class FrameCodec(CompressionModel):
             if c.pitch_features:
                 pitch = pitch_feature_values(target, voiced, periodicity, c.f0_min, c.f0_max)
         latent = self.encoder(self.frontend(x, pitch=pitch)).transpose(1, 2)  # [B, D, F]
-        q = self.quantizer(latent, n_q)
-        features = self.decoder(q.quantized.transpose(1, 2))
+        q = self.quantizer(latent, None if n_q is None else n_q - c.pitch_codebook)
+        decoder_in = q.quantized.transpose(1, 2)
+        codes, rows = q.codes, q.n_q
+        if c.pitch_codebook:  # the decoder hears the pitch code, the oscillator plays it
+            tokens = pitch_tokens(target, voiced, c.f0_min, c.f0_max, c.bins)
+            decoder_in = decoder_in + self.pitch_embed(pitch_token_features(tokens, c.bins).to(decoder_in.dtype))
+            codes, rows = self._with_pitch_row(q.codes, tokens), q.n_q + 1
+            target, voiced = pitch_from_tokens(tokens, c.f0_min, c.f0_max, c.bins)
+            teacher_f0 = True
+        features = self.decoder(decoder_in)
         blocks, raw = self.head(features)
         audio = self.head.overlap_add(blocks, raw)
         aux = {}
@@ -616,7 +687,7 @@ class FrameCodec(CompressionModel):
             harmonic, pred = self.harmonic(features, (target, voiced) if teacher_f0 else None)
             audio = audio + harmonic
             aux = self._harmonic_losses(windows, target, voiced, pred)
-        return CodecOutput(audio[..., :length], q.codes, q.commitment_loss, q.n_q, latent, aux)
+        return CodecOutput(audio[..., :length], codes, q.commitment_loss, rows, latent, aux)
 
     def _harmonic_losses(self, windows, target, voiced, pred) -> dict[str, torch.Tensor]:
         """The harmonic branch's supervised losses against the input's frames (two-hop analysis
@@ -624,14 +695,16 @@ class FrameCodec(CompressionModel):
         (binary cross-entropy, x 0.1), log-amplitudes of the audible partials at YIN's pitch
         (:func:`~codeclm.codec.harmonic.harmonic_amplitudes`, L1 in nats on voiced frames, x 0.1)."""
         c = self.config
-        count = voiced.sum().clamp(min=1)
-        f0_error = (torch.log2(pred["f0"]) - torch.log2(target.clamp(min=c.f0_min))).abs()
-        voicing = F.binary_cross_entropy_with_logits(pred["voicing_logit"], voiced.float())
         amps = harmonic_amplitudes(windows, target, c.sample_rate, c.harmonics)
         audible = voiced[..., None] & self.harmonic.audible(target)
         amp_error = (pred["log_amp"] - torch.log(amps.clamp(min=1e-5))).abs()
-        return {"f0": (f0_error * voiced).sum() / count, "voicing": 0.1 * voicing,
-                "amp": 0.1 * (amp_error * audible).sum() / audible.sum().clamp(min=1)}
+        amp = 0.1 * (amp_error * audible).sum() / audible.sum().clamp(min=1)
+        if c.pitch_codebook:  # the pitch is given: only the amplitudes are learned
+            return {"amp": amp}
+        count = voiced.sum().clamp(min=1)
+        f0_error = (torch.log2(pred["f0"]) - torch.log2(target.clamp(min=c.f0_min))).abs()
+        voicing = F.binary_cross_entropy_with_logits(pred["voicing_logit"], voiced.float())
+        return {"f0": (f0_error * voiced).sum() / count, "voicing": 0.1 * voicing, "amp": amp}
 
     def sample_n_q(self, generator: torch.Generator | None = None) -> int:
         """Quantizer dropout: a random bandwidth from the config's targets, as codebooks."""

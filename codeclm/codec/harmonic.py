@@ -39,7 +39,8 @@ from torch import nn
 from codeclm.codec.layers import fft_rows, pack_linear, pointwise_exact, stream_plan
 from codeclm.streaming import StreamingModule
 
-__all__ = ["HarmonicHead", "analyse_pitch", "harmonic_amplitudes", "pitch_feature_values", "pitch_features", "yin"]
+__all__ = ["HarmonicHead", "analyse_pitch", "harmonic_amplitudes", "pitch_feature_values", "pitch_features",
+           "pitch_from_tokens", "pitch_token_features", "pitch_tokens", "yin"]
 
 _AMP_OFFSET = -5.0  # log-amplitude of a partial at a zero output: exp(-5) ~ 0.007, a speech partial's order
 _OUT_SCALE = 4.0  # the head's outputs x 4: Adam moves a weight by ~lr a step, so a new head on a trained
@@ -130,6 +131,52 @@ def _yin(frames, sample_rate, f0_min, f0_max, threshold, silence_db, exact):
     return f0.view(lead), voiced.view(lead), clarity.view(lead)
 
 
+# -- the pitch codebook: YIN's pitch sent as one code per frame -----------------------------------
+PITCH_TOKEN_FEATURES = 8  # [voiced, voiced * u, voiced * sin(k pi u), voiced * cos(k pi u) for k = 1..3]
+
+
+def _log_range(f0_min: float, f0_max: float) -> float:
+    return math.log2(f0_max / f0_min)
+
+
+@torch.no_grad()
+def pitch_tokens(f0: torch.Tensor, voiced: torch.Tensor, f0_min: float, f0_max: float, bins: int,
+                 exact: bool = False) -> torch.Tensor:
+    """A frame's pitch as one code: 0 unvoiced, else ``1 + round((bins - 2) u)`` with ``u`` the
+    position of ``log2 f0`` in ``[log2 f0_min, log2 f0_max]`` (1024 bins: steps of 4.2 cents over
+    50-600 Hz, far below a listener's pitch resolution). ``exact``: row-invariant ``log2``."""
+    ratio = f0.float().clamp(f0_min, f0_max) / f0_min
+    u = (pointwise_exact(torch.log2, ratio) if exact else torch.log2(ratio)) / _log_range(f0_min, f0_max)
+    token = 1 + torch.round(u.clamp(0, 1) * (bins - 2)).long()
+    return torch.where(voiced, token, torch.zeros_like(token))
+
+
+def _token_position(tokens: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    voiced = tokens > 0
+    return voiced, (tokens - 1).clamp(min=0).float() / (bins - 2)
+
+
+def pitch_from_tokens(tokens: torch.Tensor, f0_min: float, f0_max: float, bins: int,
+                      exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pitch_tokens`' inverse: ``(f0, voiced)`` (an unvoiced frame's ``f0`` is ``f0_min``)."""
+    voiced, u = _token_position(tokens, bins)
+    scale = _log_range(f0_min, f0_max) * math.log(2)
+    f0 = f0_min * (pointwise_exact(torch.exp, u * scale) if exact else torch.exp(u * scale))
+    return f0, voiced
+
+
+def pitch_token_features(tokens: torch.Tensor, bins: int, exact: bool = False) -> torch.Tensor:
+    """What the decoder reads from the pitch code ``[...]`` -> ``[..., 8]``: voicing, the log-pitch
+    position ``u`` and three Fourier pairs of it (so a linear layer can place a pitch finely)."""
+    voiced, u = _token_position(tokens, bins)
+    v = voiced.float()
+    k = torch.arange(1, 4, dtype=u.dtype, device=u.device)
+    angle = math.pi * u[..., None] * k
+    sin = pointwise_exact(torch.sin, angle) if exact else torch.sin(angle)
+    cos = pointwise_exact(torch.cos, angle) if exact else torch.cos(angle)
+    return torch.cat([v[..., None], (v * u)[..., None], v[..., None] * sin, v[..., None] * cos], -1)
+
+
 @torch.no_grad()
 def harmonic_amplitudes(frames: torch.Tensor, f0: torch.Tensor, sample_rate: int, harmonics: int) -> torch.Tensor:
     """Amplitude of partial ``k = 1..harmonics`` of ``f0 [...]`` in ``frames [..., L]``: the periodic-
@@ -150,11 +197,16 @@ class HarmonicHead(StreamingModule):
     """Decoder features ``[B, F, D]`` -> per-frame ``f0 [B, F]`` and partial amplitudes ``[B, F, K]``,
     and the oscillator that turns them into audio (see the module notes)."""
 
-    def __init__(self, dim: int, hop: int, sample_rate: int, harmonics: int, f0_min: float, f0_max: float):
+    def __init__(self, dim: int, hop: int, sample_rate: int, harmonics: int, f0_min: float, f0_max: float,
+                 envelope: int = 0):
         super().__init__()
         self.hop, self.sample_rate, self.harmonics = hop, sample_rate, harmonics
         self.f0_min, self.f0_max = float(f0_min), float(f0_max)
-        self.out = nn.Linear(dim, 2 + harmonics)  # f0 logit, voicing logit, log-amplitudes
+        # envelope > 0: the pitch is given (the pitch codebook) and the head predicts each frame's
+        # log spectral envelope at `envelope` points from 0 Hz to the Nyquist limit, read at the
+        # partials' frequencies; else the f0 logit, the voicing logit and one log-amplitude per partial
+        self.envelope = envelope
+        self.out = nn.Linear(dim, envelope if envelope else 2 + harmonics)
         s = torch.arange(hop, dtype=torch.float64)
         self.register_buffer("ramp", (s / hop).float(), persistent=False)  # alpha(s): frame t's weight 1 - alpha
         # phase(s) - phase(0) = 2 pi / sr * (f_t s + (f_{t+1} - f_t) s (s - 1) / (2 hop)): the sum of the
@@ -177,10 +229,27 @@ class HarmonicHead(StreamingModule):
         return {"f0": f0, "voicing_logit": h[..., 1],
                 "log_amp": (h[..., 2:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP)}
 
-    def _params_exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _envelope_log_amp(self, h: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        """Log-envelope ``[B, F, E]`` (before the offset) read at each partial of ``f0 [B, F]`` (linear
+        between its points) -> log-amplitudes ``[B, F, K]``; element-wise, so row-invariant."""
+        points = self.envelope
+        position = (f0[..., None] * self.orders) * ((points - 1) / (_NYQUIST_FRACTION * self.sample_rate))
+        position = position.clamp(0, points - 1.001)
+        low = position.floor()
+        frac = position - low
+        low = low.long()
+        log_amp = torch.gather(h, -1, low) * (1 - frac) + torch.gather(h, -1, low + 1) * frac
+        return (log_amp + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP)
+
+    def _params_exact(self, x: torch.Tensor, pitch: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         plan = stream_plan(self, lambda: pack_linear(self.out.weight, self.out.bias))
         b, n, c = x.shape
         h = plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
+        if self.envelope:
+            f0, voiced = pitch
+            amps = pointwise_exact(torch.exp, self._envelope_log_amp(h, f0))
+            return f0, amps * voiced[..., None] * self.audible(f0)
         f0 = self.f0_min * pointwise_exact(torch.exp, math.log(self.f0_max / self.f0_min)
                                            * pointwise_exact(torch.sigmoid, h[..., 0]))
         gate = pointwise_exact(torch.sigmoid, h[..., 1])
@@ -196,7 +265,14 @@ class HarmonicHead(StreamingModule):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training: features ``[B, F, D]`` -> ``(audio [B, 1, F * hop], predictions)`` (see
         :meth:`_params`). ``teacher = (f0, voiced)`` (``[B, F]`` each): the partials play ``f0`` on
-        the voiced frames and are silent elsewhere, instead of the predicted pitch and voicing."""
+        the voiced frames and are silent elsewhere, instead of the predicted pitch and voicing (with
+        an envelope head: the given pitch, always; ``predictions`` then holds ``log_amp`` only)."""
+        if self.envelope:
+            f0, voiced = teacher
+            f0 = torch.where(voiced, f0.float(), torch.full_like(f0.float(), self.f0_min))
+            pred = {"log_amp": self._envelope_log_amp(self.out(x).float() * _OUT_SCALE, f0)}
+            amps = torch.exp(pred["log_amp"]) * voiced[..., None]
+            return self._oscillate(f0, amps * self.audible(f0)), pred
         pred = self._params(self.out(x))
         amps = torch.exp(pred["log_amp"])
         if teacher is None:
@@ -205,7 +281,10 @@ class HarmonicHead(StreamingModule):
         else:
             f0 = torch.where(teacher[1], teacher[0].to(amps), pred["f0"].detach())
             amps = amps * teacher[1][..., None]
-        amps = amps * self.audible(f0)
+        return self._oscillate(f0, amps * self.audible(f0)), pred
+
+    def _oscillate(self, f0: torch.Tensor, amps: torch.Tensor) -> torch.Tensor:
+        """Training: per-frame ``f0 [B, F]`` and amplitudes ``[B, F, K]`` -> audio ``[B, 1, F * hop]``."""
         f0_next = torch.cat([f0[:, 1:], f0[:, -1:]], 1)
         amps_next = torch.cat([amps[:, 1:], amps[:, -1:]], 1)
         a, c = self._hop_advance
@@ -218,17 +297,19 @@ class HarmonicHead(StreamingModule):
         here = torch.bmm(sines, amps.reshape(b * n, self.harmonics, 1)).view(b, n, hop)
         there = torch.bmm(sines, amps_next.reshape(b * n, self.harmonics, 1)).view(b, n, hop)
         audio = here + self.ramp * (there - here)
-        return audio.reshape(b, 1, n * hop), pred
+        return audio.reshape(b, 1, n * hop)
 
     # -- inference --------------------------------------------------------------------------------
-    def stream(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+    def stream(self, x: torch.Tensor, final: bool,
+               pitch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Inference (inside ``streaming()``): the hops completed by these frames' features, and at
-        the end (``final``) the last one; the same hops as :meth:`ISTFTHead.stream`."""
+        the end (``final``) the last one; the same hops as :meth:`ISTFTHead.stream`. ``pitch``:
+        these frames' ``(f0, voiced)`` (an envelope head's given pitch)."""
         state = self._streaming_state
         b = x.shape[0]
         pending, phase = state["pending"], state["phase"]
         if x.shape[1]:
-            f0, amps = self._params_exact(x)
+            f0, amps = self._params_exact(x, pitch)
             if pending is not None:
                 f0 = torch.cat([pending[0], f0], 1)
                 amps = torch.cat([pending[1], amps], 1)
