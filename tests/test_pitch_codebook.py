@@ -1,5 +1,5 @@
 """The frame codec's pitch codebook (model.pitch_codebook): code row 1 is YIN's pitch, the decoder
-reads it, the harmonic branch plays it with amplitudes off a predicted spectral envelope."""
+reads it, the harmonic branch plays it: harmonic-plus-noise on the inverse-STFT head's spectrum."""
 
 import dataclasses
 import json
@@ -28,7 +28,7 @@ def voiced(n: int, f0: float = 140.0, seed: int = 0) -> torch.Tensor:
 def tiny(seed: int = 0, **overrides) -> FrameCodec:
     torch.manual_seed(seed)
     kw = dict(encoder_dim=32, encoder_layers=1, decoder_dim=48, decoder_layers=1, dimension=16, bins=BINS,
-              target_bandwidths=[1.5, 3.0], kmeans_iters=2, harmonics=16, pitch_codebook=True, envelope_points=24)
+              target_bandwidths=[1.5, 3.0], kmeans_iters=2, harmonics=16, pitch_codebook=True, harmonic_bands=6)
     kw.update(overrides)
     codec = FrameCodec(FrameCodecConfig(**kw)).train()
     with torch.no_grad():
@@ -110,15 +110,32 @@ def test_the_decoder_plays_the_pitch_it_is_sent():
     assert codec.decode(silent).abs().mean() < 0.5 * codec.decode(codes).abs().mean()
 
 
-def test_envelope_head_reads_each_partial_off_the_envelope():
-    head = HarmonicHead(8, HOP, SR, harmonics=6, f0_min=50.0, f0_max=600.0, envelope=11)
-    top = 0.45 * SR  # the envelope's points: 0 .. 0.45 sr in 10 steps of 1080 Hz
-    h = torch.linspace(-1.0, 1.0, 11).expand(1, 2, 11)  # log-envelope rising linearly with frequency
-    f0 = torch.tensor([[200.0, 1620.0]])
-    log_amp = head._envelope_log_amp(h, f0)
-    freqs = f0[..., None] * torch.arange(1, 7)
-    expected = (-1.0 + 2.0 * (freqs / top).clamp(max=1.0)) - 5.0
-    assert torch.allclose(log_amp, expected.clamp(max=1.0), atol=1e-5)
+def test_mix_splits_the_head_spectrum_between_partials_and_noise():
+    head = HarmonicHead(8, HOP, SR, harmonics=6, f0_min=50.0, f0_max=600.0, bands=5)
+    with torch.no_grad():
+        head.out.weight.zero_()
+        head.out.bias.zero_()
+        head.out.bias[:5] = torch.tensor([0.5, 0.25, 0.0, -0.25, -0.5])  # harmonic share falls with frequency
+        head.out.bias[5:] = torch.tensor([0.0, 0.0, 0.0, 0.1, 0.1])  # +0.4 nats above the middle point
+    n_bins = HOP + 1
+    log_mag = torch.full((1, 2, n_bins), 2.0)
+    log_mag[..., 200:] = 1.0  # 5 kHz and up: a darker spectrum
+    f0 = torch.tensor([[200.0, 1100.0]])
+    on = torch.tensor([[True, False]])
+    amps, share, log_amp = head.mix(torch.zeros(1, 2, 8), log_mag, f0, on)
+    bin_hz = SR / 2 / HOP  # 25 Hz
+    alpha_points = torch.sigmoid(4 * head.out.bias[:5] + 1.1)
+    freqs = torch.arange(1, 7) * 200.0
+    alpha = torch.from_numpy(__import__("numpy").interp(freqs.numpy(), torch.linspace(0, SR / 2, 5).numpy(),
+                                                        alpha_points.detach().numpy())).float()
+    expected = alpha * torch.exp(2.0 + torch.tensor(math.log(2 / (2 * HOP)) + 0.5 * math.log(200.0 / bin_hz)))
+    assert torch.allclose(amps[0, 0], expected, rtol=1e-4)  # below 6 kHz: no gain correction yet
+    assert not bool(amps[0, 1].any())  # unvoiced: no partials, the head keeps its whole spectrum
+    assert torch.equal(share[0, 1], torch.ones(n_bins))
+    assert share[0, 0, 0].item() == pytest.approx(1 - alpha_points[0].item(), abs=1e-6)
+    assert torch.allclose(log_amp[0, 0], expected.log(), atol=1e-4)
+    exact = head.mix(torch.zeros(1, 2, 8), log_mag, f0, on, exact=True)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(exact, (amps, share, log_amp)))
 
 
 def test_a_pitch_codebook_run_starts_from_a_codec_without_it(tmp_path):
@@ -143,7 +160,7 @@ def test_a_pitch_codebook_run_starts_from_a_codec_without_it(tmp_path):
                  "data.batch_size=4", "data.valid_items=4", "data.synthetic_items=16", "mixed_precision=no",
                  "model.encoder_dim=32", "model.encoder_layers=1", "model.decoder_dim=32", "model.decoder_layers=1",
                  "model.dimension=16", f"model.bins={BINS}", "model.target_bandwidths=[1.5,3.0]",
-                 "model.kmeans_iters=2", "model.harmonics=16", "model.envelope_points=24", f"codec.init_from={folder}",
+                 "model.kmeans_iters=2", "model.harmonics=16", "model.harmonic_bands=6", f"codec.init_from={folder}",
                  "optim.lr=2e-3", "data.train_manifest=null", "data.valid_manifest=null", "data.num_workers=0"]
     train(load_recipe("codec_frame_pitch", overrides))
     trained = load_model(tmp_path / "run" / "model")
@@ -160,5 +177,5 @@ def test_bad_pitch_codebook_configs_are_refused():
         FrameCodecConfig(pitch_codebook=True)
     with pytest.raises(ConfigError, match="two codebooks"):
         FrameCodecConfig(pitch_codebook=True, harmonics=8, target_bandwidths=[0.5])
-    with pytest.raises(ConfigError, match="envelope_points"):
-        FrameCodecConfig(pitch_codebook=True, harmonics=8, envelope_points=1)
+    with pytest.raises(ConfigError, match="harmonic_bands"):
+        FrameCodecConfig(pitch_codebook=True, harmonics=8, harmonic_bands=1)

@@ -93,11 +93,11 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
     f0_min: float = 50.0  # its pitch range (Hz)
     f0_max: float = 600.0
     # the pitch codebook: code row 1 is the input's YIN pitch (0 unvoiced, else log f0 on `bins - 1`
-    # steps; harmonic_codec.pitch_tokens), the residual VQ fills the other rows; the decoder reads it
-    # and the harmonic branch plays it, reading the partials' amplitudes off a predicted spectral
-    # envelope of `envelope_points` points (needs harmonics > 0)
+    # steps; codeclm.codec.harmonic.pitch_tokens), the residual VQ fills the other rows; the decoder
+    # reads it and the harmonic branch plays it, harmonic-plus-noise on the inverse-STFT head's
+    # spectrum with a harmonic share per band, `harmonic_bands` bands (HarmonicHead.mix; needs harmonics > 0)
     pitch_codebook: bool = False
-    envelope_points: int = 128
+    harmonic_bands: int = 16
     bins: int = 1024
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0])
     ema_decay: float = 0.99
@@ -141,9 +141,9 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
             raise bad("pitch_codebook needs the harmonic branch (harmonics > 0) to play the pitch")
         if self.pitch_codebook and self.n_q < 2:
             raise bad("pitch_codebook needs at least two codebooks (the pitch and one residual VQ)")
-        if isinstance(self.envelope_points, bool) or not isinstance(self.envelope_points, int) \
-                or not 2 <= self.envelope_points <= 4096:
-            raise bad(f"envelope_points must be an integer in 2..4096, got {self.envelope_points!r}")
+        if isinstance(self.harmonic_bands, bool) or not isinstance(self.harmonic_bands, int) \
+                or not 2 <= self.harmonic_bands <= 1024:
+            raise bad(f"harmonic_bands must be an integer in 2..1024, got {self.harmonic_bands!r}")
         if (self.harmonics or self.pitch_features) and 2 * self.hop_length - math.ceil(self.sample_rate / self.f0_min) < \
                 math.ceil(self.sample_rate / self.f0_min) // 2:
             raise bad(f"f0_min {self.f0_min} Hz needs a longer hop than {self.hop_length} (its pitch tracker "
@@ -415,22 +415,30 @@ class ISTFTHead(StreamingModule):
         return {"pending": None, "pending_raw": None, "plan": None}
 
     def forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        if exact:
-            return self._exact(x)
-        h = self.out(x).float()  # the synthesis runs in float32 even under autocast
-        log_mag, phase = h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
-        mag = torch.exp(log_mag)
-        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
-        frames = torch.fft.irfft(spec, n=2 * self.hop)  # [B, F, 2 hop]
-        return frames * self.window, frames[..., self.hop:]
+        return self.synthesize(*self.parts(x, exact), exact=exact)
 
-    def _exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (plan,) = stream_plan(self, lambda: (_linear_plan(self.out),))
-        h = _linear_exact(x, plan).float()
-        log_mag, phase = h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
-        mag = pointwise_exact(torch.exp, log_mag)
-        spec = torch.complex(mag * pointwise_exact(torch.cos, phase), mag * pointwise_exact(torch.sin, phase))
-        frames = fft_rows(torch.fft.irfft, spec, n=2 * self.hop)  # [B, F, 2 hop]
+    def parts(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``[B, F, D]`` -> each frame's log-magnitude and phase ``[B, F, n_bins]`` (float32:
+        the synthesis runs in float32 even under autocast)."""
+        if exact:
+            (plan,) = stream_plan(self, lambda: (_linear_plan(self.out),))
+            h = _linear_exact(x, plan).float()
+        else:
+            h = self.out(x).float()
+        return h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
+
+    def synthesize(self, log_mag: torch.Tensor, phase: torch.Tensor, exact: bool = False,
+                   share: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse real FFT of each frame, Hann-windowed -> ``(blocks, raw halves)``; ``share``: a
+        factor on each bin's magnitude (the harmonic branch takes the rest, ``HarmonicHead.mix``)."""
+        mag = pointwise_exact(torch.exp, log_mag) if exact else torch.exp(log_mag)
+        if share is not None:
+            mag = mag * share
+        if exact:
+            spec = torch.complex(mag * pointwise_exact(torch.cos, phase), mag * pointwise_exact(torch.sin, phase))
+            frames = fft_rows(torch.fft.irfft, spec, n=2 * self.hop)  # [B, F, 2 hop]
+        else:
+            frames = torch.fft.irfft(torch.complex(mag * torch.cos(phase), mag * torch.sin(phase)), n=2 * self.hop)
         return frames * self.window, frames[..., self.hop:]
 
     def overlap_add(self, blocks: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
@@ -473,7 +481,7 @@ class FrameCodec(CompressionModel):
     shipped_default = "codec"
     dtype_tensor = "quantizer.layers.0.embed"
     # a training run may add the harmonic branch and the pitch features to a folder without them (init_from)
-    extension_keys = ("harmonics", "pitch_features", "f0_min", "f0_max", "pitch_codebook", "envelope_points")
+    extension_keys = ("harmonics", "pitch_features", "f0_min", "f0_max", "pitch_codebook", "harmonic_bands")
 
     def __init__(self, config: FrameCodecConfig | None = None, **overrides):
         super().__init__()
@@ -489,7 +497,7 @@ class FrameCodec(CompressionModel):
         self.decoder = _Stack(c.dimension, c.decoder_dim, c.decoder_layers, c.kernel_size, c.mlp_ratio, None)
         self.head = ISTFTHead(c.decoder_dim, c.hop_length)
         self.harmonic = (HarmonicHead(c.decoder_dim, c.hop_length, c.sample_rate, c.harmonics, c.f0_min, c.f0_max,
-                                      c.envelope_points if c.pitch_codebook else 0) if c.harmonics else None)
+                                      c.harmonic_bands if c.pitch_codebook else 0) if c.harmonics else None)
         # the pitch code's features, added to the quantized latent (zero at first: a decoder trained
         # without them starts from its own function)
         self.pitch_embed = nn.Linear(PITCH_TOKEN_FEATURES, c.dimension) if c.pitch_codebook else None
@@ -638,8 +646,8 @@ class FrameCodec(CompressionModel):
             raw = blocks[..., : self.hop_length]
             features = blocks.new_zeros(codes.shape[0], 0, c.decoder_dim)
             if c.pitch_codebook:
-                pitch = (blocks.new_zeros(codes.shape[0], 0, dtype=torch.float32),
-                         torch.zeros(codes.shape[0], 0, dtype=torch.bool, device=codes.device))
+                pitch = (torch.zeros(codes.shape[0], 0, device=codes.device),
+                         torch.zeros(codes.shape[0], 0, c.harmonics, device=codes.device))
         else:
             if c.pitch_codebook:
                 codes, tokens = self._split_pitch_row(codes)
@@ -650,7 +658,13 @@ class FrameCodec(CompressionModel):
                 latent = latent + _linear_exact(pitch_token_features(tokens, c.bins, exact=True).to(latent.dtype),
                                                 plan)
             features = self.decoder(latent, exact=True)
-            blocks, raw = self.head(features, exact=True)
+            if c.pitch_codebook:  # harmonic-plus-noise on the head's spectrum
+                log_mag, phase = self.head.parts(features, exact=True)
+                amps, share, _ = self.harmonic.mix(features, log_mag, *pitch, exact=True)
+                blocks, raw = self.head.synthesize(log_mag, phase, exact=True, share=share)
+                pitch = (pitch[0], amps)
+            else:
+                blocks, raw = self.head(features, exact=True)
         audio = self.head.stream(blocks, raw, final)
         if self.harmonic is not None:
             audio = audio + self.harmonic.stream(features, final, pitch)
@@ -678,8 +692,14 @@ class FrameCodec(CompressionModel):
             decoder_in = decoder_in + self.pitch_embed(pitch_token_features(tokens, c.bins).to(decoder_in.dtype))
             codes, rows = self._with_pitch_row(q.codes, tokens), q.n_q + 1
             target, voiced = pitch_from_tokens(tokens, c.f0_min, c.f0_max, c.bins)
-            teacher_f0 = True
         features = self.decoder(decoder_in)
+        if c.pitch_codebook:  # harmonic-plus-noise on the head's spectrum (HarmonicHead.mix)
+            log_mag, phase = self.head.parts(features)
+            amps, share, log_amp = self.harmonic.mix(features, log_mag, target, voiced)
+            blocks, raw = self.head.synthesize(log_mag, phase, share=share)
+            audio = self.head.overlap_add(blocks, raw) + self.harmonic.oscillate(target, amps)
+            aux = self._harmonic_losses(windows, target, voiced, {"log_amp": log_amp})
+            return CodecOutput(audio[..., :length], codes, q.commitment_loss, rows, latent, aux)
         blocks, raw = self.head(features)
         audio = self.head.overlap_add(blocks, raw)
         aux = {}

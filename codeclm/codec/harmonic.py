@@ -47,6 +47,8 @@ _OUT_SCALE = 4.0  # the head's outputs x 4: Adam moves a weight by ~lr a step, s
 #                   decoder reaches its targets (log-amplitudes several nats away) 4x sooner
 _MAX_LOG_AMP = 1.0  # a partial's amplitude is at most e
 _NYQUIST_FRACTION = 0.45
+_JUMP_RATIO = 2 ** 0.1  # a pitch change above 0.1 octave between frames is a jump, not a glide: cross-faded
+_SHARE_BIAS = 1.1  # a shared-envelope head starts with ~3/4 of each voiced band harmonic (sigmoid(1.1) = 0.75)
 
 
 @torch.no_grad()
@@ -193,20 +195,24 @@ def harmonic_amplitudes(frames: torch.Tensor, f0: torch.Tensor, sample_rate: int
     return torch.gather(mag, -1, low) * (1 - frac) + torch.gather(mag, -1, low + 1) * frac
 
 
+def _elementwise(fn, exact: bool):
+    """``fn``, or its row-invariant form (:func:`~codeclm.codec.layers.pointwise_exact`) for ``exact``."""
+    return (lambda t: pointwise_exact(fn, t)) if exact else fn
+
+
 class HarmonicHead(StreamingModule):
     """Decoder features ``[B, F, D]`` -> per-frame ``f0 [B, F]`` and partial amplitudes ``[B, F, K]``,
     and the oscillator that turns them into audio (see the module notes)."""
 
     def __init__(self, dim: int, hop: int, sample_rate: int, harmonics: int, f0_min: float, f0_max: float,
-                 envelope: int = 0):
+                 bands: int = 0):
         super().__init__()
         self.hop, self.sample_rate, self.harmonics = hop, sample_rate, harmonics
         self.f0_min, self.f0_max = float(f0_min), float(f0_max)
-        # envelope > 0: the pitch is given (the pitch codebook) and the head predicts each frame's
-        # log spectral envelope at `envelope` points from 0 Hz to the Nyquist limit, read at the
-        # partials' frequencies; else the f0 logit, the voicing logit and one log-amplitude per partial
-        self.envelope = envelope
-        self.out = nn.Linear(dim, envelope if envelope else 2 + harmonics)
+        # bands > 0 (the pitch codebook: the pitch is given): a shared-envelope head (see mix); else
+        # the f0 logit, the voicing logit and one log-amplitude per partial
+        self.bands = bands
+        self.out = nn.Linear(dim, 2 * bands if bands else 2 + harmonics)
         s = torch.arange(hop, dtype=torch.float64)
         self.register_buffer("ramp", (s / hop).float(), persistent=False)  # alpha(s): frame t's weight 1 - alpha
         # phase(s) - phase(0) = 2 pi / sr * (f_t s + (f_{t+1} - f_t) s (s - 1) / (2 hop)): the sum of the
@@ -215,6 +221,8 @@ class HarmonicHead(StreamingModule):
         self.register_buffer("phase_slope", (2 * math.pi / sample_rate * s * (s - 1) / (2 * hop)).float(),
                              persistent=False)
         self.register_buffer("orders", torch.arange(1, harmonics + 1, dtype=torch.float32), persistent=False)
+        # a jump's incoming partials at s: the next hop's start phase minus what they gain over hop - s samples
+        self.register_buffer("phase_back", (2 * math.pi / sample_rate * (s - hop)).float(), persistent=False)
         self._hop_advance = (2 * math.pi / sample_rate * hop, 2 * math.pi / sample_rate * (hop - 1) / 2)
 
     def _init_streaming_state(self, batch_size: int) -> dict:
@@ -229,27 +237,59 @@ class HarmonicHead(StreamingModule):
         return {"f0": f0, "voicing_logit": h[..., 1],
                 "log_amp": (h[..., 2:] + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP)}
 
-    def _envelope_log_amp(self, h: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
-        """Log-envelope ``[B, F, E]`` (before the offset) read at each partial of ``f0 [B, F]`` (linear
-        between its points) -> log-amplitudes ``[B, F, K]``; element-wise, so row-invariant."""
-        points = self.envelope
-        position = (f0[..., None] * self.orders) * ((points - 1) / (_NYQUIST_FRACTION * self.sample_rate))
-        position = position.clamp(0, points - 1.001)
+    # -- the shared envelope (harmonic-plus-noise): one spectrum, split between partials and noise ----
+    def _read(self, values: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        """``values [B, F, P]`` at ``P`` points evenly from 0 Hz to half the rate, read (linear between
+        points) at ``freqs [B, F, M]`` Hz -> ``[B, F, M]``; element-wise, so row-invariant."""
+        points = values.shape[-1]
+        position = (freqs * ((points - 1) / (0.5 * self.sample_rate))).clamp(0, points - 1.001)
         low = position.floor()
         frac = position - low
         low = low.long()
-        log_amp = torch.gather(h, -1, low) * (1 - frac) + torch.gather(h, -1, low + 1) * frac
-        return (log_amp + _AMP_OFFSET).clamp(max=_MAX_LOG_AMP)
+        return torch.gather(values, -1, low) * (1 - frac) + torch.gather(values, -1, low + 1) * frac
 
-    def _params_exact(self, x: torch.Tensor, pitch: tuple[torch.Tensor, torch.Tensor] | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(self, x: torch.Tensor, log_mag: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
+            exact: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Harmonic-plus-noise from the inverse-STFT head's spectrum (a shared-envelope head).
+
+        ``log_mag [B, F, n_bins]``: the head's log-magnitudes (bins from 0 Hz to half the rate);
+        ``f0, voiced [B, F]``: the given pitch. Per frame this head predicts, in ``bands`` bands
+        (linear between band centres), the harmonic share ``alpha`` of the spectrum and a log-gain
+        correction. A partial of ``f0`` gets ``alpha`` times the amplitude of the head's spectrum
+        around it (``2 M / N * sqrt(f0 / bin width)``: the power of a band one ``f0`` wide, times
+        the correction); the head keeps ``1 - alpha`` of its magnitude on voiced frames, all of it
+        on unvoiced ones. -> ``(amplitudes [B, F, K], head share [B, F, n_bins], log-amplitudes
+        [B, F, K] of the partials, alpha included)``."""
+        b, n, c = x.shape
+        if exact:
+            plan = stream_plan(self, lambda: pack_linear(self.out.weight, self.out.bias))
+            h = plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
+        else:
+            h = self.out(x).float() * _OUT_SCALE
+        exp, log, sigmoid = (_elementwise(f, exact) for f in (torch.exp, torch.log, torch.sigmoid))
+        alpha_points = sigmoid(h[..., : self.bands] + _SHARE_BIAS)
+        gain_points = h[..., self.bands:]
+        n_bins = log_mag.shape[-1]
+        bin_hz = 0.5 * self.sample_rate / (n_bins - 1)
+        freqs = f0[..., None] * self.orders  # [B, F, K]
+        alpha = self._read(alpha_points, freqs)
+        position = (freqs / bin_hz).clamp(0, n_bins - 1.001)
+        low = position.floor()
+        frac = position - low
+        low = low.long()
+        head_log_mag = torch.gather(log_mag, -1, low) * (1 - frac) + torch.gather(log_mag, -1, low + 1) * frac
+        band = math.log(2.0 / (2 * (n_bins - 1))) + 0.5 * log(f0 / bin_hz)  # one f0-wide band's amplitude
+        log_amp = (head_log_mag + band[..., None] + self._read(gain_points, freqs)).clamp(max=_MAX_LOG_AMP)
+        on = voiced[..., None].to(alpha.dtype)
+        amps = alpha * exp(log_amp) * on * self.audible(f0)
+        bins = torch.arange(n_bins, device=x.device, dtype=torch.float32) * bin_hz
+        share = 1 - self._read(alpha_points, bins.expand(b, n, n_bins)) * on
+        return amps, share, log_amp + log(alpha.clamp(min=1e-6))
+
+    def _params_exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         plan = stream_plan(self, lambda: pack_linear(self.out.weight, self.out.bias))
         b, n, c = x.shape
         h = plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
-        if self.envelope:
-            f0, voiced = pitch
-            amps = pointwise_exact(torch.exp, self._envelope_log_amp(h, f0))
-            return f0, amps * voiced[..., None] * self.audible(f0)
         f0 = self.f0_min * pointwise_exact(torch.exp, math.log(self.f0_max / self.f0_min)
                                            * pointwise_exact(torch.sigmoid, h[..., 0]))
         gate = pointwise_exact(torch.sigmoid, h[..., 1])
@@ -265,14 +305,8 @@ class HarmonicHead(StreamingModule):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training: features ``[B, F, D]`` -> ``(audio [B, 1, F * hop], predictions)`` (see
         :meth:`_params`). ``teacher = (f0, voiced)`` (``[B, F]`` each): the partials play ``f0`` on
-        the voiced frames and are silent elsewhere, instead of the predicted pitch and voicing (with
-        an envelope head: the given pitch, always; ``predictions`` then holds ``log_amp`` only)."""
-        if self.envelope:
-            f0, voiced = teacher
-            f0 = torch.where(voiced, f0.float(), torch.full_like(f0.float(), self.f0_min))
-            pred = {"log_amp": self._envelope_log_amp(self.out(x).float() * _OUT_SCALE, f0)}
-            amps = torch.exp(pred["log_amp"]) * voiced[..., None]
-            return self._oscillate(f0, amps * self.audible(f0)), pred
+        the voiced frames and are silent elsewhere, instead of the predicted pitch and voicing. (A
+        shared-envelope head is driven by the codec through :meth:`mix` and :meth:`oscillate`.)"""
         pred = self._params(self.out(x))
         amps = torch.exp(pred["log_amp"])
         if teacher is None:
@@ -281,35 +315,60 @@ class HarmonicHead(StreamingModule):
         else:
             f0 = torch.where(teacher[1], teacher[0].to(amps), pred["f0"].detach())
             amps = amps * teacher[1][..., None]
-        return self._oscillate(f0, amps * self.audible(f0)), pred
+        return self.oscillate(f0, amps * self.audible(f0)), pred
 
-    def _oscillate(self, f0: torch.Tensor, amps: torch.Tensor) -> torch.Tensor:
-        """Training: per-frame ``f0 [B, F]`` and amplitudes ``[B, F, K]`` -> audio ``[B, 1, F * hop]``."""
+    @staticmethod
+    def _jumps(f0: torch.Tensor, f0_next: torch.Tensor) -> torch.Tensor:
+        """Hops whose pitch moves more than 0.1 octave (octave errors, onsets after an unvoiced
+        frame): a partial swept linearly across such a change would carry its amplitude to
+        frequencies where the envelope has none (e.g. above a band-limited input's top)."""
+        return (f0_next > f0 * _JUMP_RATIO) | (f0 > f0_next * _JUMP_RATIO)
+
+    def _glide_end(self, f0: torch.Tensor, f0_next: torch.Tensor, jump: torch.Tensor) -> torch.Tensor:
+        return torch.where(jump, f0, f0_next)  # a jump's outgoing partials hold their pitch
+
+    def oscillate(self, f0: torch.Tensor, amps: torch.Tensor) -> torch.Tensor:
+        """Training: per-frame ``f0 [B, F]`` and amplitudes ``[B, F, K]`` -> audio ``[B, 1, F * hop]``.
+
+        Hop ``t`` glides from frame ``t``'s pitch and amplitudes to frame ``t + 1``'s; across a
+        pitch jump (:meth:`_jumps`) it cross-fades instead: frame ``t``'s partials at its pitch fade
+        out while frame ``t + 1``'s fade in at theirs, phased to continue into hop ``t + 1``."""
         f0_next = torch.cat([f0[:, 1:], f0[:, -1:]], 1)
         amps_next = torch.cat([amps[:, 1:], amps[:, -1:]], 1)
+        jump = self._jumps(f0, f0_next)
+        end = self._glide_end(f0, f0_next, jump)
         a, c = self._hop_advance
-        advance = a * f0 + c * (f0_next - f0)  # phase gained over each hop
-        start = torch.remainder(torch.cumsum(advance.double(), 1) - advance.double(), 2 * math.pi).float()
-        phase = start[..., None] + f0[..., None] * self.phase_start + (f0_next - f0)[..., None] * self.phase_slope
+        advance = (a * f0 + c * (end - f0)).double()  # phase gained over each hop
+        start = torch.remainder(torch.cumsum(advance, 1) - advance, 2 * math.pi).float()
+        phase = start[..., None] + f0[..., None] * self.phase_start + (end - f0)[..., None] * self.phase_slope
         b, n, hop = phase.shape
         with torch.no_grad():
             sines = torch.sin(phase[..., None] * self.orders).view(b * n, hop, self.harmonics)  # [B F, hop, K]
+        glide_to = torch.where(jump[..., None], torch.zeros_like(amps_next), amps_next)
         here = torch.bmm(sines, amps.reshape(b * n, self.harmonics, 1)).view(b, n, hop)
-        there = torch.bmm(sines, amps_next.reshape(b * n, self.harmonics, 1)).view(b, n, hop)
+        there = torch.bmm(sines, glide_to.reshape(b * n, self.harmonics, 1)).view(b, n, hop)
         audio = here + self.ramp * (there - here)
+        rows = jump.reshape(-1).nonzero()[:, 0]
+        if rows.numel():  # the incoming partials of the jump hops
+            start_next = torch.remainder(start.double() + advance, 2 * math.pi).float().reshape(-1)[rows]
+            incoming = start_next[:, None] + f0_next.reshape(-1)[rows][:, None] * self.phase_back
+            with torch.no_grad():
+                sines_in = torch.sin(incoming[..., None] * self.orders)  # [J, hop, K]
+            fade_in = torch.bmm(sines_in, amps_next.reshape(b * n, self.harmonics, 1)[rows])[..., 0] * self.ramp
+            audio = audio.reshape(b * n, hop).index_add(0, rows, fade_in).view(b, n, hop)
         return audio.reshape(b, 1, n * hop)
 
     # -- inference --------------------------------------------------------------------------------
     def stream(self, x: torch.Tensor, final: bool,
-               pitch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               params: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Inference (inside ``streaming()``): the hops completed by these frames' features, and at
-        the end (``final``) the last one; the same hops as :meth:`ISTFTHead.stream`. ``pitch``:
-        these frames' ``(f0, voiced)`` (an envelope head's given pitch)."""
+        the end (``final``) the last one; the same hops as :meth:`ISTFTHead.stream`. ``params``:
+        these frames' ``(f0 [B, n], amplitudes [B, n, K])`` when the caller has them (:meth:`mix`)."""
         state = self._streaming_state
         b = x.shape[0]
         pending, phase = state["pending"], state["phase"]
         if x.shape[1]:
-            f0, amps = self._params_exact(x, pitch)
+            f0, amps = params if params is not None else self._params_exact(x)
             if pending is not None:
                 f0 = torch.cat([pending[0], f0], 1)
                 amps = torch.cat([pending[1], amps], 1)
@@ -337,18 +396,31 @@ class HarmonicHead(StreamingModule):
 
     def _advance(self, phase: torch.Tensor, f0: torch.Tensor, f0_next: torch.Tensor) -> torch.Tensor:
         a, c = self._hop_advance
-        advance = a * f0 + c * (f0_next - f0)
+        end = self._glide_end(f0, f0_next, self._jumps(f0, f0_next))
+        advance = a * f0 + c * (end - f0)
         return torch.remainder(phase + advance.double(), 2 * math.pi)
 
     def _hops(self, f0, f0_next, amps, amps_next, phase) -> torch.Tensor:
-        """Hops ``[B, n, hop]`` from their frames' parameters; element-wise, partial after partial."""
+        """Hops ``[B, n, hop]`` from their frames' parameters (:meth:`oscillate`'s function);
+        element-wise, partial after partial."""
+        jump = self._jumps(f0, f0_next)
+        end = self._glide_end(f0, f0_next, jump)
         base = (phase.float()[..., None] + f0[..., None] * self.phase_start
-                + (f0_next - f0)[..., None] * self.phase_slope)
+                + (end - f0)[..., None] * self.phase_slope)
+        glide_to = torch.where(jump[..., None], torch.zeros_like(amps_next), amps_next)
+        crossfade = bool(jump.any())
+        if crossfade:
+            start_next = torch.stack([self._advance(phase[:, t], f0[:, t], f0_next[:, t])
+                                      for t in range(f0.shape[1])], 1).float()
+            incoming = start_next[..., None] + f0_next[..., None] * self.phase_back
+            fade_in = jump[..., None].to(base.dtype) * self.ramp
         out = torch.zeros_like(base)
         for k in range(self.harmonics):
-            a, a_next = amps[..., k], amps_next[..., k]
+            a, a_to, a_next = amps[..., k], glide_to[..., k], amps_next[..., k]
             if not bool((a > 0).any() or (a_next > 0).any()):
                 continue  # above the Nyquist limit in every hop of every item: silent
-            amp = a[..., None] + self.ramp * (a_next - a)[..., None]
+            amp = a[..., None] + self.ramp * (a_to - a)[..., None]
             out += amp * pointwise_exact(torch.sin, base * float(k + 1))
+            if crossfade:
+                out += fade_in * a_next[..., None] * pointwise_exact(torch.sin, incoming * float(k + 1))
         return out
