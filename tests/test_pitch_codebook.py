@@ -93,6 +93,18 @@ def test_code_row_1_is_the_pitch_and_the_codes_stream_exactly():
     assert torch.equal(torch.cat(pieces, -1), audio)
 
 
+def test_training_pass_computes_the_inference_function():
+    codec = tiny(seed=4)
+    wav = torch.cat([voiced(SR // 2, f0=160.0), voiced(SR // 2, f0=330.0, seed=1)], -1)[None]  # a jump
+    with torch.no_grad():
+        out = codec(wav, n_q=codec.num_codebooks)
+    exact = codec.decode(out.codes)[..., : wav.shape[-1]]
+    assert torch.equal(out.codes[:, 1], codec.encode(wav)[:, 1]) or \
+        int((out.codes[:, 1] - codec.encode(wav)[:, 1]).abs().max()) <= 1  # the pitch row: YIN's fast vs exact kernels
+    assert (out.audio - exact).abs().max() < 1e-3 * exact.abs().max()  # float32 phases of high partials
+    assert set(out.aux_losses) == {"amp"}
+
+
 def test_the_decoder_plays_the_pitch_it_is_sent():
     codec = tiny(seed=1)
     codes = codec.encode(voiced(SR, f0=150.0)[None], 3.0)
