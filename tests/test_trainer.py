@@ -39,7 +39,7 @@ def test_recipe_overrides_and_types():
         assert cfg.model.sample_rate == 24000 and cfg.model.channels == 1 and cfg.model.bins == 1024
         assert cfg.model.target_bandwidths == [1.5, 3.0, 6.0, 12.0] and cfg.model.frame_rate in (50, 75)
     cfg = load_recipe(REPO / "recipes" / "lm_music_frame.yaml")  # the music LM on the frame codec's tokens
-    assert (cfg.model.n_q, cfg.lm.codec, cfg.mixed_precision) == (6, "checkpoints/codec", "auto")
+    assert (cfg.model.n_q, cfg.lm.codec, cfg.mixed_precision) == (6, "checkpoints/codec_v1", "auto")
     assert cfg.lm.conditions == {"melody": {"fuse": "sum"}}
     cfg = load_recipe(REPO / "recipes" / "lm_music_attr.yaml")  # checkpoints/music: + the caption's attributes
     assert cfg.lm.conditions["attributes"] == {"type": "caption_attributes", "fuse": "prepend", "source": "text",
