@@ -40,19 +40,24 @@ def plot(points: list[dict], opus: dict, out: str | Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    runs = list(dict.fromkeys(p.get("run", "codeclm") for p in points))  # one line per run, in order
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     for ax, (metric, label) in zip(axes, METRICS):
-        for rate, style in (("3", "o-"), ("6", "s-")):
-            rows = [(p["hours"], p[f"codeclm@{rate}"][metric]) for p in points if f"codeclm@{rate}" in p]
-            if rows:
-                ax.plot(*zip(*rows), style, ms=3, label=f"codeclm {rate} kbps")
+        for j, run in enumerate(runs):
+            for rate, style in (("3", "o:"), ("6", "s-")):
+                rows = [(p["hours"], p[f"codeclm@{rate}"][metric]) for p in points
+                        if p.get("run", "codeclm") == run and f"codeclm@{rate}" in p]
+                if rows:
+                    ax.plot(*zip(*rows), style, ms=3, color=f"C{j}", alpha=1.0 if rate == "6" else 0.5,
+                            label=f"{run}, 6 kbps (dotted: 3)" if rate == "6" else None)
         for i, (name, row) in enumerate(sorted(opus.items())):
             if row.get(metric) is not None:
-                ax.axhline(row[metric], ls="--", color=f"C{i + 2}", lw=1, label=name.replace("@", " ") + " kbps")
-        ax.set_xlabel("training hours (one CPU core)")
+                ax.axhline(row[metric], ls="--", color="k", lw=1, alpha=0.6 + 0.2 * i,
+                           label=name.replace("@", " ") + " kbps")
+        ax.set_xlabel("training hours (CPU, one process of 1-2 threads)")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -248,3 +249,25 @@ def test_benchmark_tiny_end_to_end(capsys):
     assert 0 <= out["melody"]["agreement_melody"] <= 1 and not math.isnan(out["melody"]["agreement_text_only"])
     assert 0 <= out["melody"]["agreement_codec_round_trip"] <= 1
     assert set(out["long"]) >= {"first_0_0.1s", "last_0.3_0.4s"}
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="needs fluidsynth")
+def test_codec_tonality_benchmark_scores_renders_and_a_codec(tmp_path):
+    """benchmarks/codec_tonality.py: mode accuracy of the renders and after a codec round trip."""
+    import subprocess
+    import sys
+
+    from codeclm.codec.frame import FrameCodec, FrameCodecConfig
+
+    torch.manual_seed(0)
+    folder = FrameCodec(FrameCodecConfig(encoder_dim=16, encoder_layers=1, decoder_dim=16, decoder_layers=1,
+                                         dimension=8, bins=64, target_bandwidths=[0.9])).save_pretrained(tmp_path / "c")
+    script = ROOT / "benchmarks" / "codec_tonality.py"
+    out = subprocess.run([sys.executable, str(script), str(folder), "--n-mode", "1", "--duration", "2",
+                          "--bandwidth", "0.9", "--results", str(tmp_path / "r.jsonl")], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["benchmark"] == "codec_tonality" and row["clips"] == 2 and row["goal_mode_accuracy"] == 0.8
+    assert 0 <= row["renders"] <= 1 and set(row["codecs"]) == {str(folder)}
+    assert json.loads((tmp_path / "r.jsonl").read_text())["codecs"] == row["codecs"]
