@@ -198,7 +198,8 @@ def test_trainer_learns_and_exports(tmp_path):
                  "model.dimension=16", "model.bins=64", "model.target_bandwidths=[0.9,1.8]", "model.kmeans_iters=2",
                  "codec.disc_start_step=6", "codec.disc_filters=4", "optim.lr=2e-3", "data.train_manifest=null",
                  "data.valid_manifest=null", "data.num_workers=0", "codec.phase_weight=1.0", "codec.phase_windows=[256,512]",
-                 "codec.disc_periods=[2,3]", "codec.disc_period_filters=2"]  # both adversaries
+                 "codec.disc_periods=[2,3]", "codec.disc_period_filters=2",  # both adversaries
+                 "codec.stft_weight=1.0", "codec.stft_windows=[256,512]"]
     cfg = load_recipe("codec_frame", overrides)
     assert cfg.task == "frame_codec"
     train(cfg)
@@ -207,6 +208,8 @@ def test_trainer_learns_and_exports(tmp_path):
     assert len(mel) >= 2 and all(math.isfinite(v) for v in mel)
     phase = [x["train/phase"] for x in lines if "train/phase" in x]  # the phase-derivative loss, in the balancer
     assert len(phase) == len(mel) and all(0 < v < 4 for v in phase)
+    stft = [x["train/stft"] for x in lines if "train/stft" in x]  # the linear-frequency STFT loss, in the balancer
+    assert len(stft) == len(mel) and all(0 < v < 20 for v in stft)
     assert any("train/disc" in x for x in lines)  # the adversary started at step 6
     model = load_model(tmp_path / "run" / "model")
     assert isinstance(model, FrameCodec)

@@ -56,6 +56,7 @@ def test_recipe_overrides_and_types():
     (["task=bogus"], "unknown task 'bogus'"),
     (["mixed_precision=fp8"], "mixed_precision"),
     (["codec.phase_weight=1", "codec.phase_windows=[8]"], "codec.phase_windows must be STFT window sizes >= 16, got [8]"),
+    (["codec.stft_weight=1", "codec.stft_windows=[]"], "codec.stft_windows must be STFT window sizes >= 16, got []"),
     (["codec.phase_weight=-1"], "codec loss weights must be >= 0"),
     (["codec.disc_n_ffts=[]"], "the adversary needs codec.disc_n_ffts or codec.disc_periods"),
     (["codec.disc_periods=[2,0]"], "codec.disc_periods must be whole periods >= 1"),

@@ -26,6 +26,7 @@ from codeclm.training.balancer import Balancer
 from codeclm.training.config import TrainConfig
 from codeclm.training.discriminator import Discriminators, MultiPeriodDiscriminator, MultiScaleSTFTDiscriminator
 from codeclm.training.losses import (
+    MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
     PhaseDerivativeLoss,
     feature_matching_loss,
@@ -54,6 +55,9 @@ class CodecTaskConfig:
     phase_weight: float = 0.0  # > 0: PhaseDerivativeLoss (instantaneous frequency + group delay) in the balancer:
     #                            what teaches a per-frame phase head coherent harmonics without the adversary
     phase_windows: list[int] = field(default_factory=lambda: [512, 1024])
+    stft_weight: float = 0.0  # > 0: multi-resolution linear-frequency STFT loss (spectral convergence + log
+    #                           magnitude) in the balancer: it sees a narrow spectral line that mel bands average away
+    stft_windows: list[int] = field(default_factory=lambda: [512, 1024, 2048])
     quantizer_dropout: bool = True  # a random bandwidth per step; false: always every codebook
     disc_filters: int = 32
     disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512])  # [] with disc_periods: periods only
@@ -77,7 +81,8 @@ class Recipe(TrainConfig):
 
     def validate_task(self) -> None:
         c = self.codec
-        weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight, c.aux_weight, c.phase_weight)
+        weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight, c.aux_weight, c.phase_weight,
+                   c.stft_weight)
         if min(weights) < 0 or c.l1_weight + c.mel_weight <= 0:
             raise ConfigError("recipe: codec loss weights must be >= 0 with l1_weight + mel_weight > 0")
         if not 0 <= c.teacher_f0 <= 1:
@@ -88,6 +93,8 @@ class Recipe(TrainConfig):
             raise ConfigError("recipe: codec.mel_loss must be encodec or dac, disc_prob and balancer_ema in [0, 1]")
         if c.phase_weight and (not c.phase_windows or any(not isinstance(w, int) or w < 16 for w in c.phase_windows)):
             raise ConfigError(f"recipe: codec.phase_windows must be STFT window sizes >= 16, got {c.phase_windows!r}")
+        if c.stft_weight and (not c.stft_windows or any(not isinstance(w, int) or w < 16 for w in c.stft_windows)):
+            raise ConfigError(f"recipe: codec.stft_windows must be STFT window sizes >= 16, got {c.stft_windows!r}")
         if c.export_dtype is not None and c.export_dtype not in _DTYPES:
             raise ConfigError(f"recipe: codec.export_dtype must be null, float16 or bfloat16, got {c.export_dtype!r}")
         if (c.adv_weight or c.feat_weight) and not (c.disc_n_ffts or c.disc_periods):
@@ -237,7 +244,7 @@ class Task(BaseTask):
         for module in self.frozen:  # no gradients; eval mode in every step (no codebook EMA updates)
             module.requires_grad_(False)
         self.models = {"generator": self.codec}
-        self.weights = {"l1": c.l1_weight, "mel": c.mel_weight, "phase": c.phase_weight}
+        self.weights = {"l1": c.l1_weight, "mel": c.mel_weight, "phase": c.phase_weight, "stft": c.stft_weight}
         if c.adv_weight or c.feat_weight:
             self.models["discriminator"] = build_discriminator(c, cfg.model.channels)
             self.weights.update(adv=c.adv_weight, feat=c.feat_weight)
@@ -249,6 +256,7 @@ class Task(BaseTask):
         self.mel = (MultiScaleMelLoss.encodec(sr) if c.mel_loss == "encodec" else MultiScaleMelLoss.dac(sr))
         self.mel_metric = MultiScaleMelLoss.dac(sr)  # validation's mel distance, whatever the training loss
         self.phase = PhaseDerivativeLoss(c.phase_windows) if c.phase_weight > 0 else None
+        self.stft = MultiResolutionSTFTLoss(c.stft_windows) if c.stft_weight > 0 else None
         self.balancer = Balancer(self.weights, ema_decay=c.balancer_ema)
         self.train_set, self.valid_set = build_datasets(cfg)
         self.collate = collate_audio
@@ -261,6 +269,8 @@ class Task(BaseTask):
         self.mel_metric.to(accelerator.device)
         if self.phase is not None:
             self.phase.to(accelerator.device)
+        if self.stft is not None:
+            self.stft.to(accelerator.device)
         return wrapped
 
     def extra_state(self) -> dict:
@@ -302,6 +312,8 @@ class Task(BaseTask):
                 losses = {"l1": F.l1_loss(y, x), "mel": self.mel(y, x)}
                 if self.phase is not None:
                     losses["phase"] = self.phase(y, x)
+                if self.stft is not None:
+                    losses["stft"] = self.stft(y, x)
                 if adversarial:
                     disc = self.models["discriminator"]  # unwrapped: DDP allows one backward per forward
                     with torch.no_grad():
