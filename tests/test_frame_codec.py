@@ -1,5 +1,6 @@
 """The frame-rate codec (codeclm.codec.frame): exact streaming, training path, folders, compressor, trainer."""
 
+import dataclasses
 import json
 import math
 
@@ -371,3 +372,28 @@ def test_phase_features_stream_exactly_and_carry_the_phase():
     power, phase = near, torch.cat([481 + near, 962 + near])
     assert (a[..., power] - b[..., power]).abs().max() < 0.02
     assert (a[..., phase] - b[..., phase]).abs().max() > 0.5
+
+
+def test_noise_phase_streams_exactly_and_breaks_the_frame_periodicity():
+    from codeclm.codec.frame import noise_turns
+
+    turns = noise_turns(0, 40, 481)
+    assert turns.shape == (40, 481) and float(turns.min()) >= 0 and float(turns.max()) < 2 * math.pi
+    assert torch.equal(noise_turns(17, 5, 481), turns[17:22])  # a frame's turns: its index only
+    assert abs(float(turns.mean()) - math.pi) < 0.1 and float(turns.std()) > 1.6  # ~uniform (std 1.81)
+    plain = tiny(seed=3)
+    noisy = FrameCodec(dataclasses.replace(plain.config, noise_phase=True)).eval()
+    noisy.load_state_dict(plain.state_dict())
+    steady = torch.full((1, plain.num_codebooks, 30), 5, dtype=torch.long)  # the same frame 30 times
+    hop = plain.hop_length
+    a, b = plain.decode(steady)[0, 0], noisy.decode(steady)[0, 0]
+    middle = slice(14 * hop, 24 * hop)  # past the decoder's receptive field (2 blocks of 7 frames)
+    shifted = slice(15 * hop, 25 * hop)
+    assert (a[middle] - a[shifted]).abs().max() < 1e-3 * a[middle].abs().max()  # without it: periodic at the frame rate
+    assert (b[middle] - b[shifted]).abs().max() > 0.1 * b[middle].abs().max()
+    codes = noisy.encode(signal(SR // 2)[None])
+    audio = noisy.decode(codes)
+    with noisy.streaming(1):
+        pieces = [noisy.decode(codes[..., i: i + 4]) for i in range(0, codes.shape[-1], 4)]
+        pieces.append(noisy.flush_decoder())
+    assert torch.equal(torch.cat(pieces, -1), audio)

@@ -98,6 +98,11 @@ class FrameCodecConfig(RVQBandwidths, SavedConfig):
     # spectrum with a harmonic share per band, `harmonic_bands` bands (HarmonicHead.mix; needs harmonics > 0)
     pitch_codebook: bool = False
     harmonic_bands: int = 16
+    # the inverse-STFT head's phase gets a pseudo-random turn per frame and bin (inference: a fixed
+    # hash of the frame's index in the stream, so exact; training: drawn at random): a stationary
+    # input then no longer gives the same frame every hop, which adds spectral lines at multiples
+    # of the frame rate
+    noise_phase: bool = False
     bins: int = 1024
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0, 12.0])
     ema_decay: float = 0.99
@@ -396,6 +401,18 @@ class _Stack(StreamingModule):
         return x
 
 
+def noise_turns(first_frame: int, frames: int, bins: int, device=None) -> torch.Tensor:
+    """Pseudo-random phase turns in ``[0, 2 pi)`` for ``frames`` frames from stream index
+    ``first_frame`` and ``bins`` bins -> ``[frames, bins]`` float32: an integer hash of (frame, bin)
+    (products kept below 2^62, masked to 31 bits), so a frame's turns never depend on the call."""
+    f = torch.arange(first_frame, first_frame + frames, device=device, dtype=torch.int64)[:, None]
+    k = torch.arange(bins, device=device, dtype=torch.int64)[None]
+    x = ((f & 0x7FFFFF) * 7919 + k * 104729 + 12345) & 0x7FFFFFFF
+    for _ in range(3):
+        x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & 0x7FFFFFFF
+    return x.float() * (2 * math.pi / 2 ** 31)
+
+
 class ISTFTHead(StreamingModule):
     """Per frame: log-magnitude and phase of a two-hop window -> inverse real FFT -> Hann window.
 
@@ -428,9 +445,13 @@ class ISTFTHead(StreamingModule):
         return h[..., : self.n_bins].clamp(max=_MAX_LOG_MAG), h[..., self.n_bins:]
 
     def synthesize(self, log_mag: torch.Tensor, phase: torch.Tensor, exact: bool = False,
-                   share: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   share: torch.Tensor | None = None, turns: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inverse real FFT of each frame, Hann-windowed -> ``(blocks, raw halves)``; ``share``: a
-        factor on each bin's magnitude (the harmonic branch takes the rest, ``HarmonicHead.mix``)."""
+        factor on each bin's magnitude (the harmonic branch takes the rest, ``HarmonicHead.mix``);
+        ``turns``: added to the phase (``noise_phase``)."""
+        if turns is not None:
+            phase = phase + turns
         mag = pointwise_exact(torch.exp, log_mag) if exact else torch.exp(log_mag)
         if share is not None:
             mag = mag * share
@@ -481,7 +502,7 @@ class FrameCodec(CompressionModel):
     shipped_default = "codec"
     dtype_tensor = "quantizer.layers.0.embed"
     # a training run may add the harmonic branch and the pitch features to a folder without them (init_from)
-    extension_keys = ("harmonics", "pitch_features", "f0_min", "f0_max", "pitch_codebook", "harmonic_bands")
+    extension_keys = ("harmonics", "pitch_features", "f0_min", "f0_max", "pitch_codebook", "harmonic_bands", "noise_phase")
 
     def __init__(self, config: FrameCodecConfig | None = None, **overrides):
         super().__init__()
@@ -658,13 +679,14 @@ class FrameCodec(CompressionModel):
                 latent = latent + _linear_exact(pitch_token_features(tokens, c.bins, exact=True).to(latent.dtype),
                                                 plan)
             features = self.decoder(latent, exact=True)
+            log_mag, phase = self.head.parts(features, exact=True)
+            turns = (noise_turns(state["frames_decoded"] - codes.shape[-1], codes.shape[-1], self.head.n_bins,
+                                 codes.device) if c.noise_phase else None)
+            share = None
             if c.pitch_codebook:  # harmonic-plus-noise on the head's spectrum
-                log_mag, phase = self.head.parts(features, exact=True)
                 amps, share, _ = self.harmonic.mix(features, log_mag, *pitch, exact=True)
-                blocks, raw = self.head.synthesize(log_mag, phase, exact=True, share=share)
                 pitch = (pitch[0], amps)
-            else:
-                blocks, raw = self.head(features, exact=True)
+            blocks, raw = self.head.synthesize(log_mag, phase, exact=True, share=share, turns=turns)
         audio = self.head.stream(blocks, raw, final)
         if self.harmonic is not None:
             audio = audio + self.harmonic.stream(features, final, pitch)
@@ -693,14 +715,16 @@ class FrameCodec(CompressionModel):
             codes, rows = self._with_pitch_row(q.codes, tokens), q.n_q + 1
             target, voiced = pitch_from_tokens(tokens, c.f0_min, c.f0_max, c.bins)
         features = self.decoder(decoder_in)
+        log_mag, phase = self.head.parts(features)
+        turns = (torch.rand(phase.shape, device=phase.device) * (2 * math.pi)  # the inference hash's distribution
+                 if c.noise_phase else None)
         if c.pitch_codebook:  # harmonic-plus-noise on the head's spectrum (HarmonicHead.mix)
-            log_mag, phase = self.head.parts(features)
             amps, share, log_amp = self.harmonic.mix(features, log_mag, target, voiced)
-            blocks, raw = self.head.synthesize(log_mag, phase, share=share)
+            blocks, raw = self.head.synthesize(log_mag, phase, share=share, turns=turns)
             audio = self.head.overlap_add(blocks, raw) + self.harmonic.oscillate(target, amps)
             aux = self._harmonic_losses(windows, target, voiced, {"log_amp": log_amp})
             return CodecOutput(audio[..., :length], codes, q.commitment_loss, rows, latent, aux)
-        blocks, raw = self.head(features)
+        blocks, raw = self.head.synthesize(log_mag, phase, turns=turns)
         audio = self.head.overlap_add(blocks, raw)
         aux = {}
         if self.harmonic is not None:
