@@ -626,13 +626,14 @@ class FrameCodec(CompressionModel):
         if frames.shape[-1] == 0:
             return torch.zeros(wav.shape[0], n_q, 0, dtype=torch.long, device=wav.device)
         c = self.config
-        if not c.pitch_codebook:
-            latent = self.encoder(self.frontend(frames), exact=True)  # [B, n, D]
-            self._streaming_state["frames_encoded"] += latent.shape[1]
-            return self._quantize_exact(latent, n_q)
-        features, windows = self.frontend(frames, with_windows=True)
-        latent = self.encoder(features, exact=True)
+        if c.pitch_codebook:
+            features, windows = self.frontend(frames, with_windows=True)
+        else:
+            features = self.frontend(frames)
+        latent = self.encoder(features, exact=True)  # [B, n, D]
         self._streaming_state["frames_encoded"] += latent.shape[1]
+        if not c.pitch_codebook:
+            return self._quantize_exact(latent, n_q)
         f0, voiced, _ = analyse_pitch(windows, c.sample_rate, c.f0_min, c.f0_max, exact=True)
         return self._with_pitch_row(self._quantize_exact(latent, n_q - 1),
                                     pitch_tokens(f0, voiced, c.f0_min, c.f0_max, c.bins, exact=True))
@@ -643,7 +644,8 @@ class FrameCodec(CompressionModel):
         as row 1 (row 0 stays the first, coarsest VQ codebook, the one an AR LM predicts first)."""
         return torch.cat([rvq[:, :1], pitch[:, None], rvq[:, 1:]], 1)
 
-    def _split_pitch_row(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _split_pitch_row(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_with_pitch_row`'s inverse; a single row has no pitch (unvoiced)."""
         if codes.shape[1] < 2:
             return codes, torch.zeros_like(codes[:, 0])

@@ -133,6 +133,20 @@ def _yin(frames, sample_rate, f0_min, f0_max, threshold, silence_db, exact):
     return f0.view(lead), voiced.view(lead), clarity.view(lead)
 
 
+def _elementwise(fn, exact: bool):
+    """``fn``, or its row-invariant form (:func:`~codeclm.codec.layers.pointwise_exact`) for ``exact``."""
+    return (lambda t: pointwise_exact(fn, t)) if exact else fn
+
+
+def _lerp(values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """``values [..., P]`` read at fractional indices ``position [..., M]`` (clamped into the
+    table), linear between neighbours; element-wise and gathers, so row-invariant."""
+    position = position.clamp(0, values.shape[-1] - 1.001)
+    low = position.floor().long()
+    frac = (position - low).to(values.dtype)
+    return torch.gather(values, -1, low) * (1 - frac) + torch.gather(values, -1, low + 1) * frac
+
+
 # -- the pitch codebook: YIN's pitch sent as one code per frame -----------------------------------
 PITCH_TOKEN_FEATURES = 8  # [voiced, voiced * u, voiced * sin(k pi u), voiced * cos(k pi u) for k = 1..3]
 
@@ -148,7 +162,7 @@ def pitch_tokens(f0: torch.Tensor, voiced: torch.Tensor, f0_min: float, f0_max: 
     position of ``log2 f0`` in ``[log2 f0_min, log2 f0_max]`` (1024 bins: steps of 4.2 cents over
     50-600 Hz, far below a listener's pitch resolution). ``exact``: row-invariant ``log2``."""
     ratio = f0.float().clamp(f0_min, f0_max) / f0_min
-    u = (pointwise_exact(torch.log2, ratio) if exact else torch.log2(ratio)) / _log_range(f0_min, f0_max)
+    u = _elementwise(torch.log2, exact)(ratio) / _log_range(f0_min, f0_max)
     token = 1 + torch.round(u.clamp(0, 1) * (bins - 2)).long()
     return torch.where(voiced, token, torch.zeros_like(token))
 
@@ -163,7 +177,7 @@ def pitch_from_tokens(tokens: torch.Tensor, f0_min: float, f0_max: float, bins: 
     """:func:`pitch_tokens`' inverse: ``(f0, voiced)`` (an unvoiced frame's ``f0`` is ``f0_min``)."""
     voiced, u = _token_position(tokens, bins)
     scale = _log_range(f0_min, f0_max) * math.log(2)
-    f0 = f0_min * (pointwise_exact(torch.exp, u * scale) if exact else torch.exp(u * scale))
+    f0 = f0_min * _elementwise(torch.exp, exact)(u * scale)
     return f0, voiced
 
 
@@ -174,8 +188,7 @@ def pitch_token_features(tokens: torch.Tensor, bins: int, exact: bool = False) -
     v = voiced.float()
     k = torch.arange(1, 4, dtype=u.dtype, device=u.device)
     angle = math.pi * u[..., None] * k
-    sin = pointwise_exact(torch.sin, angle) if exact else torch.sin(angle)
-    cos = pointwise_exact(torch.cos, angle) if exact else torch.cos(angle)
+    sin, cos = _elementwise(torch.sin, exact)(angle), _elementwise(torch.cos, exact)(angle)
     return torch.cat([v[..., None], (v * u)[..., None], v[..., None] * sin, v[..., None] * cos], -1)
 
 
@@ -189,15 +202,7 @@ def harmonic_amplitudes(frames: torch.Tensor, f0: torch.Tensor, sample_rate: int
     window = (0.5 - 0.5 * torch.cos(2 * math.pi * k / length)).to(frames.dtype)
     mag = torch.fft.rfft(frames * window, n=4 * length).abs() * (2.0 / float(window.sum()))  # [..., 2 L + 1]
     position = (f0[..., None] * torch.arange(1, harmonics + 1, device=frames.device) * (4 * length / sample_rate))
-    position = position.clamp(0, mag.shape[-1] - 1.001)
-    low = position.floor().long()
-    frac = (position - low).to(mag.dtype)
-    return torch.gather(mag, -1, low) * (1 - frac) + torch.gather(mag, -1, low + 1) * frac
-
-
-def _elementwise(fn, exact: bool):
-    """``fn``, or its row-invariant form (:func:`~codeclm.codec.layers.pointwise_exact`) for ``exact``."""
-    return (lambda t: pointwise_exact(fn, t)) if exact else fn
+    return _lerp(mag, position)
 
 
 class HarmonicHead(StreamingModule):
@@ -241,12 +246,7 @@ class HarmonicHead(StreamingModule):
     def _read(self, values: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
         """``values [B, F, P]`` at ``P`` points evenly from 0 Hz to half the rate, read (linear between
         points) at ``freqs [B, F, M]`` Hz -> ``[B, F, M]``; element-wise, so row-invariant."""
-        points = values.shape[-1]
-        position = (freqs * ((points - 1) / (0.5 * self.sample_rate))).clamp(0, points - 1.001)
-        low = position.floor()
-        frac = position - low
-        low = low.long()
-        return torch.gather(values, -1, low) * (1 - frac) + torch.gather(values, -1, low + 1) * frac
+        return _lerp(values, freqs * ((values.shape[-1] - 1) / (0.5 * self.sample_rate)))
 
     def mix(self, x: torch.Tensor, log_mag: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
             exact: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -260,12 +260,8 @@ class HarmonicHead(StreamingModule):
         the correction); the head keeps ``1 - alpha`` of its magnitude on voiced frames, all of it
         on unvoiced ones. -> ``(amplitudes [B, F, K], head share [B, F, n_bins], log-amplitudes
         [B, F, K] of the partials, alpha included)``."""
-        b, n, c = x.shape
-        if exact:
-            plan = stream_plan(self, lambda: pack_linear(self.out.weight, self.out.bias))
-            h = plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
-        else:
-            h = self.out(x).float() * _OUT_SCALE
+        b, n = x.shape[:2]
+        h = self._out_exact(x) if exact else self.out(x).float() * _OUT_SCALE
         exp, log, sigmoid = (_elementwise(f, exact) for f in (torch.exp, torch.log, torch.sigmoid))
         alpha_points = sigmoid(h[..., : self.bands] + _SHARE_BIAS)
         gain_points = h[..., self.bands:]
@@ -273,11 +269,7 @@ class HarmonicHead(StreamingModule):
         bin_hz = 0.5 * self.sample_rate / (n_bins - 1)
         freqs = f0[..., None] * self.orders  # [B, F, K]
         alpha = self._read(alpha_points, freqs)
-        position = (freqs / bin_hz).clamp(0, n_bins - 1.001)
-        low = position.floor()
-        frac = position - low
-        low = low.long()
-        head_log_mag = torch.gather(log_mag, -1, low) * (1 - frac) + torch.gather(log_mag, -1, low + 1) * frac
+        head_log_mag = self._read(log_mag, freqs)  # its bins are such points too
         band = math.log(2.0 / (2 * (n_bins - 1))) + 0.5 * log(f0 / bin_hz)  # one f0-wide band's amplitude
         log_amp = (head_log_mag + band[..., None] + self._read(gain_points, freqs)).clamp(max=_MAX_LOG_AMP)
         on = voiced[..., None].to(alpha.dtype)
@@ -286,10 +278,14 @@ class HarmonicHead(StreamingModule):
         share = 1 - self._read(alpha_points, bins.expand(b, n, n_bins)) * on
         return amps, share, log_amp + log(alpha.clamp(min=1e-6))
 
-    def _params_exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _out_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The output layer on ``x [B, n, D]`` with row-invariant packed weights (read once a stream), x 4."""
         plan = stream_plan(self, lambda: pack_linear(self.out.weight, self.out.bias))
         b, n, c = x.shape
-        h = plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
+        return plan(x.reshape(b * n, c)).view(b, n, -1).float() * _OUT_SCALE
+
+    def _params_exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self._out_exact(x)
         f0 = self.f0_min * pointwise_exact(torch.exp, math.log(self.f0_max / self.f0_min)
                                            * pointwise_exact(torch.sigmoid, h[..., 0]))
         gate = pointwise_exact(torch.sigmoid, h[..., 1])
@@ -391,7 +387,7 @@ class HarmonicHead(StreamingModule):
         state["pending"], state["phase"] = (None, None) if final else (pending, phase)
         if not starts:
             return x.new_zeros(b, 1, 0)
-        audio = self._hops(f0, f0_next, amps, amps_next, torch.stack(starts, 1))
+        audio = self._hops(f0, f0_next, amps, amps_next, torch.stack(starts + [phase], 1))
         return audio.reshape(b, 1, -1)
 
     def _advance(self, phase: torch.Tensor, f0: torch.Tensor, f0_next: torch.Tensor) -> torch.Tensor:
@@ -400,9 +396,11 @@ class HarmonicHead(StreamingModule):
         advance = a * f0 + c * (end - f0)
         return torch.remainder(phase + advance.double(), 2 * math.pi)
 
-    def _hops(self, f0, f0_next, amps, amps_next, phase) -> torch.Tensor:
-        """Hops ``[B, n, hop]`` from their frames' parameters (:meth:`oscillate`'s function);
-        element-wise, partial after partial."""
+    def _hops(self, f0, f0_next, amps, amps_next, phases) -> torch.Tensor:
+        """Hops ``[B, n, hop]`` from their frames' parameters (:meth:`oscillate`'s function) and the
+        phases ``[B, n + 1]`` at their starts and at the end of the last; element-wise, partial after
+        partial."""
+        phase, start_next = phases[:, :-1], phases[:, 1:]
         jump = self._jumps(f0, f0_next)
         end = self._glide_end(f0, f0_next, jump)
         base = (phase.float()[..., None] + f0[..., None] * self.phase_start
@@ -410,9 +408,7 @@ class HarmonicHead(StreamingModule):
         glide_to = torch.where(jump[..., None], torch.zeros_like(amps_next), amps_next)
         crossfade = bool(jump.any())
         if crossfade:
-            start_next = torch.stack([self._advance(phase[:, t], f0[:, t], f0_next[:, t])
-                                      for t in range(f0.shape[1])], 1).float()
-            incoming = start_next[..., None] + f0_next[..., None] * self.phase_back
+            incoming = start_next.float()[..., None] + f0_next[..., None] * self.phase_back
             fade_in = jump[..., None].to(base.dtype) * self.ramp
         out = torch.zeros_like(base)
         for k in range(self.harmonics):

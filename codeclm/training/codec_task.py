@@ -179,7 +179,7 @@ def _init_weights(folder: str, codec: torch.nn.Module) -> None:
             grown[tuple(slice(0, n) for n in value.shape)] = value
             weights[key] = grown
     missing, unexpected = codec.load_state_dict(weights, strict=False)
-    if diff:  # an extension may take a code row from the residual VQ (the frame codec's pitch codebook)
+    if "pitch_codebook" in diff:  # the frame codec's pitch codebook takes a code row from the residual VQ
         unexpected = [k for k in unexpected if not k.startswith("quantizer.layers.")]
     if unexpected or (missing and not diff):
         raise ConfigError(f"recipe: codec.init_from {folder}: weights do not match the architecture "
