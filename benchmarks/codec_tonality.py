@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     set_threads(args.threads)
     t0 = time.perf_counter()
-    plan = argparse.Namespace(tempos=[80, 95, 110, 125, 140], n_tempo=0, n_mode=args.n_mode, n_instrument=0,
-                              heldout_seed=1717, duration=args.duration, train_corpus="0:200,7:800,11:1000,13:1000")
+    plan = ma.parse_args(["--n-tempo", "0", "--n-instrument", "0", "--n-mode", str(args.n_mode),
+                          "--duration", str(args.duration)])  # music_adherence's held-out plan, mode pairs only
     cases, _ = ma.build_cases(plan, me.training_captions(plan.train_corpus))
     cases = cases["mode"]
     with tempfile.TemporaryDirectory() as d:

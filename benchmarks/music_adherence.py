@@ -232,7 +232,9 @@ def segment_scores(wav: torch.Tensor, sr: int, piece, clf) -> dict:
 
 
 # -- main ------------------------------------------------------------------------------------------
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
+    """This benchmark's options (``tempos`` as a list of ints); also the held-out plan other
+    benchmarks share (``benchmarks/codec_tonality.py``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="a TextToMusic folder (default: checkpoints/music)")
     p.add_argument("--classifier", default=None, help="lead-family classifier folder (default: checkpoints/music_eval)")
@@ -261,6 +263,11 @@ def main(argv=None) -> dict:
                    help="JSON-lines file the line is appended to ('' for none; --tiny: none)")
     args = p.parse_args(argv)
     args.tempos = [int(t) for t in args.tempos.split(",") if t]
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     from codeclm.pipelines import TextToMusic
     from codeclm.threads import machine_info, set_threads
 
