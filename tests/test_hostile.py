@@ -260,8 +260,11 @@ def test_item3_two_processes_racing_for_one_output(model_dir, tmp_path):
 def test_item6_signal_while_copying_stdin_removes_the_copy(model_dir, tmp_path, sig):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
+    # the child gets the default disposition even when this run inherited an ignored one (under
+    # nohup): compress keeps an ignored SIGHUP ignored on purpose
     proc = subprocess.Popen([*CLI, "compress", "-", str(tmp_path / "out.cclm"), "--model", str(model_dir)],
-                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env(TMPDIR=str(tmpdir)))
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env(TMPDIR=str(tmpdir)),
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     proc.stdin.write(b"RIFF" + bytes(1 << 20))  # a partial stdin: the copy is under way
     proc.stdin.flush()
     deadline = time.time() + 120
