@@ -28,6 +28,7 @@ from timing import write_result  # noqa: E402
 
 from codeclm.codec import load_model  # noqa: E402
 from codeclm.evaluation import music_eval as me  # noqa: E402
+from codeclm.evaluation.codec_eval import roundtrip  # noqa: E402
 from codeclm.threads import machine_info, set_threads  # noqa: E402
 
 
@@ -41,8 +42,7 @@ def round_trip(codec, wav: torch.Tensor, bandwidth: float) -> torch.Tensor:
     x = wav.mean(0, keepdim=True) if wav.dim() == 2 else wav[None]
     if codec.sample_rate != me.EVAL_SR:
         raise SystemExit(f"error: codec_tonality: the codec runs at {codec.sample_rate} Hz, the renders at {me.EVAL_SR}")
-    with torch.inference_mode():
-        return codec.decode(codec.encode(x[None], bandwidth))[0, :, : x.shape[-1]]
+    return roundtrip(codec, x, bandwidth)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ from codeclm.data.manifest import AUDIO_EXTENSIONS, AudioRecord, read_manifest, 
 from codeclm.errors import CodecLMError
 from codeclm.metrics import METRICS
 
-__all__ = ["evaluate_codec", "codebook_perplexity", "collect_inputs", "default_metrics", "BASIC_METRICS", "SPEECH_METRICS"]
+__all__ = ["evaluate_codec", "roundtrip", "codebook_perplexity", "collect_inputs", "default_metrics", "BASIC_METRICS", "SPEECH_METRICS"]
 
 BASIC_METRICS = ("si_sdr", "mel", "stft", "lines", "phase")
 SPEECH_METRICS = ("pesq", "stoi")
@@ -153,16 +153,18 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(metrics))  # unique, in order
 
 
-def _roundtrip(codec: CompressionModel, wav: torch.Tensor, bandwidth: float,
-               usage: torch.Tensor | None = None) -> torch.Tensor:
-    """``decode(encode(wav))`` trimmed to the input length; ``wav`` is ``[C, T]``. ``usage``
-    ``[n_q, cardinality]`` (optional) accumulates how often each code was used."""
+def roundtrip(codec: CompressionModel, wav: torch.Tensor, bandwidth: float,
+              usage: torch.Tensor | None = None) -> torch.Tensor:
+    """``decode(encode(wav))`` trimmed to the input length, float32; ``wav`` is ``[C, T]`` (cast to
+    the codec's weight dtype). ``usage`` ``[n_q, cardinality]`` (optional) accumulates how often
+    each code was used."""
+    x = wav[None].to(next(codec.parameters()).dtype)
     with torch.inference_mode():
         if getattr(codec.config, "normalize", False):  # EnCodec 48 kHz: per-chunk loudness scales
-            codes, scales = codec.encode(wav[None], bandwidth=bandwidth, return_scales=True)
+            codes, scales = codec.encode(x, bandwidth=bandwidth, return_scales=True)
             out = codec.decode(codes, scales)
         else:
-            codes = codec.encode(wav[None], bandwidth=bandwidth)
+            codes = codec.encode(x, bandwidth=bandwidth)
             out = codec.decode(codes)
         if usage is not None:
             for k in range(codes.shape[1]):
@@ -216,7 +218,7 @@ def evaluate_codec(
     acc = {("codeclm", b): _Accumulator(metrics) for b in bandwidths}
     acc.update({("opus", b): _Accumulator(metrics) for b in opus_rates})
     usage = {b: torch.zeros(n_q[b], codec.cardinality, dtype=torch.long) for b in bandwidths}
-    _roundtrip(codec, torch.zeros(codec.channels, sr // 10), bandwidths[0])  # warm-up, so timings are fair
+    roundtrip(codec, torch.zeros(codec.channels, sr // 10), bandwidths[0])  # warm-up, so timings are fair
     bar = tqdm(total=len(items) * len(bandwidths), desc="eval codec", unit="file", disable=not progress,
                dynamic_ncols=True)
     try:
@@ -226,7 +228,7 @@ def evaluate_codec(
             for b in bandwidths:
                 bar.set_postfix_str(f"{b:g} kbps {Path(path).name}", refresh=False)
                 start = time.perf_counter()
-                decoded = _roundtrip(codec, wav, b, usage[b])
+                decoded = roundtrip(codec, wav, b, usage[b])
                 busy = time.perf_counter() - start
                 bits = 8 * len(compress_tensor(wav, codec, b))
                 acc["codeclm", b].add(wav, decoded, sr, bits, busy)

@@ -32,6 +32,7 @@ from codeclm.asr import transcribe, vocabulary_of, word_error_rate
 from codeclm.audio import load_audio
 from codeclm.baselines import opus_available, opus_roundtrip
 from codeclm.errors import CodecLMError
+from codeclm.evaluation.codec_eval import roundtrip
 
 __all__ = ["SpokenItem", "UNSEEN_VOICES", "unseen_voice_sentences", "evaluate_intelligibility"]
 
@@ -93,12 +94,6 @@ def unseen_voice_sentences(n_sentences: int = 3, voices: Sequence[tuple[str, str
     return items
 
 
-def _roundtrip(codec, wav: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    with torch.inference_mode():
-        codes = codec.encode(wav[None].to(next(codec.parameters()).dtype), bandwidth=bandwidth)
-        return codec.decode(codes)[0, :, : wav.shape[-1]].float()
-
-
 def evaluate_intelligibility(codec, items: Sequence[SpokenItem], bandwidths: Sequence[float] = (1.5, 3.0, 6.0, 12.0),
                              opus_kbps: Sequence[float] = (6.0, 12.0), progress: bool = False) -> dict:
     """WER of the originals, of ``codec`` at each bandwidth and of Opus at each bitrate, all with
@@ -120,7 +115,7 @@ def evaluate_intelligibility(codec, items: Sequence[SpokenItem], bandwidths: Seq
 
     systems: dict[str, list[torch.Tensor]] = {"original": [it.wav for it in items]}
     for b in bandwidths:
-        systems[f"codec@{b:g}"] = [_roundtrip(codec, it.wav, b) for it in items]
+        systems[f"codec@{b:g}"] = [roundtrip(codec, it.wav, b) for it in items]
     opus_ok = opus_available()
     if opus_ok:
         for k in opus_kbps:

@@ -91,10 +91,9 @@ class Recipe(TrainConfig):
             raise ConfigError("recipe: codec.teacher_f0 needs a frame codec with a harmonic branch (model.harmonics > 0)")
         if c.mel_loss not in ("encodec", "dac") or not 0 <= c.disc_prob <= 1 or not 0 <= c.balancer_ema < 1:
             raise ConfigError("recipe: codec.mel_loss must be encodec or dac, disc_prob and balancer_ema in [0, 1]")
-        if c.phase_weight and (not c.phase_windows or any(not isinstance(w, int) or w < 16 for w in c.phase_windows)):
-            raise ConfigError(f"recipe: codec.phase_windows must be STFT window sizes >= 16, got {c.phase_windows!r}")
-        if c.stft_weight and (not c.stft_windows or any(not isinstance(w, int) or w < 16 for w in c.stft_windows)):
-            raise ConfigError(f"recipe: codec.stft_windows must be STFT window sizes >= 16, got {c.stft_windows!r}")
+        for name, weight, windows in (("phase", c.phase_weight, c.phase_windows), ("stft", c.stft_weight, c.stft_windows)):
+            if weight and (not windows or any(not isinstance(w, int) or w < 16 for w in windows)):
+                raise ConfigError(f"recipe: codec.{name}_windows must be STFT window sizes >= 16, got {windows!r}")
         if c.export_dtype is not None and c.export_dtype not in _DTYPES:
             raise ConfigError(f"recipe: codec.export_dtype must be null, float16 or bfloat16, got {c.export_dtype!r}")
         if (c.adv_weight or c.feat_weight) and not (c.disc_n_ffts or c.disc_periods):
@@ -255,8 +254,11 @@ class Task(BaseTask):
         sr = cfg.model.sample_rate
         self.mel = (MultiScaleMelLoss.encodec(sr) if c.mel_loss == "encodec" else MultiScaleMelLoss.dac(sr))
         self.mel_metric = MultiScaleMelLoss.dac(sr)  # validation's mel distance, whatever the training loss
-        self.phase = PhaseDerivativeLoss(c.phase_windows) if c.phase_weight > 0 else None
-        self.stft = MultiResolutionSTFTLoss(c.stft_windows) if c.stft_weight > 0 else None
+        self.spectral = {}  # the optional spectral losses in the balancer, under their weights' names
+        if c.phase_weight > 0:
+            self.spectral["phase"] = PhaseDerivativeLoss(c.phase_windows)
+        if c.stft_weight > 0:
+            self.spectral["stft"] = MultiResolutionSTFTLoss(c.stft_windows)
         self.balancer = Balancer(self.weights, ema_decay=c.balancer_ema)
         self.train_set, self.valid_set = build_datasets(cfg)
         self.collate = collate_audio
@@ -267,10 +269,8 @@ class Task(BaseTask):
         wrapped = super().prepare(accelerator)
         self.mel.to(accelerator.device)
         self.mel_metric.to(accelerator.device)
-        if self.phase is not None:
-            self.phase.to(accelerator.device)
-        if self.stft is not None:
-            self.stft.to(accelerator.device)
+        for loss in self.spectral.values():
+            loss.to(accelerator.device)
         return wrapped
 
     def extra_state(self) -> dict:
@@ -310,10 +310,7 @@ class Task(BaseTask):
         with read_only(self.models["discriminator"]) if adversarial else nullcontext():
             with acc.autocast():
                 losses = {"l1": F.l1_loss(y, x), "mel": self.mel(y, x)}
-                if self.phase is not None:
-                    losses["phase"] = self.phase(y, x)
-                if self.stft is not None:
-                    losses["stft"] = self.stft(y, x)
+                losses.update({name: loss(y, x) for name, loss in self.spectral.items()})
                 if adversarial:
                     disc = self.models["discriminator"]  # unwrapped: DDP allows one backward per forward
                     with torch.no_grad():
