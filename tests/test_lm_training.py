@@ -178,3 +178,22 @@ def test_kill_and_resume_equals_uninterrupted(cache, tmp_path):
     assert any("valid/ce" in r for r in a) and any(0 < r.get("train/cond_dropped", 0) for r in a)
     assert a == b  # every loss, learning rate and validation metric, bit for bit
     assert (straight / "state_hash.rank0.txt").read_text() == (killed / "state_hash.rank0.txt").read_text()
+
+
+def test_init_from_an_export_starts_at_its_weights_and_tokenizer(cache, tmp_path):
+    """``init_from`` on the LM task: every exported part (lm/ and the text conditioner) is loaded
+    and the export's caption tokenizer is reused (no new one is trained)."""
+    first = tmp_path / "first"
+    train(load_recipe(TINY, _args(cache, first, 6, "ckpt_every=0", "valid_every=0")))
+    start = first / "model"
+    tuned = tmp_path / "tuned"
+    train(load_recipe(TINY, _args(cache, tuned, 1, "ckpt_every=0", "valid_every=0", "optim.lr=1e-12",
+                                  "optim.warmup_steps=0", "optim.weight_decay=0", "seed=3", f"init_from={start}")))
+    assert not (tuned / "text_tokenizer").exists()
+    for part in ("lm", "text"):
+        a, b = read_weights(start / part), read_weights(tuned / "model" / part)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a), part
+    assert (tuned / "model" / "text" / "tokenizer.model").read_bytes() == (start / "text" / "tokenizer.model").read_bytes()
+    with pytest.raises(ConfigError, match="init_from") as err:
+        train(load_recipe(TINY, _args(cache, tmp_path / "wide", 1, "model.num_layers=3", f"init_from={start}")))
+    assert "\n" not in str(err.value)

@@ -60,6 +60,9 @@ def test_recipe_overrides_and_types():
     (["codec.phase_weight=-1"], "codec loss weights must be >= 0"),
     (["codec.disc_n_ffts=[]"], "the adversary needs codec.disc_n_ffts or codec.disc_periods"),
     (["codec.disc_periods=[2,0]"], "codec.disc_periods must be whole periods >= 1"),
+    ([f"init_from={Path(__file__).resolve().parents[1] / 'checkpoints' / 'codec'}"],
+     "a codec run starts from a codec folder with codec.init_from"),
+    (["init_from=/nonexistent/model"], "init_from: /nonexistent/model: no such model folder"),
 ])
 def test_recipe_errors_are_one_line(overrides, expected):
     with pytest.raises(ConfigError) as err:

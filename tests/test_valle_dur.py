@@ -230,3 +230,56 @@ def test_shipped_voice_model_output_is_not_mostly_silent():
             seconds = wav.shape[1] / pipe.sample_rate
             assert 0.5 * expect < seconds < 2.0 * expect, (voice, seed, seconds, expect)
             assert voiced_ratio(wav, pipe.sample_rate) > 0.5, (voice, seed)
+
+
+def _state(folder: Path) -> dict:
+    from codeclm.pretrained import read_weights
+
+    return {k: v.float() for k, v in read_weights(folder).items()}
+
+
+def test_init_from_an_export_starts_at_its_weights_and_checks_the_vocab(trained, tmp_path):
+    """``init_from``: a fresh run starts at an export's weights (1 step at a vanishing LR leaves
+    them), a resumed run keeps its own checkpoint, another architecture or phoneme numbering is a
+    one-line error."""
+    from codeclm.errors import ConfigError
+    from codeclm.training.config import load_recipe
+    from codeclm.training.trainer import train
+
+    root, _ = trained
+    start = root / "run" / "model"
+    args = [f"data.aligned={root / 'data'}", "data.batch_size=3", "model.dim=32", "model.num_heads=2",
+            "model.ar_layers=1", "model.nar_layers=1", "model.text_layers=1", "data.valid_fraction=0.2",
+            "mixed_precision=no", "valid_every=0", "ckpt_every=0", "optim.warmup_steps=0", "optim.weight_decay=0"]
+    out = tmp_path / "tuned"
+    train(load_recipe(REPO / "recipes" / "valle_dur.yaml",
+                      [*args, f"out_dir={out}", "max_steps=1", "optim.lr=1e-12", f"init_from={start}"]))
+    a, b = _state(start / "valle"), _state(out / "model" / "valle")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    scratch = tmp_path / "scratch"
+    train(load_recipe(REPO / "recipes" / "valle_dur.yaml", [*args, f"out_dir={scratch}", "max_steps=1", "optim.lr=1e-12", "seed=5"]))
+    c = _state(scratch / "model" / "valle")
+    assert any(not torch.allclose(a[k], c[k], atol=1e-3) for k in a)  # from scratch (another seed): other weights
+    # resuming (max_steps=2 over the 1-step checkpoint) ignores init_from: the run's own weights go on
+    train(load_recipe(REPO / "recipes" / "valle_dur.yaml",
+                      [*args, f"out_dir={scratch}", "max_steps=2", "optim.lr=1e-12", "seed=5",
+                       f"init_from={start}"]))
+    d = _state(scratch / "model" / "valle")
+    assert all(torch.allclose(c[k], d[k], atol=1e-6) for k in c)
+
+    with pytest.raises(ConfigError, match="init_from") as err:
+        train(load_recipe(REPO / "recipes" / "valle_dur.yaml",
+                          [*args, f"out_dir={tmp_path / 'wide'}", "model.dim=64", f"init_from={start}"]))
+    assert "\n" not in str(err.value)
+    other = tmp_path / "other"
+    shutil.copytree(start, other)
+    vocab = other / "phonemes" / "phoneme_vocab.json"
+    import json
+
+    data = json.loads(vocab.read_text())
+    data["tokens"] = data["tokens"][:-1]
+    vocab.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="phoneme vocabulary"):
+        train(load_recipe(REPO / "recipes" / "valle_dur.yaml", [*args, f"out_dir={tmp_path / 'v'}", f"init_from={other}"]))
+    with pytest.raises(ConfigError, match="no such model folder"):
+        load_recipe(REPO / "recipes" / "valle_dur.yaml", [*args, f"init_from={tmp_path / 'missing'}"])

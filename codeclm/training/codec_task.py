@@ -81,6 +81,9 @@ class Recipe(TrainConfig):
 
     def validate_task(self) -> None:
         c = self.codec
+        if self.init_from:
+            raise ConfigError("recipe: init_from: a codec run starts from a codec folder with codec.init_from "
+                              "(which also accepts a folder with other quantizer layers)")
         weights = (c.l1_weight, c.mel_weight, c.adv_weight, c.feat_weight, c.commit_weight, c.aux_weight, c.phase_weight,
                    c.stft_weight)
         if min(weights) < 0 or c.l1_weight + c.mel_weight <= 0:

@@ -71,6 +71,10 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 1000  # optimizer steps
     resume: str = "auto"  # auto: latest checkpoint in out_dir if any | never | a checkpoint folder
+    # an exported model folder of this task (``python -m codeclm.pipelines.export``, e.g. a shipped
+    # checkpoints/ folder) whose weights start a fresh run: fine-tuning with a new optimizer and LR
+    # schedule. A run that resumes from its own checkpoint ignores it (the checkpoint wins)
+    init_from: str | None = None
     mixed_precision: str = "no"  # no | bf16 | fp16 | auto (bf16 where the hardware has it, else fp32)
     grad_accum: int = 1
     ema_decay: float = 0.0  # weight EMA of the task's main model, 0 = off
@@ -119,6 +123,8 @@ def _check(cfg: TrainConfig) -> None:
         raise bad(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not cfg.out_dir:
         raise bad("out_dir must not be empty")
+    if cfg.init_from is not None and not Path(cfg.init_from).expanduser().is_dir():
+        raise bad(f"init_from: {cfg.init_from}: no such model folder")
     o, d = cfg.optim, cfg.data
     if o.schedule not in ("constant", "cosine"):
         raise bad(f"optim.schedule must be constant or cosine, got {o.schedule!r}")

@@ -294,10 +294,17 @@ class Task(BaseTask):
         self.optimizers = {"lm": self.adamw(nn.ModuleDict(self.models))}
         self.collate = Collate(self.provider, self.fields)
 
+    def export_parts(self) -> dict[str, str]:
+        return {"lm": "lm", **{n: self.provider.specs[n].folder or n for n in self.provider.conditioners}}
+
     def _tokenizer(self) -> CaptionTokenizer:
         t, acc = self.cfg.text, self.acc
-        if t.tokenizer:
-            path = Path(t.tokenizer)
+        # a run started from an export reads captions with the export's tokenizer (its text
+        # embedding rows are indexed by it), unless the recipe names one
+        start = self.cfg.init_from and Path(self.cfg.init_from).expanduser() / (condition_specs(self.cfg)["text"].folder or "text")
+        tokenizer = t.tokenizer or (str(start) if start else None)
+        if tokenizer:
+            path = Path(tokenizer)
             tok = CaptionTokenizer.load(path) if path.is_dir() else CaptionTokenizer(path)
             tok.max_len = t.max_len
             return tok

@@ -19,7 +19,8 @@ needs around that is written here once:
 A task subclass sets ``models``, ``optimizers`` (see :meth:`adamw`), ``ema_model``,
 ``train_set``, ``valid_set``, ``collate`` in ``__init__`` and implements ``train_step``,
 ``validation_sums``/``validation_metrics`` (or ``validate``), ``export`` and, if it has clips
-to show, ``log_audio``. The names in ``models``, ``optimizers`` and the state dict are what a
+to show, ``log_audio``. ``init_from`` (a fresh run started from an export) loads each model's
+``model.safetensors`` from the export's subfolder that :meth:`export_parts` names. The names in ``models``, ``optimizers`` and the state dict are what a
 checkpoint stores: renaming one breaks resuming older runs.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -109,6 +111,26 @@ class Task:
         self.wrapped = dict(zip(names, out[: len(names)]))
         self.optimizers = dict(zip(opt_names, out[len(names):]))
         return list(self.wrapped.values())
+
+    def export_parts(self) -> dict[str, str]:
+        """Model name -> the subfolder of an export holding its weights (what :meth:`export` writes
+        and :meth:`init_from_export` reads back); by default the model's own name."""
+        return {name: name for name in self.models}
+
+    def init_from_export(self, folder: str | Path) -> None:
+        """Start from the weights of an exported model folder of this task (recipe ``init_from``):
+        every model of :meth:`export_parts`, strictly (same keys and shapes, so the recipe's model
+        section must describe the exported architecture). Called before ``prepare`` and the EMA copy."""
+        from codeclm.pretrained import load_weights_into, read_weights
+
+        folder = Path(folder).expanduser()
+        for name, sub in self.export_parts().items():
+            part = folder / sub
+            if not part.is_dir():
+                raise ConfigError(f"recipe: init_from {folder}: missing {sub}/ (the {name} model); "
+                                  f"is it an export of task {self.cfg.task}?")
+            load_weights_into(self.models[name], read_weights(part), f"recipe: init_from {part}")
+        self.info(f"weights from {folder} ({', '.join(self.export_parts().values())})")
 
     def extra_state(self) -> dict:
         """More checkpointed state of a task (its keys must never change)."""

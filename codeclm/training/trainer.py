@@ -221,7 +221,12 @@ def train(cfg: TrainConfig) -> Path:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (GPU only)
         torch.use_deterministic_algorithms(True, warn_only=True)
     set_seed(cfg.seed)  # the same initial weights in every process
+    if cfg.resume == "never" and latest_checkpoint(out_dir) is not None:
+        raise ConfigError(f"{out_dir} already holds checkpoints: use resume=auto or another out_dir")
+    ckpt = None if cfg.resume == "never" else latest_checkpoint(out_dir) if cfg.resume == "auto" else Path(cfg.resume)
     task = importlib.import_module(TASKS[cfg.task]).Task(cfg, accelerator)
+    if cfg.init_from and ckpt is None:  # a fresh run starts from an export; a resumed one from its checkpoint
+        task.init_from_export(cfg.init_from)
     wrapped_models = task.prepare(accelerator)
     set_seed(cfg.seed, device_specific=True)  # from here on each process draws its own numbers
     schedulers = {name: StepSchedule(opt, lr_lambda(cfg)) for name, opt in task.optimizers.items()}
@@ -230,9 +235,6 @@ def train(cfg: TrainConfig) -> Path:
 
     # -- resume ---------------------------------------------------------------------------------
     pos = Position()
-    ckpt = None if cfg.resume == "never" else latest_checkpoint(out_dir) if cfg.resume == "auto" else Path(cfg.resume)
-    if cfg.resume == "never" and latest_checkpoint(out_dir) is not None:
-        raise ConfigError(f"{out_dir} already holds checkpoints: use resume=auto or another out_dir")
     if ckpt is not None:
         pos, state = load_checkpoint(ckpt, accelerator, task.models)
         for name, opt in task.optimizers.items():
@@ -257,7 +259,7 @@ def train(cfg: TrainConfig) -> Path:
         log.info("TensorBoard is not installed: metrics go to metrics.jsonl and audio clips to "
                  f"{out_dir / 'audio'}; pip install 'codeclm[train]' for TensorBoard logs")
     log.info(f"{cfg.task}: {accelerator.num_processes} process(es) on {accelerator.device}, "
-             f"{samples_per_step} samples/step, " + (f"resuming from {ckpt}" if ckpt else "from scratch"))
+             f"{samples_per_step} samples/step, " + (f"resuming from {ckpt}" if ckpt else f"from {cfg.init_from}" if cfg.init_from else "from scratch"))
 
     def eval_model():
         return ema.copy_of(ema_target) if ema is not None else task.models[task.ema_model]

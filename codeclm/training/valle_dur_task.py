@@ -39,6 +39,7 @@ from codeclm.tokenizers.phonemes import VOCAB_NAME, PhonemeVocab
 from codeclm.training.config import DataConfig, TrainConfig
 from codeclm.training.task import Task as BaseTask
 from codeclm.training.task import held_out
+from codeclm.training.valle_task import check_start_vocab
 
 LANGUAGE = "en"
 
@@ -115,6 +116,7 @@ class Task(BaseTask):
             build_vocab(records, out)
         accelerator.wait_for_everyone()
         self.vocab = build_vocab(records, out)
+        check_start_vocab(cfg.init_from, self.vocab)
         self.info_data, self.records = info, records
         self.codes = [c[: cfg.model.n_q] for c in codes]
         self.tokens = [encode_tokens(self.vocab, r["tokens"], r["durations"]) for r in records]

@@ -77,6 +77,21 @@ class Recipe(TrainConfig):
 
 
 # -- data ----------------------------------------------------------------------------------------------
+def check_start_vocab(init_from: str | None, vocab: PhonemeVocab) -> None:
+    """A run started from an export (recipe ``init_from``) must number the phonemes as that model
+    does: its embedding rows are indexed by the export's ``phonemes/phoneme_vocab.json``."""
+    if not init_from:
+        return
+    path = Path(init_from).expanduser() / "phonemes" / VOCAB_NAME
+    if not path.is_file():
+        raise ConfigError(f"recipe: init_from {init_from}: missing phonemes/{VOCAB_NAME}")
+    start = PhonemeVocab.load(path)
+    if start != vocab:
+        extra = sorted(set(vocab.tokens) - set(start.tokens))
+        raise ConfigError(f"recipe: init_from {init_from}: its phoneme vocabulary ({len(start)} tokens) differs "
+                          f"from this data's ({len(vocab)}{', new: ' + ' '.join(extra[:5]) if extra else ''})")
+
+
 def phonemize_cache(cache: TokenCache, languages: list[str], folder: Path) -> tuple[list[list[int] | None], PhonemeVocab]:
     """Phoneme ids per record (None: unusable) and the vocabulary; computed once into ``folder``."""
     path, vocab_path = folder / PHONEMES_FILE, folder / VOCAB_NAME
@@ -152,6 +167,7 @@ class Task(BaseTask):
             phonemize_cache(cache, cfg.valle.languages, out)
         accelerator.wait_for_everyone()
         phonemes, self.vocab = phonemize_cache(cache, cfg.valle.languages, out)
+        check_start_vocab(cfg.init_from, self.vocab)
         self.meta, self.cache = meta, cache
         self.config = dataclasses.replace(cfg.model, vocab_size=len(self.vocab), frame_rate=float(meta["frame_rate"]))
         usable = [i for i, e in enumerate(cache.entries)
