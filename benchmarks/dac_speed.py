@@ -6,19 +6,22 @@ give identical codes (and reports the audio difference), then times encode + dec
 ``--seconds`` of audio (best of ``--repeats`` interleaved rounds, inference mode for both). Also measures what
 decoding in overlapping windows costs against one whole-signal pass (time and difference), and,
 with ``--compile``, codeclm's encoder and decoder under ``torch.compile`` (inductor, weight
-freezing; compile time reported, shapes fixed). Prints one JSON line.
+freezing; compile time reported, shapes fixed), and, with ``--bf16-decode``, the option of a
+bf16 decoder (``DacCodec.set_decoder_dtype``; encoder and codes unchanged) against transformers in
+the same interleaved rounds, with the SNR of its audio against codeclm's fp32 decode. Prints one
+JSON line (with the machine) and appends it to ``benchmarks/results/dac_speed.jsonl``.
 
-    python benchmarks/dac_speed.py [--seconds 3] [--repeats 3] [--threads N] [--compile]
+    python benchmarks/dac_speed.py [--seconds 3] [--repeats 3] [--threads N] [--compile] [--bf16-decode]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import time
 
 import torch
-from timing import interleaved
+from timing import interleaved, write_result
 
 from codeclm.threads import cpu_model
 
@@ -34,6 +37,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--windows", type=int, nargs="*", default=[22, 43, 86], help="decode window sizes in frames")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd encoder/decoder")
+    parser.add_argument("--bf16-decode", action="store_true", help="also time the bf16-decoder option")
+    parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "dac_speed.jsonl"),
+                        help="JSON-lines file the result is appended to ('' for none)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +131,24 @@ def main() -> None:
                 t, _ = interleaved({"hf": hf_roundtrip, "compiled": compiled_roundtrip}, args.repeats)
             result["compiled_x_realtime"] = round(seconds / t["compiled"], 3)
             result["compiled_speedup_vs_transformers"] = round(t["hf"] / t["compiled"], 3)
-    print(json.dumps(result))
+
+        if args.bf16_decode:  # the fast-decoder option: the encoder (and so the codes) stay fp32
+            ours.set_decoder_dtype(torch.bfloat16)  # last: the cast rounds the decoder's weights
+            assert torch.equal(ours.encode(wav), ref_codes), "bf16 decoder changed the codes"
+            fast = ours.decode(codes)
+            err = (fast.float() - out.float()).pow(2).mean().clamp(min=1e-20)
+            result["bf16_decode_snr_db"] = round(float(10 * torch.log10(out.float().pow(2).mean() / err)), 1)
+            result["bf16_decode_max_abs_diff"] = float((fast.float() - out.float()).abs().max())
+            t, c = interleaved({"hf": hf_roundtrip, "bf16": ours_roundtrip,
+                                "hf_dec": lambda: hf.decode(audio_codes=codes), "bf16_dec": lambda: ours.decode(codes)},
+                               args.repeats)
+            result.update({
+                "bf16_decode_x_realtime": round(seconds / t["bf16"], 3),
+                "bf16_decode_speedup_vs_transformers": round(t["hf"] / t["bf16"], 3),
+                "bf16_decode_speedup_vs_transformers_cpu": round(c["hf"] / c["bf16"], 3),
+                "bf16_decode_only_speedup": round(t["hf_dec"] / t["bf16_dec"], 3),
+            })
+    write_result(result, args.results)
 
 
 if __name__ == "__main__":

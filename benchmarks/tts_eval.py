@@ -124,6 +124,9 @@ def main() -> None:
                         help="with --espeak: espeak-ng's speech through this codec (e.g. checkpoints/codec) and back, "
                              "the ceiling of a model on its tokens")
     parser.add_argument("--bandwidth", type=float, default=3.0, help="kbps of the --espeak-codec round trip (default 3)")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
+    parser.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the model's)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: the model's)")
     args = parser.parse_args()
 
     import torch
@@ -156,8 +159,12 @@ def main() -> None:
                 pipe = VoiceClone.from_pretrained(args.model)
             if hasattr(pipe, "to"):
                 pipe = pipe.to(device) or pipe
+            sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
+                                          ("top_p", args.top_p)) if v is not None}
+            if sampling and args.espeak:
+                raise CodecLMError("--temperature/--top-k/--top-p are for a model, not --espeak")
             result = evaluate_clone(pipe, pairs, seed=args.seed, progress=True, warmup=not args.no_warmup,
-                                    details=args.details)
+                                    details=args.details, sampling=sampling)
     except CodecLMError as exc:
         sys.exit(f"tts_eval.py: error: {exc}")
     dev = getattr(pipe, "device", device)
@@ -169,6 +176,7 @@ def main() -> None:
                   if args.espeak else (str(args.model) if args.model else "default")),
         "pairs": str(args.pairs) if args.pairs else ("built-in tiny" if args.tiny else "built-in"),
         "seed": args.seed,
+        "sampling": sampling or "model defaults",
         "threads": torch.get_num_threads(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }))

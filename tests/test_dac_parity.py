@@ -124,6 +124,26 @@ def test_overlapping_windows_equal_one_pass(layout):
     assert (codec.decode(codes) - whole_audio).abs().max() <= 1e-6
 
 
+def test_bf16_decoder_keeps_codes_and_stays_close_to_fp32():
+    """``set_decoder_dtype(torch.bfloat16)``: the encoder (so the codes) is untouched, decode still
+    returns float32 audio, within bf16 rounding of the fp32 decode."""
+    codec = Codec.from_hf(hf_dac("44khz", seed=6))
+    wav = audio(1, 20 * codec.hop_length, seed=7)
+    codes = codec.encode(wav)
+    ref = codec.decode(codes)
+    assert codec.set_decoder_dtype(torch.bfloat16) is codec
+    assert codec.decoder.conv_in.weight.dtype == torch.bfloat16 and codec.encoder.conv_in.weight.dtype == torch.float32
+    assert torch.equal(codec.encode(wav), codes)
+    fast = codec.decode(codes)
+    assert fast.dtype == torch.float32 and fast.shape == ref.shape
+    snr = 10 * torch.log10(ref.pow(2).mean() / (fast - ref).pow(2).mean())
+    assert 20 < snr < 80, float(snr)  # bf16 rounding, not the same bits and not another signal
+    codec.set_decoder_dtype(torch.float32)  # back to fp32 compute, on the rounded weights
+    assert torch.allclose(codec.decode(codes), fast, atol=2e-2) and codec.decoder.conv_in.weight.dtype == torch.float32
+    with pytest.raises(ConfigError, match="floating-point torch dtype"):
+        codec.set_decoder_dtype(torch.int8)
+
+
 def test_context_is_the_exact_receptive_field():
     codec = Codec.from_hf(hf_dac("44khz", seed=6))
     hop, cfg = codec.hop_length, codec.config

@@ -344,11 +344,23 @@ class DacCodec(CompressionModel):
         frames, hop = codes.shape[-1], self.hop_length
         if frames == 0:  # no frames: no audio (as Codec, FrameCodec)
             return torch.zeros(codes.shape[0], self.channels, 0, dtype=self._dtype, device=codes.device)
+        dec_dtype = self.decoder.conv_in.weight.dtype  # see set_decoder_dtype
         with torch.inference_mode(not torch.is_grad_enabled() or not self.training):
             def run(a: int, b: int) -> torch.Tensor:
-                out = self.decoder(self.quantizer.decode(codes[..., a:b]))
+                out = self.decoder(self.quantizer.decode(codes[..., a:b]).to(dec_dtype)).to(self._dtype)
                 return F.pad(out, (0, (b - a) * hop - out.shape[-1]))
             return self._windowed(frames, self._dec_context, hop, run)
+
+    def set_decoder_dtype(self, dtype: torch.dtype) -> DacCodec:
+        """Run the decoder in ``dtype`` while the encoder and quantizer keep theirs (codes unchanged;
+        ``decode`` still returns the codec's dtype). ``torch.bfloat16`` is the fast CPU option where
+        the CPU has AMX/AVX512-BF16 (its convolutions run ~3x faster; ``benchmarks/dac_speed.py
+        --bf16-decode`` measures the speed and the audio's SNR against fp32). Like ``Module.half()``
+        the cast rounds the decoder's weights: load the folder again to get fp32 back. Returns the codec."""
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(f"set_decoder_dtype: expected a floating-point torch dtype, got {dtype!r}")
+        self.decoder.to(dtype)
+        return self
 
     def _windowed(self, frames: int, context: int, out_per_frame: int, run) -> torch.Tensor:
         """``run(a, b)`` over frames ``[a, b)`` at once, or window by window with ``context`` frames

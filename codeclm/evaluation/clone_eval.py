@@ -184,6 +184,7 @@ def evaluate_clone(
     progress: bool = True,
     warmup: bool = False,
     details: bool = False,
+    sampling: dict | None = None,
 ) -> dict:
     """Generate every pair with ``pipe`` and measure WER, speaker similarity and real-time factor.
 
@@ -191,10 +192,13 @@ def evaluate_clone(
     language=...)`` returning a float tensor ``[channels, samples]`` (a
     :class:`codeclm.pipelines.clone.VoiceClone` or anything shaped like it). ``warmup`` runs the
     first pair once untimed before measuring. ``details`` adds per-pair rows under ``"items"``.
+    ``sampling`` (``temperature``, ``top_k``, ``top_p``) goes to every ``generate`` call; None: the
+    pipeline's own defaults.
     Returns the dict described in the module docstring. Bad pairs, unreadable references and
     outputs that are not finite audio tensors raise one-line :class:`CodecLMError` s.
     """
     pairs = [_as_pair(p, i) for i, p in enumerate(pairs)]
+    sampling = dict(sampling or {})
     if not pairs:
         raise CodecLMError("no pairs to evaluate")
     try:
@@ -225,7 +229,7 @@ def evaluate_clone(
 
     if warmup:
         p = pairs[0]
-        pipe.generate(p.text, ref_audio=p.ref, ref_text=p.ref_text, seed=seed, language=p.language)
+        pipe.generate(p.text, ref_audio=p.ref, ref_text=p.ref_text, seed=seed, language=p.language, **sampling)
 
     items = []
     edits = words_total = 0
@@ -235,7 +239,7 @@ def evaluate_clone(
         for i, pair in enumerate(bar):
             start = time.perf_counter()
             out = pipe.generate(pair.text, ref_audio=pair.ref, ref_text=pair.ref_text, seed=seed,
-                                language=pair.language)
+                                language=pair.language, **sampling)
             out = _output(out, i)  # .cpu() waits for an accelerator, so it is inside the timing
             busy = time.perf_counter() - start
             seconds = out.shape[-1] / sr
