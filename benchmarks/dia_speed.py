@@ -4,7 +4,8 @@ One small random Dia (same seed, same weights in both), greedy decoding with cla
 guidance (scale 3, transformers' default top-k 50 on the guided scores; batch 2B inside), text
 only. Both are timed on the whole generate call (encoder, prefill, every decoder step), warmed up
 once, the fastest of ``--repeats`` runs counting. The tokens must be identical (asserted).
-The machine may be shared: ``*_cpu_time`` figures use the process CPU time. Prints one JSON line::
+The machine may be shared: ``*_cpu_time`` figures use the process CPU time. Prints one JSON line
+(with the machine) and appends it to ``benchmarks/results/dia_speed.jsonl``::
 
     python benchmarks/dia_speed.py [--steps 200] [--dim 512] [--layers 6] [--threads 1] [--repeats 3]
 """
@@ -12,11 +13,11 @@ The machine may be shared: ``*_cpu_time`` figures use the process CPU time. Prin
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import warnings
 
 import torch
-from timing import best_time
+from timing import best_time, write_result
 
 from codeclm.threads import cpu_model
 
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "dia_speed.jsonl"),
+                    help="JSON-lines file the result is appended to ('' for none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
@@ -95,7 +98,7 @@ def main() -> None:
         "codeclm_steps_per_cpu_s": round(steps / our_cpu, 1),
         "speedup_cpu_time": round(hf_cpu / our_cpu, 2),
     }
-    print(json.dumps(result))
+    write_result(result, args.results)
 
 
 if __name__ == "__main__":

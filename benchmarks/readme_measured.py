@@ -1,7 +1,8 @@
 """Regenerate the speed part of README's "Measured" section from the benchmarks' JSON lines.
 
 Each benchmark appends one JSON line per run to ``benchmarks/results/<name>.jsonl``
-(``codec_speed``, ``lm_speed``, ``busy_cpu``); this script takes the newest line of each and
+(``codec_speed``, ``frame_codec_speed``, ``lm_speed``, ``dac_speed``, ``dia_speed``, ``busy_cpu``);
+this script takes the newest line of each and
 renders a Markdown block, the machine it ran on beside the numbers:
 
     python benchmarks/readme_measured.py                 # print the block
@@ -98,6 +99,14 @@ def render(folder: str) -> str:
                          f"{c['transformers_lstm_seconds']}, floor {c['lstm_floor_seconds']} (the bare per-step products: "
                          f"{c['lstm_weight_mb_per_step']} MB of recurrent weight read each step); with its LSTMs at that "
                          f"floor codeclm would be {c['max_speedup_vs_transformers']}x transformers.")
+    f = newest("frame_codec_speed", folder)
+    if f:
+        what = "the shipped codec" if f.get("model", "").startswith(("checkpoints", "shipped")) else "frame codec"
+        rows.append(f"| {what} ({f.get('model')}, {f.get('bandwidth_kbps')} kbps): offline / 20 ms streaming, "
+                    f"{f.get('threads')} thread | {f.get('offline_x_realtime')}x / {f.get('streaming_20ms_x_realtime')}x "
+                    f"real time (CPU time {fmt(f.get('offline_x_realtime_cpu'))}x / {fmt(f.get('streaming_20ms_x_realtime_cpu'))}x) "
+                    f"| - | - | streaming >= 3x real time | {machine(f)} |")
+        notes.append(f"frame codec: stream == offline {f.get('stream_equals_offline')}, GEMM kernels {f.get('kernels')}.")
     lm = newest("lm_speed", folder)
     if lm:
         cfg = lm.get("config", {})
@@ -115,6 +124,25 @@ def render(folder: str) -> str:
             if f"codeclm_{key}_steps_per_s" in lm:
                 rows.append(f"| LM decoding fp32, {key} | {lm[f'codeclm_{key}_steps_per_s']} steps/s | | "
                             f"{lm[f'{key}_speedup_vs_transformers']} | | same run |")
+    d = newest("dac_speed", folder)
+    if d:
+        rows.append(f"| DAC encode+decode, 44.1 kHz layout ({d.get('parameters_M')} M, {d.get('threads')} thread(s)) | "
+                    f"{d['codeclm_x_realtime']}x real time | {d['transformers_x_realtime']}x | "
+                    f"{d['speedup_vs_transformers']} (decode only {fmt(d.get('decode_only_speedup'))}) | >= 1.5 | {machine(d)} |")
+        if "bf16_decode_speedup_vs_transformers" in d:
+            rows.append(f"| DAC with the bf16 decoder (option; same codes) | {d['bf16_decode_x_realtime']}x real time | | "
+                        f"{d['bf16_decode_speedup_vs_transformers']} (CPU time "
+                        f"{fmt(d.get('bf16_decode_speedup_vs_transformers_cpu'))}; decode only "
+                        f"{fmt(d.get('bf16_decode_only_speedup'))}) | >= 1.5 | same run |")
+            notes.append(f"DAC: identical codes {d.get('identical_codes')} (max audio difference "
+                         f"{fmt(d.get('max_abs_audio_diff'))}); bf16 decoder audio SNR {d['bf16_decode_snr_db']} dB against fp32.")
+    g = newest("dia_speed", folder)
+    if g:
+        cfg = g.get("config", {})
+        rows.append(f"| Dia decoding (dim {cfg.get('dim')}, {cfg.get('layers')} layers, CFG, greedy, {g.get('threads')} thread(s)) | "
+                    f"{g['codeclm_steps_per_s']} steps/s | {g['transformers_steps_per_s']} | {g['speedup']} (CPU time "
+                    f"{fmt(g.get('speedup_cpu_time'))}) | >= 1.5 | {machine(g) if g.get('machine') else g.get('cpu', '?')} |")
+        notes.append(f"Dia: identical tokens {g.get('same_tokens')} over {g.get('steps')} steps.")
     b = newest("busy_cpu", folder)
     if b:
         rows.append(f"| next to a busy core: {b['job']} | {b['busy_seconds']} s ({b['busy_threads']} thread(s)) vs "
@@ -159,7 +187,7 @@ def main() -> None:
     args = ap.parse_args()
     block = render(args.results)
     if not block:
-        sys.exit(f"no benchmark results in {args.results} (run benchmarks/codec_speed.py, lm_speed.py, busy_cpu.py)")
+        sys.exit(f"no benchmark results in {args.results} (run benchmarks/codec_speed.py, frame_codec_speed.py, lm_speed.py, dac_speed.py, dia_speed.py, busy_cpu.py)")
     if args.write:
         write(args.readme, block)
     else:

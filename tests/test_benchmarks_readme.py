@@ -44,3 +44,29 @@ def test_renders_and_writes_idempotently(tmp_path):
 def test_no_results_is_an_error(tmp_path):
     out = _run("--results", str(tmp_path))
     assert out.returncode != 0 and "no benchmark results" in out.stderr
+
+
+def test_imported_models_and_frame_codec_rows(tmp_path):
+    machine = {"cpu": "Test CPU", "cpus": 2, "isa": "AMX", "torch": "2.x", "load_1min": 0.0}
+    rows = {
+        "frame_codec_speed": {"machine": machine, "model": "checkpoints/codec", "bandwidth_kbps": 6.0, "threads": 1,
+                              "offline_x_realtime": 50.0, "streaming_20ms_x_realtime": 4.2,
+                              "offline_x_realtime_cpu": 51.0, "streaming_20ms_x_realtime_cpu": 4.3,
+                              "stream_equals_offline": True, "kernels": {"fbgemm_fp16": 3}},
+        "dac_speed": {"machine": machine, "parameters_M": 76.6, "threads": 1, "codeclm_x_realtime": 0.2,
+                      "transformers_x_realtime": 0.16, "speedup_vs_transformers": 1.25, "decode_only_speedup": 1.1,
+                      "identical_codes": True, "max_abs_audio_diff": 0.0, "bf16_decode_x_realtime": 0.27,
+                      "bf16_decode_speedup_vs_transformers": 1.69, "bf16_decode_speedup_vs_transformers_cpu": 1.7,
+                      "bf16_decode_only_speedup": 2.2, "bf16_decode_snr_db": 43.1},
+        "dia_speed": {"machine": machine, "config": {"dim": 512, "layers": 6}, "threads": 1, "codeclm_steps_per_s": 80.0,
+                      "transformers_steps_per_s": 20.0, "speedup": 4.0, "speedup_cpu_time": 4.1, "same_tokens": True,
+                      "steps": 200},
+    }
+    for name, r in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"benchmark": name, **r}) + "\n")
+    out = _run("--results", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "the shipped codec (checkpoints/codec, 6.0 kbps)" in out.stdout and "50.0x / 4.2x real time" in out.stdout
+    assert "| DAC with the bf16 decoder (option; same codes) | 0.27x real time | | 1.69" in out.stdout
+    assert "bf16 decoder audio SNR 43.1 dB" in out.stdout
+    assert "| 80.0 steps/s | 20.0 | 4.0 (CPU time 4.1) | >= 1.5 | Test CPU" in out.stdout
