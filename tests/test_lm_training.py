@@ -197,3 +197,25 @@ def test_init_from_an_export_starts_at_its_weights_and_tokenizer(cache, tmp_path
     with pytest.raises(ConfigError, match="init_from") as err:
         train(load_recipe(TINY, _args(cache, tmp_path / "wide", 1, "model.num_layers=3", f"init_from={start}")))
     assert "\n" not in str(err.value)
+
+    # lm.init_codebooks: codebook k starts from the export's codebook init_codebooks[k] (null: fresh)
+    moved = tmp_path / "moved"
+    train(load_recipe(TINY, _args(cache, moved, 1, "ckpt_every=0", "valid_every=0", "optim.lr=1e-12",
+                                  "optim.warmup_steps=0", "optim.weight_decay=0", "seed=3", f"init_from={start}",
+                                  "lm.init_codebooks=[null,0]")))
+    a, b = read_weights(start / "lm"), read_weights(moved / "model" / "lm")
+    for kind in ("emb", "heads"):
+        assert torch.allclose(b[f"{kind}.1.weight"].float(), a[f"{kind}.0.weight"].float(), atol=1e-6)
+        assert not torch.allclose(b[f"{kind}.0.weight"].float(), a[f"{kind}.0.weight"].float(), atol=1e-3)
+    assert torch.allclose(b["out_norm.weight"].float(), a["out_norm.weight"].float(), atol=1e-6)
+    for rows, msg in (("[0]", "must give each of the 2 codebooks"), ("[0,2]", "must give each"),
+                      ("[0,1]", None)):
+        overrides = _args(cache, tmp_path / f"r{len(rows)}{rows[-2]}", 1, "valid_every=0", f"init_from={start}",
+                          f"lm.init_codebooks={rows}")
+        if msg is None:
+            train(load_recipe(TINY, overrides))  # the identity map is the default's result
+            continue
+        with pytest.raises(ConfigError, match=msg):
+            train(load_recipe(TINY, overrides))
+    with pytest.raises(ConfigError, match="init_codebooks maps the codebooks of init_from"):
+        load_recipe(TINY, _args(cache, tmp_path / "x", 1, "lm.init_codebooks=[0,1]"))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,7 @@ from codeclm.lm.config import LMConfig
 from codeclm.lm.text_encoder import BuiltinTextConditioner
 from codeclm.lm.transformer import TokenLM
 from codeclm.pipeline_info import write_pipeline_info
-from codeclm.pretrained import fused_state_dict, save_folder
+from codeclm.pretrained import fused_state_dict, read_config, save_folder
 from codeclm.tokenizers.text import CaptionTokenizer, train_caption_tokenizer
 from codeclm.training.config import DataConfig, TrainConfig
 from codeclm.training.task import Task as BaseTask
@@ -104,6 +105,10 @@ class LMTaskConfig:
     melody: bool = False  # chroma (melody) conditioning; needs a cache tokenized with --chroma
     melody_dropout: float = 0.5  # fraction of items trained without their melody
     conditions: dict = field(default_factory=dict)  # name -> ConditionSpec fields (see the module docstring)
+    # with init_from: codebook k of this model starts from codebook init_codebooks[k] of the
+    # exported LM (its embedding and head; null: newly initialised), e.g. [0, null, 1, 2, 3, 4]
+    # when a codec inserts a new row 1 before the old rows 1-4. None: the same positions
+    init_codebooks: list | None = None
 
 
 @dataclass
@@ -120,6 +125,8 @@ class Recipe(TrainConfig):
             raise ConfigError("recipe: data.token_cache is required for task lm (a folder made by tokenize_corpus)")
         if d.segment_frames < 1:
             raise ConfigError(f"recipe: data.segment_frames must be >= 1, got {d.segment_frames}")
+        if self.lm.init_codebooks is not None and not self.init_from:
+            raise ConfigError("recipe: lm.init_codebooks maps the codebooks of init_from, which is not set")
         if not 0 <= self.lm.melody_dropout <= 1:
             raise ConfigError(f"recipe: lm.melody_dropout must be in [0, 1], got {self.lm.melody_dropout}")
         if not 0 <= self.lm.cond_dropout <= 1:
@@ -296,6 +303,29 @@ class Task(BaseTask):
 
     def export_parts(self) -> dict[str, str]:
         return {"lm": "lm", **{n: self.provider.specs[n].folder or n for n in self.provider.conditioners}}
+
+    def remap_export_weights(self, name: str, weights: dict, folder: Path) -> dict:
+        """``lm.init_codebooks``: each codebook's embedding and head from the exported codebook it
+        names (null: kept as initialised); every other weight must match as it is."""
+        rows = self.cfg.lm.init_codebooks
+        if name != "lm" or rows is None:
+            return weights
+        n_src = int(read_config(folder).get("n_q", 0))
+        if len(rows) != self.lm_config.n_q or not all(r is None or (type(r) is int and 0 <= r < n_src) for r in rows):
+            raise ConfigError(f"recipe: lm.init_codebooks must give each of the {self.lm_config.n_q} codebooks a "
+                              f"codebook of {folder} (0..{n_src - 1}) or null, got {rows}")
+        per_row = re.compile(r"(emb|heads)\.(\d+)\.(.+)")
+        own = self.lm.state_dict()
+        shared = {k: v for k, v in weights.items() if not per_row.fullmatch(k)}
+        if set(shared) != {k for k in own if not per_row.fullmatch(k)}:
+            return weights  # load_weights_into names the missing / unexpected keys
+        out = dict(shared)
+        for key, fresh in own.items():
+            m = per_row.fullmatch(key)
+            if m is not None:
+                src = rows[int(m[2])]
+                out[key] = fresh if src is None else weights[f"{m[1]}.{src}.{m[3]}"]
+        return out
 
     def _tokenizer(self) -> CaptionTokenizer:
         t, acc = self.cfg.text, self.acc

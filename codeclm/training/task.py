@@ -129,8 +129,14 @@ class Task:
             if not part.is_dir():
                 raise ConfigError(f"recipe: init_from {folder}: missing {sub}/ (the {name} model); "
                                   f"is it an export of task {self.cfg.task}?")
-            load_weights_into(self.models[name], read_weights(part), f"recipe: init_from {part}")
+            weights = self.remap_export_weights(name, read_weights(part), part)
+            load_weights_into(self.models[name], weights, f"recipe: init_from {part}")
         self.info(f"weights from {folder} ({', '.join(self.export_parts().values())})")
+
+    def remap_export_weights(self, name: str, weights: dict, folder: Path) -> dict:
+        """The exported weights of model ``name`` as this run's model names them (a task whose
+        recipe can map an export's parts onto other positions overrides this); by default as they are."""
+        return weights
 
     def extra_state(self) -> dict:
         """More checkpointed state of a task (its keys must never change)."""
