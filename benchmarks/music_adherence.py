@@ -241,6 +241,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per clip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--codebook-temperatures", default=None, metavar="T0,T1,...",
+                   help="one sampling temperature per codebook (default: the model's pipeline.json, else none)")
     p.add_argument("--batch", type=int, default=8, help="prompts per generate() call")
     p.add_argument("--heldout-seed", type=int, default=1717, help="synth-music seed the base pieces are planned with")
     p.add_argument("--train-corpus", default="0:200,7:800,11:1000,13:1000", help="SEED:N,... of the training corpus's synth-music runs")
@@ -283,6 +285,8 @@ def main(argv=None) -> dict:
             args.oracle = False
     else:
         pipe = TextToMusic.from_pretrained(args.model)
+    if args.codebook_temperatures:
+        pipe.codebook_temperatures = [float(t) for t in args.codebook_temperatures.split(",")]
     if args.oracle is None:
         args.oracle = shutil.which("fluidsynth") is not None
     clf_folder = Path(args.classifier) if args.classifier else None
@@ -305,6 +309,7 @@ def main(argv=None) -> dict:
     gen_rows = generated.pop("_tonality_rows")
     out = {"benchmark": "music_adherence", "machine": machine_info(), "tiny": bool(args.tiny),
            "model": "tiny-random" if args.tiny else (args.model or "checkpoints/music"),
+           "codebook_temperatures": pipe.codebook_temperatures,
            "classifier": str(clf_folder or "checkpoints/music_eval"),
            "heldout": {"seed": args.heldout_seed, "train_corpus": args.train_corpus, "n_captions": n_clips,
                        "captions_in_training": 0, "dropped_as_in_training": dropped},

@@ -141,7 +141,7 @@ def render(folder: str) -> str:
         cfg = g.get("config", {})
         rows.append(f"| Dia decoding (dim {cfg.get('dim')}, {cfg.get('layers')} layers, CFG, greedy, {g.get('threads')} thread(s)) | "
                     f"{g['codeclm_steps_per_s']} steps/s | {g['transformers_steps_per_s']} | {g['speedup']} (CPU time "
-                    f"{fmt(g.get('speedup_cpu_time'))}) | >= 1.5 | {machine(g) if g.get('machine') else g.get('cpu', '?')} |")
+                    f"{fmt(g.get('speedup_cpu_time'))}) | >= 1.5 | {machine(g)} |")
         notes.append(f"Dia: identical tokens {g.get('same_tokens')} over {g.get('steps')} steps.")
     b = newest("busy_cpu", folder)
     if b:

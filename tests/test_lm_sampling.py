@@ -105,3 +105,22 @@ def test_filtered_everything_but_one_is_deterministic():
     tokens = sample_next(logits, top_k=1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(tokens, logits.argmax(-1))
     assert math.isfinite(float(top_k_filter(logits, 1).max()))
+
+
+def test_codebook_temperatures_scale_each_row_and_zero_is_greedy():
+    from codeclm.lm.logits import CodebookTemperatureLogitsWarper, check_codebook_temperatures
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 3, 20, generator=g)
+    out = CodebookTemperatureLogitsWarper([1.0, 0.5, 0.0])(None, scores)
+    assert torch.equal(out[:, 0], scores[:, 0]) and torch.allclose(out[:, 1], scores[:, 1] * 2)
+    # row 2 is greedy: only its argmax is left, whatever the sampler then does
+    assert torch.equal(torch.isfinite(out[:, 2]), scores[:, 2] == scores[:, 2].amax(-1, keepdim=True))
+    picks = torch.stack([sample_next(out, 1.0, 0, 0.0, True, torch.Generator().manual_seed(s)) for s in range(50)])
+    assert (picks[:, :, 2] == scores[:, 2].argmax(-1)).all() and len(set(picks[:, 0, 0].tolist())) > 1
+    # a colder row concentrates: its samples' entropy falls
+    cold = CodebookTemperatureLogitsWarper([0.2, 1.0, 1.0])(None, scores)
+    assert cold[:, 0].softmax(-1).max(-1).values.min() > scores[:, 0].softmax(-1).max(-1).values.min()
+    for bad in ([1.0, 1.0], [1.0, -1.0, 1.0], [1.0, float("nan"), 1.0], "1,1,1", [True, 1.0, 1.0]):
+        with pytest.raises(CodecLMError, match="codebook temperatures must be 3 numbers"):
+            check_codebook_temperatures(bad, 3, "test")

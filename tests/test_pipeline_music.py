@@ -119,3 +119,27 @@ def test_default_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("CODECLM_CHECKPOINTS", str(tmp_path))
     with pytest.raises(ConfigError, match="music"):
         TextToMusic.from_pretrained()
+
+
+def test_codebook_temperatures_round_trip_and_bad_values(hf_and_pipe, tmp_path):
+    """pipeline.json's codebook_temperatures: saved, loaded, applied (all-ones = no change,
+    all-zero = greedy), and refused with one line when malformed."""
+    pipe = hf_and_pipe[2]
+    base = pipe.generate_tokens(PROMPTS, max_new_tokens=10, do_sample=True, seed=4)
+    greedy = pipe.generate_tokens(PROMPTS, max_new_tokens=10, do_sample=False)
+    try:
+        pipe.codebook_temperatures = [1.0] * K
+        assert torch.equal(pipe.generate_tokens(PROMPTS, max_new_tokens=10, do_sample=True, seed=4), base)
+        pipe.codebook_temperatures = [0.0] * K
+        assert torch.equal(pipe.generate_tokens(PROMPTS, max_new_tokens=10, do_sample=True, seed=4), greedy)
+        pipe.save_pretrained(tmp_path / "m")
+    finally:
+        pipe.codebook_temperatures = None
+    info = json.loads((tmp_path / "m" / "pipeline.json").read_text())
+    assert info["codebook_temperatures"] == [0.0] * K
+    assert TextToMusic.from_pretrained(tmp_path / "m").codebook_temperatures == [0.0] * K
+    info["codebook_temperatures"] = [1.0]
+    (tmp_path / "m" / "pipeline.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="codebook temperatures must be") as err:
+        TextToMusic.from_pretrained(tmp_path / "m")
+    assert "\n" not in str(err.value)

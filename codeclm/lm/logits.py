@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["EosStoppingCriteria", "LogitsProcessorList", "MaxNewTokensCriteria", "MinNewTokensLogitsProcessor",
-           "StoppingCriteriaList"]
+__all__ = ["CodebookTemperatureLogitsWarper", "EosStoppingCriteria", "LogitsProcessorList", "MaxNewTokensCriteria",
+           "MinNewTokensLogitsProcessor", "StoppingCriteriaList", "check_codebook_temperatures"]
 
 
 def _per_row(value, batch: int, device) -> torch.Tensor:
@@ -61,6 +61,37 @@ class MinNewTokensLogitsProcessor:
         min_new = _per_row(self.min_new, scores.shape[0], scores.device)
         block = (min_new > new)[:, None, None] & (torch.arange(scores.shape[-1], device=scores.device) == self.eos)
         return scores.masked_fill(block, float("-inf"))
+
+
+def check_codebook_temperatures(values, n_q: int, where: str) -> list[float]:
+    """``values`` as one finite temperature >= 0 per codebook (a one-line SamplingError otherwise)."""
+    import math
+
+    from codeclm.lm.sampling import SamplingError
+
+    if not isinstance(values, (list, tuple)) or len(values) != n_q or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
+        raise SamplingError(f"{where}: codebook temperatures must be {n_q} numbers >= 0 (one per codebook), got {values!r}")
+    return [float(v) for v in values]
+
+
+class CodebookTemperatureLogitsWarper:
+    """Scales each codebook's scores by its own temperature (``scores[:, k] / temperatures[k]``,
+    before the sampler's global temperature and top-k / top-p): a fine-grained row (a pitch
+    codebook) can be sampled more conservatively than the others. 0 makes that row greedy (only
+    its best token stays a candidate); 1 leaves a row as it is."""
+
+    def __init__(self, temperatures) -> None:
+        self.temperatures = [float(t) for t in temperatures]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[1] != len(self.temperatures):
+            raise ValueError(f"{len(self.temperatures)} codebook temperatures for {scores.shape[1]} codebooks")
+        t = torch.tensor(self.temperatures, dtype=scores.dtype, device=scores.device)
+        greedy = (t == 0)[None, :, None]
+        out = scores / torch.where(t > 0, t, 1.0)[None, :, None]
+        best = scores == scores.amax(-1, keepdim=True)
+        return torch.where(greedy & ~best, torch.full_like(out, float("-inf")), out)
 
 
 class EosStoppingCriteria:

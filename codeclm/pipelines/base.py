@@ -37,6 +37,7 @@ from codeclm.lm.conditioners import CONDITIONER_FILE, TextConditioner
 from codeclm.lm.conditioning import ConditionContext, ConditioningProvider, ConditionSpec
 from codeclm.lm.config import LMConfig
 from codeclm.lm.generate import iter_codes
+from codeclm.lm.logits import CodebookTemperatureLogitsWarper, LogitsProcessorList, check_codebook_temperatures
 from codeclm.lm.patterns import Pattern
 from codeclm.lm.sampling import check_sampling_params
 from codeclm.lm.transformer import TokenLM
@@ -66,6 +67,10 @@ class GenerationPipeline(BasePipeline):
     # window_seconds; None: the LM's whole context). A model trained on short crops stays musical
     # in windows near its training length and drifts past it.
     window_seconds: float | None = None
+    # one sampling temperature per codebook, applied before the call's own temperature / top-k
+    # (pipeline.json's codebook_temperatures; None: every codebook alike). A model whose codec has
+    # a fine-grained row (the pitch codebook) samples that row more conservatively
+    codebook_temperatures: list[float] | None = None
 
     def __init__(self, lm: TokenLM, codec: Codec, conditioner: TextConditioner | None = None,
                  pattern: Pattern | None = None, melody=None, *,
@@ -222,11 +227,15 @@ class GenerationPipeline(BasePipeline):
         if fused is None and guidance_scale != 1.0:
             guidance_scale = 1.0  # nothing to guide with: an unconditional LM
         generator = self._generator(seed, do_sample and temperature > 0)
+        warp = None
+        if self.codebook_temperatures is not None:
+            temps = check_codebook_temperatures(self.codebook_temperatures, self.lm.config.n_q, "codebook_temperatures")
+            warp = LogitsProcessorList([CodebookTemperatureLogitsWarper(temps)])
         with self._progress(progress, self.pattern.num_steps(n_frames)) as on_step:
             yield from iter_codes(self.lm, self.pattern, len(prompts), n_frames, fused, None, null_cond=null,
                                   guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
                                   top_p=top_p, do_sample=do_sample, generator=generator,
-                                  prompt_codes=prompt_codes, on_step=on_step)
+                                  prompt_codes=prompt_codes, on_step=on_step, logits_processor=warp)
 
     def _generate_codes(self, prompts, n_frames, seed, guidance_scale, temperature, top_k, top_p, do_sample,
                         prompt_codes=None, progress=False, melody=None, conditions=None) -> torch.Tensor:
@@ -258,6 +267,8 @@ class GenerationPipeline(BasePipeline):
         info = {"type": self.kind, "format": FORMAT, "max_duration": self.max_duration}
         if self.window_seconds is not None:
             info["window_seconds"] = self.window_seconds
+        if self.codebook_temperatures is not None:
+            info["codebook_temperatures"] = list(self.codebook_temperatures)
         return info
 
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from codeclm.errors import CodecLMError
+from codeclm.errors import CodecLMError, ConfigError
+from codeclm.lm.logits import check_codebook_temperatures
 from codeclm.pipelines.base import GenerationPipeline
 from codeclm.pretrained import default_checkpoint
 
@@ -38,6 +39,12 @@ class TextToMusic(GenerationPipeline):
         pipe.max_duration = float(info.get("max_duration", cls.max_duration))
         if "window_seconds" in info:  # checked by the pipeline.json reader
             pipe.window_seconds = float(info["window_seconds"])
+        if "codebook_temperatures" in info:
+            try:
+                pipe.codebook_temperatures = check_codebook_temperatures(info["codebook_temperatures"], lm.config.n_q,
+                                                                         str(Path(folder) / "pipeline.json"))
+            except CodecLMError as exc:
+                raise ConfigError(str(exc)) from None
         return pipe.to(device)
 
     @classmethod
