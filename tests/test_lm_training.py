@@ -96,6 +96,8 @@ def test_recipes_load_and_errors():
         (["data.token_cache=x", "lm.cond_dropout=2"], "cond_dropout"),
         (["data.token_cache=x", "model.cross_attention=false"], "cross_attention"),
         (["data.token_cache=x", "model.pattern=zigzag"], "pattern"),
+        (["data.token_cache=x", "lm.window_seconds=0"], "lm.window_seconds must be a positive number"),
+        (["data.token_cache=x", "lm.codebook_temperatures=[1]"], "codebook temperatures must be 2 numbers"),
     ]:
         with pytest.raises(ConfigError) as err:
             load_recipe(TINY, overrides)
@@ -184,8 +186,11 @@ def test_init_from_an_export_starts_at_its_weights_and_tokenizer(cache, tmp_path
     """``init_from`` on the LM task: every exported part (lm/ and the text conditioner) is loaded
     and the export's caption tokenizer is reused (no new one is trained)."""
     first = tmp_path / "first"
-    train(load_recipe(TINY, _args(cache, first, 6, "ckpt_every=0", "valid_every=0")))
+    train(load_recipe(TINY, _args(cache, first, 6, "ckpt_every=0", "valid_every=0", "lm.window_seconds=10",
+                                  "lm.codebook_temperatures=[1,0.5]")))
     start = first / "model"
+    info = json.loads((start / "pipeline.json").read_text())  # the recipe's generation defaults travel with it
+    assert info["window_seconds"] == 10.0 and info["codebook_temperatures"] == [1.0, 0.5]
     tuned = tmp_path / "tuned"
     train(load_recipe(TINY, _args(cache, tuned, 1, "ckpt_every=0", "valid_every=0", "optim.lr=1e-12",
                                   "optim.warmup_steps=0", "optim.weight_decay=0", "seed=3", f"init_from={start}")))

@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from codeclm.data.tokens import TokenCache
-from codeclm.errors import ConfigError
+from codeclm.errors import CodecLMError, ConfigError
+from codeclm.lm.logits import check_codebook_temperatures
 from codeclm.fileio import replace_folder
 from codeclm.lm.conditioning import ConditionContext, ConditioningProvider, ConditionSpec, conditioner_class
 from codeclm.lm.config import LMConfig
@@ -109,6 +110,11 @@ class LMTaskConfig:
     # exported LM (its embedding and head; null: newly initialised), e.g. [0, null, 1, 2, 3, 4]
     # when a codec inserts a new row 1 before the old rows 1-4. None: the same positions
     init_codebooks: list | None = None
+    # written to the export's pipeline.json: the long-form window (seconds per LM call; a model
+    # trained on 5 s crops stays musical in ~10 s windows and drifts in its whole 20 s context) and
+    # one sampling temperature per codebook (e.g. a cooler pitch row). None: not written
+    window_seconds: float | None = None
+    codebook_temperatures: list | None = None
 
 
 @dataclass
@@ -125,6 +131,13 @@ class Recipe(TrainConfig):
             raise ConfigError("recipe: data.token_cache is required for task lm (a folder made by tokenize_corpus)")
         if d.segment_frames < 1:
             raise ConfigError(f"recipe: data.segment_frames must be >= 1, got {d.segment_frames}")
+        if self.lm.window_seconds is not None and not self.lm.window_seconds > 0:
+            raise ConfigError(f"recipe: lm.window_seconds must be a positive number of seconds, got {self.lm.window_seconds}")
+        if self.lm.codebook_temperatures is not None:
+            try:
+                check_codebook_temperatures(self.lm.codebook_temperatures, self.model.n_q, "recipe: lm.codebook_temperatures")
+            except CodecLMError as exc:
+                raise ConfigError(str(exc)) from None
         if self.lm.init_codebooks is not None and not self.init_from:
             raise ConfigError("recipe: lm.init_codebooks maps the codebooks of init_from, which is not set")
         if not 0 <= self.lm.melody_dropout <= 1:
@@ -407,4 +420,7 @@ class Task(BaseTask):
                             codec=self.cfg.lm.codec, n_q=self.lm_config.n_q,
                             bandwidth=m.get("bandwidth"), frame_rate=m.get("frame_rate"),
                             sample_rate=m.get("sample_rate"), channels=m.get("channels"),
-                            codec_identity=m.get("codec"), conditions=conditions)
+                            codec_identity=m.get("codec"), conditions=conditions,
+                            **({"window_seconds": float(self.cfg.lm.window_seconds)} if self.cfg.lm.window_seconds else {}),
+                            **({"codebook_temperatures": [float(t) for t in self.cfg.lm.codebook_temperatures]}
+                               if self.cfg.lm.codebook_temperatures is not None else {}))
