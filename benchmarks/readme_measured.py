@@ -142,7 +142,9 @@ def render(folder: str) -> str:
         rows.append(f"| Dia decoding (dim {cfg.get('dim')}, {cfg.get('layers')} layers, CFG, greedy, {g.get('threads')} thread(s)) | "
                     f"{g['codeclm_steps_per_s']} steps/s | {g['transformers_steps_per_s']} | {g['speedup']} (CPU time "
                     f"{fmt(g.get('speedup_cpu_time'))}) | >= 1.5 | {machine(g)} |")
-        notes.append(f"Dia: identical tokens {g.get('same_tokens')} over {g.get('steps')} steps.")
+        floor = (f"; the step's fp32 weight matmuls alone run at {g['matmul_floor_steps_per_cpu_s']} steps/s, "
+                 f"{g['max_speedup_cpu_time']}x transformers" if "matmul_floor_steps_per_cpu_s" in g else "")
+        notes.append(f"Dia: identical tokens {g.get('same_tokens')} over {g.get('steps')} steps{floor}.")
     b = newest("busy_cpu", folder)
     if b:
         rows.append(f"| next to a busy core: {b['job']} | {b['busy_seconds']} s ({b['busy_threads']} thread(s)) vs "
