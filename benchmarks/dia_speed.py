@@ -21,7 +21,7 @@ import os
 import warnings
 
 import torch
-from timing import best_time, write_result
+from timing import best_time, matmul_floor_seconds, write_result
 
 from codeclm.threads import cpu_model
 
@@ -47,23 +47,10 @@ def build(dim: int, layers: int, seed: int = 0):
 
 def matmul_floor(model, rows: int, steps: int, repeats: int) -> float:
     """Best CPU seconds of ``steps`` decoder steps' weight matmuls alone (see the module docstring)."""
-    import time
-
-    import torch.nn.functional as F
-
     weights = [m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                and (".decoder." in name or name == "logits_dense")
                and not name.endswith(("cross_attention.k_proj", "cross_attention.v_proj"))]
-    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(repeats):
-            c0 = time.process_time()
-            for _ in range(steps):
-                for w in weights:
-                    F.linear(inputs[w.shape[1]], w)
-            best = min(best, time.process_time() - c0)
-    return best
+    return matmul_floor_seconds(weights, rows, steps, repeats)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ import warnings
 from types import SimpleNamespace
 
 import torch
-from timing import write_result  # this folder is on sys.path when run as a script
+from timing import matmul_floor_seconds, write_result  # this folder is on sys.path when run as a script
 
 IMPLS = ("codeclm", "codeclm-static", "codeclm-compiled", "codeclm-int8", "transformers")
 
@@ -101,21 +101,9 @@ def _matmul_floor(lm, rows: int, steps: int, repeats: int) -> float:
     """CPU seconds of the weight matmuls alone for ``steps`` steps (every linear layer of a step,
     heads included, on ``rows`` rows; the cross-attention keys/values are computed once): a lower
     bound on the step cost of any fp32 implementation of this model."""
-    import torch.nn.functional as F
-
     weights = [m.weight for name, m in lm.named_modules()
                if isinstance(m, torch.nn.Linear) and "cross.kv" not in name and name != "cond_proj"]
-    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
-    best = None
-    with torch.no_grad():
-        for _ in range(repeats):
-            c0 = time.process_time()
-            for _ in range(steps):
-                for w in weights:
-                    F.linear(inputs[w.shape[1]], w)
-            cpu = time.process_time() - c0
-            best = cpu if best is None else min(best, cpu)
-    return best
+    return matmul_floor_seconds(weights, rows, steps, repeats)
 
 
 def worker(args) -> dict:

@@ -40,6 +40,26 @@ def best_time(fn, repeats: int):
     return wall["fn"], cpu["fn"], out.get("value")
 
 
+def matmul_floor_seconds(weights: list, rows: int, steps: int, repeats: int) -> float:
+    """Best CPU seconds (over ``repeats``) of ``steps`` decoding steps' weight matmuls alone: each
+    weight ``[out, in]`` applied once per step to ``rows`` rows, back to back. At small batch a step
+    reads every weight once, so this is the memory-traffic bound of any fp32 implementation of the
+    step (the LM and Dia benchmarks report it beside their speeds)."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            c0 = time.process_time()
+            for _ in range(steps):
+                for w in weights:
+                    F.linear(inputs[w.shape[1]], w)
+            best = min(best, time.process_time() - c0)
+    return best
+
+
 def machine() -> dict:
     """The machine beside every number: CPU model, CPUs, torch threads, ISA, load average."""
     try:

@@ -63,15 +63,17 @@ class MinNewTokensLogitsProcessor:
         return scores.masked_fill(block, float("-inf"))
 
 
-def check_codebook_temperatures(values, n_q: int, where: str) -> list[float]:
-    """``values`` as one finite temperature >= 0 per codebook (a one-line SamplingError otherwise)."""
+def check_codebook_temperatures(values, n_q: int, where: str, error: type[Exception] | None = None) -> list[float]:
+    """``values`` as one finite temperature >= 0 per codebook; otherwise a one-line ``error``
+    (default SamplingError; a folder's or a recipe's reader passes ConfigError)."""
     import math
 
     from codeclm.lm.sampling import SamplingError
 
     if not isinstance(values, (list, tuple)) or len(values) != n_q or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
-        raise SamplingError(f"{where}: codebook temperatures must be {n_q} numbers >= 0 (one per codebook), got {values!r}")
+        raise (error or SamplingError)(f"{where}: codebook temperatures must be {n_q} numbers >= 0 (one per codebook), "
+                                       f"got {values!r}")
     return [float(v) for v in values]
 
 

@@ -40,11 +40,8 @@ class TextToMusic(GenerationPipeline):
         if "window_seconds" in info:  # checked by the pipeline.json reader
             pipe.window_seconds = float(info["window_seconds"])
         if "codebook_temperatures" in info:
-            try:
-                pipe.codebook_temperatures = check_codebook_temperatures(info["codebook_temperatures"], lm.config.n_q,
-                                                                         str(Path(folder) / "pipeline.json"))
-            except CodecLMError as exc:
-                raise ConfigError(str(exc)) from None
+            pipe.codebook_temperatures = check_codebook_temperatures(info["codebook_temperatures"], lm.config.n_q,
+                                                                     str(Path(folder) / "pipeline.json"), ConfigError)
         return pipe.to(device)
 
     @classmethod

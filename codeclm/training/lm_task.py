@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from codeclm.data.tokens import TokenCache
-from codeclm.errors import CodecLMError, ConfigError
+from codeclm.errors import ConfigError
 from codeclm.lm.logits import check_codebook_temperatures
 from codeclm.fileio import replace_folder
 from codeclm.lm.conditioning import ConditionContext, ConditioningProvider, ConditionSpec, conditioner_class
@@ -134,10 +134,8 @@ class Recipe(TrainConfig):
         if self.lm.window_seconds is not None and not self.lm.window_seconds > 0:
             raise ConfigError(f"recipe: lm.window_seconds must be a positive number of seconds, got {self.lm.window_seconds}")
         if self.lm.codebook_temperatures is not None:
-            try:
-                check_codebook_temperatures(self.lm.codebook_temperatures, self.model.n_q, "recipe: lm.codebook_temperatures")
-            except CodecLMError as exc:
-                raise ConfigError(str(exc)) from None
+            check_codebook_temperatures(self.lm.codebook_temperatures, self.model.n_q, "recipe: lm.codebook_temperatures",
+                                        ConfigError)
         if self.lm.init_codebooks is not None and not self.init_from:
             raise ConfigError("recipe: lm.init_codebooks maps the codebooks of init_from, which is not set")
         if not 0 <= self.lm.melody_dropout <= 1:
@@ -344,8 +342,9 @@ class Task(BaseTask):
         t, acc = self.cfg.text, self.acc
         # a run started from an export reads captions with the export's tokenizer (its text
         # embedding rows are indexed by it), unless the recipe names one
-        start = self.cfg.init_from and Path(self.cfg.init_from).expanduser() / (condition_specs(self.cfg)["text"].folder or "text")
-        tokenizer = t.tokenizer or (str(start) if start else None)
+        tokenizer = t.tokenizer
+        if not tokenizer and self.cfg.init_from:
+            tokenizer = Path(self.cfg.init_from).expanduser() / (condition_specs(self.cfg)["text"].folder or "text")
         if tokenizer:
             path = Path(tokenizer)
             tok = CaptionTokenizer.load(path) if path.is_dir() else CaptionTokenizer(path)
@@ -415,12 +414,14 @@ class Task(BaseTask):
         conditions = self.provider.save_folders(folder)
         if self.cfg.lm.codec:
             replace_folder(self.cfg.lm.codec, folder / "codec")
-        m = self.meta
+        m, lm = self.meta, self.cfg.lm
+        defaults = {}  # the recipe's generation defaults for the pipeline
+        if lm.window_seconds:
+            defaults["window_seconds"] = float(lm.window_seconds)
+        if lm.codebook_temperatures is not None:
+            defaults["codebook_temperatures"] = [float(t) for t in lm.codebook_temperatures]
         write_pipeline_info(folder, "text-to-music", pattern=self.lm_config.pattern, delays=self.lm_config.delays,
                             codec=self.cfg.lm.codec, n_q=self.lm_config.n_q,
                             bandwidth=m.get("bandwidth"), frame_rate=m.get("frame_rate"),
                             sample_rate=m.get("sample_rate"), channels=m.get("channels"),
-                            codec_identity=m.get("codec"), conditions=conditions,
-                            **({"window_seconds": float(self.cfg.lm.window_seconds)} if self.cfg.lm.window_seconds else {}),
-                            **({"codebook_temperatures": [float(t) for t in self.cfg.lm.codebook_temperatures]}
-                               if self.cfg.lm.codebook_temperatures is not None else {}))
+                            codec_identity=m.get("codec"), conditions=conditions, **defaults)
