@@ -8,10 +8,18 @@ The machine may be shared: ``*_cpu_time`` figures use the process CPU time.
 ``matmul_floor_steps_per_cpu_s``: the weight matmuls of one decoder step alone (every linear layer
 of the decoder and the logits head on the 2B guided rows; the cross-attention keys/values are
 computed once per generation), back to back: a bound for any fp32 implementation, and
-``max_speedup_cpu_time`` that bound over transformers' CPU-time rate. Prints one JSON line
-(with the machine) and appends it to ``benchmarks/results/dia_speed.jsonl``::
+``max_speedup_cpu_time`` that bound over transformers' CPU-time rate.
 
-    python benchmarks/dia_speed.py [--steps 200] [--dim 512] [--layers 6] [--threads 1] [--repeats 3]
+``int8_*``: the same loop on an int8 weight-only copy (:func:`codeclm.lm.quant.quantize_int8`: every
+linear layer of the encoder, the decoder and the head; a quarter of the bytes per step). Its tokens
+are not fp32's. This random model (scale-1 attention, wide weights) is chaotic: a relative weight
+change of 1e-4 already moves its teacher-forced logits by ~8 %, so its tokens cannot tell what int8
+costs a trained Dia; ``int8_linear_rel_err`` is the cost per layer (the mean over the quantised
+layers of ``|int8(x) - linear(x)| / |linear(x)|`` on Gaussian inputs; tests/test_dia_parity.py
+checks a calm model's teacher-forced logits). Prints one JSON line (with the machine) and appends it to
+``benchmarks/results/dia_speed.jsonl``::
+
+    python benchmarks/dia_speed.py [--steps 200] [--dim 512] [--layers 6] [--threads 1] [--repeats 3] [--no-int8]
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 weight-only variant")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "dia_speed.jsonl"),
                     help="JSON-lines file the result is appended to ('' for none)")
     args = ap.parse_args()
@@ -113,6 +122,27 @@ def main() -> None:
     floor = matmul_floor(model, 2 * ids.shape[0], steps, args.repeats)
     result["matmul_floor_steps_per_cpu_s"] = round(steps / floor, 1)
     result["max_speedup_cpu_time"] = round(hf_cpu / floor, 2)
+    if not args.no_int8:
+        from codeclm.lm.quant import int8_available, quantize_int8
+
+        if int8_available():
+            q = quantize_int8(ours)
+            q_wall, q_cpu, _ = best_time(lambda: q.generate_steps(ids, None, None, max_new_tokens=args.steps,
+                                                                  guidance_scale=3.0, top_k=50), args.repeats)
+            errors = []
+            with torch.no_grad():
+                layers = dict(q.named_modules())
+                for name, m in ours.named_modules():
+                    if isinstance(m, torch.nn.Linear):
+                        x = torch.randn(8, m.in_features, generator=torch.Generator().manual_seed(0))
+                        errors.append(float((layers[name](x) - m(x)).norm() / m(x).norm()))
+            result.update({
+                "codeclm_int8_steps_per_s": round(steps / q_wall, 1),
+                "int8_speedup": round(hf_wall / q_wall, 2),
+                "int8_speedup_cpu_time": round(hf_cpu / q_cpu, 2),
+                "int8_vs_fp32": round(our_wall / q_wall, 2),
+                "int8_linear_rel_err": round(sum(errors) / len(errors), 4),
+            })
     write_result(result, args.results)
 
 

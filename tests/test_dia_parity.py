@@ -268,3 +268,38 @@ def test_untagged_text_gets_speaker_one(pipe):
     pipe.generate_tokens("hello", max_new_tokens=20)
     assert pipe.last_text == "[S1] hello"
     assert DiaModel is type(pipe.model)
+
+
+def test_int8_option_decodes_with_int8_weights_close_to_float(hf, tmp_path, capsys):
+    from codeclm.lm.quant import Int8Linear, int8_available
+
+    if not int8_available():
+        pytest.skip("this torch has no int8 weight-only matmul")
+    model, dac, _ = hf
+    calm = tiny_dia()  # the parity model's weights are wide on purpose, which makes it chaotic: a 1e-3
+    with torch.no_grad():  # weight change moves its logits by tens of percent; this one is not
+        for p in calm.parameters():
+            if p.dim() == 2:
+                p.mul_(0.3)
+    fp32 = VoiceClone.from_hf(calm, audio_tokenizer=dac)
+    q = VoiceClone.from_hf(calm, audio_tokenizer=dac).quantize_int8()
+    linears = [m for m in q.model.modules() if isinstance(m, (Int8Linear, torch.nn.Linear))]
+    assert linears and all(isinstance(m, Int8Linear) for m in linears)
+    steps = fp32.model.generate_steps(torch.tensor([encode_text(TEXTS[0])]), max_new_tokens=30).steps
+    ids = torch.tensor([encode_text(TEXTS[0])])
+    with torch.no_grad():  # teacher-forced on the float sequence
+        ref, got = fp32.model(ids, None, steps), q.model(ids, None, steps)
+    assert float((got - ref).norm() / ref.norm()) < 0.03
+    assert float((got.argmax(-1) == ref.argmax(-1)).float().mean()) > 0.9
+    tokens = q.generate_tokens(TEXTS[0], max_new_tokens=30)
+    assert tokens.dim() == 3 and int(tokens.min()) >= -1 and int(tokens.max()) < 1024
+    with pytest.raises(ConfigError, match="int8"):
+        q.save_pretrained(tmp_path / "q")
+    folder = VoiceClone.from_hf(model, audio_tokenizer=dac).save_pretrained(tmp_path / "dia")
+    ref_wav = tmp_path / "ref.wav"
+    sf.write(ref_wav, reference_wav(800).numpy(), SR)
+    out = tmp_path / "out.wav"
+    assert main(["clone", "--model", str(folder), "--ref", str(ref_wav), "--ref-text", REF_TEXT, "--text", TEXTS[0],
+                 "-o", str(out), "--seed", "3", "-q", "--int8"]) == 0
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == SR and len(audio) > 0 and len(audio) % HOP == 0

@@ -42,3 +42,15 @@ def test_quantized_lm_decodes_and_leaves_original_alone():
     assert codes.shape == (1, 2, 8)
     static = generate_codes(q, pattern, 1, 8, do_sample=False, static=True)
     assert torch.equal(codes, static)
+
+
+def test_int8_linear_of_a_transposed_weight():
+    # DiaModel keeps widening layers as the transpose of an [in, out] tensor (faster fp32 decoding);
+    # the int8 kernel needs its own contiguous [out, in] copy
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 96, bias=False)
+    lin.weight.data = lin.weight.data.t().contiguous().t()
+    assert not lin.weight.is_contiguous()
+    q = Int8Linear(lin)
+    x = torch.randn(2, 32)
+    assert float((q(x) - lin(x)).norm() / lin(x).norm()) < 0.02

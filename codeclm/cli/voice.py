@@ -81,6 +81,9 @@ def register(sub) -> None:
                       help="JSON lines {text, ref, ref_text (optional), language (optional)}; one output each")
     many.add_argument("--out-dir", default=None, metavar="FOLDER", help="folder for the --jobs-file outputs")
     _sampling(p, "sampling seed; job i of a jobs file uses seed + i")
+    p.add_argument("--int8", action="store_true",
+                   help="Dia folders: decode with int8 weights (~1.4x faster on CPU; the tokens are not float32's). "
+                        "The shipped VALL-E's AR always decodes in int8 on CPU")
     p.set_defaults(func=run_clone)
 
     p = add_command(sub, "say", "text to speech with a named voice of the model or a saved voice",
@@ -180,6 +183,8 @@ def run_clone(args) -> int:
         from codeclm.pipelines import VoiceClone
 
         pipe = VoiceClone.from_pretrained(args.model, device=device)
+        if args.int8 and hasattr(pipe, "quantize_int8"):
+            pipe.quantize_int8()
         if any(job.get("voice") is not None for job, _ in jobs):
             _stored_voices(pipe, args)
         return pipe
