@@ -398,25 +398,36 @@ class HarmonicHead(StreamingModule):
 
     def _hops(self, f0, f0_next, amps, amps_next, phases) -> torch.Tensor:
         """Hops ``[B, n, hop]`` from their frames' parameters (:meth:`oscillate`'s function) and the
-        phases ``[B, n + 1]`` at their starts and at the end of the last; element-wise, partial after
-        partial."""
+        phases ``[B, n + 1]`` at their starts and at the end of the last.
+
+        Exact under any chunking: every partial's term is element-wise arithmetic (``pointwise_exact``
+        sines), computed for all partials at once, and the terms are added to the output one partial
+        after another in a fixed order. Partials above the last one with an amplitude in these hops
+        are left out (their terms are exact zeros, which add nothing)."""
         phase, start_next = phases[:, :-1], phases[:, 1:]
         jump = self._jumps(f0, f0_next)
         end = self._glide_end(f0, f0_next, jump)
         base = (phase.float()[..., None] + f0[..., None] * self.phase_start
-                + (end - f0)[..., None] * self.phase_slope)
-        glide_to = torch.where(jump[..., None], torch.zeros_like(amps_next), amps_next)
-        crossfade = bool(jump.any())
-        if crossfade:
-            incoming = start_next.float()[..., None] + f0_next[..., None] * self.phase_back
-            fade_in = jump[..., None].to(base.dtype) * self.ramp
+                + (end - f0)[..., None] * self.phase_slope)  # [B, n, hop]
         out = torch.zeros_like(base)
-        for k in range(self.harmonics):
-            a, a_to, a_next = amps[..., k], glide_to[..., k], amps_next[..., k]
-            if not bool((a > 0).any() or (a_next > 0).any()):
-                continue  # above the Nyquist limit in every hop of every item: silent
-            amp = a[..., None] + self.ramp * (a_to - a)[..., None]
-            out += amp * pointwise_exact(torch.sin, base * float(k + 1))
-            if crossfade:
-                out += fade_in * a_next[..., None] * pointwise_exact(torch.sin, incoming * float(k + 1))
+        live = ((amps > 0) | (amps_next > 0)).flatten(0, -2).any(0).nonzero()
+        if not live.numel():
+            return out  # unvoiced or silent in every hop of every item
+        k = int(live[-1, 0]) + 1  # partials 0 .. k-1
+        orders = self.orders[:k]
+        a, a_next = amps[..., :k], amps_next[..., :k]  # [B, n, k]
+        glide_to = torch.where(jump[..., None], torch.zeros_like(a_next), a_next)
+        amp = a[..., None] + self.ramp * (glide_to - a)[..., None]  # [B, n, k, hop]
+        terms = amp * pointwise_exact(torch.sin, base[..., None, :] * orders[:, None])
+        if bool(jump.any()):
+            incoming = start_next.float()[..., None] + f0_next[..., None] * self.phase_back
+            fade_in = jump[..., None].to(base.dtype) * self.ramp  # [B, n, hop]
+            terms_in = (fade_in[..., None, :] * a_next[..., None]) * pointwise_exact(
+                torch.sin, incoming[..., None, :] * orders[:, None])
+            for i in range(k):
+                out += terms[..., i, :]
+                out += terms_in[..., i, :]
+        else:
+            for i in range(k):
+                out += terms[..., i, :]
         return out
