@@ -142,9 +142,14 @@ def render(folder: str) -> str:
         rows.append(f"| Dia decoding (dim {cfg.get('dim')}, {cfg.get('layers')} layers, CFG, greedy, {g.get('threads')} thread(s)) | "
                     f"{g['codeclm_steps_per_s']} steps/s | {g['transformers_steps_per_s']} | {g['speedup']} (CPU time "
                     f"{fmt(g.get('speedup_cpu_time'))}) | >= 1.5 | {machine(g)} |")
+        if "codeclm_int8_steps_per_s" in g:
+            rows.append(f"| Dia decoding int8 weight-only (option, `clone --int8`) | {g['codeclm_int8_steps_per_s']} steps/s | | "
+                        f"{g['int8_speedup']} (CPU time {fmt(g.get('int8_speedup_cpu_time'))}) | >= 1.5 | same run |")
         floor = (f"; the step's fp32 weight matmuls alone run at {g['matmul_floor_steps_per_cpu_s']} steps/s, "
                  f"{g['max_speedup_cpu_time']}x transformers" if "matmul_floor_steps_per_cpu_s" in g else "")
-        notes.append(f"Dia: identical tokens {g.get('same_tokens')} over {g.get('steps')} steps{floor}.")
+        int8 = (f"; int8: {g['int8_vs_fp32']}x the fp32 loop, each layer's output within "
+                f"{round(100 * g['int8_linear_rel_err'], 1)} % of fp32's (tokens differ)" if "int8_vs_fp32" in g else "")
+        notes.append(f"Dia: identical tokens {g.get('same_tokens')} over {g.get('steps')} steps{floor}{int8}.")
     b = newest("busy_cpu", folder)
     if b:
         rows.append(f"| next to a busy core: {b['job']} | {b['busy_seconds']} s ({b['busy_threads']} thread(s)) vs "
