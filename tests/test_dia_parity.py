@@ -285,8 +285,8 @@ def test_int8_option_decodes_with_int8_weights_close_to_float(hf, tmp_path, caps
     q = VoiceClone.from_hf(calm, audio_tokenizer=dac).quantize_int8()
     linears = [m for m in q.model.modules() if isinstance(m, (Int8Linear, torch.nn.Linear))]
     assert linears and all(isinstance(m, Int8Linear) for m in linears)
-    steps = fp32.model.generate_steps(torch.tensor([encode_text(TEXTS[0])]), max_new_tokens=30).steps
     ids = torch.tensor([encode_text(TEXTS[0])])
+    steps = fp32.model.generate_steps(ids, max_new_tokens=30).steps
     with torch.no_grad():  # teacher-forced on the float sequence
         ref, got = fp32.model(ids, None, steps), q.model(ids, None, steps)
     assert float((got - ref).norm() / ref.norm()) < 0.03

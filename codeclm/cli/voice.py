@@ -82,7 +82,7 @@ def register(sub) -> None:
     many.add_argument("--out-dir", default=None, metavar="FOLDER", help="folder for the --jobs-file outputs")
     _sampling(p, "sampling seed; job i of a jobs file uses seed + i")
     p.add_argument("--int8", action="store_true",
-                   help="Dia folders: decode with int8 weights (~1.4x faster on CPU; the tokens are not float32's). "
+                   help="Dia folders: decode with int8 weights (1.4-1.7x faster on CPU; the tokens are not float32's). "
                         "The shipped VALL-E's AR always decodes in int8 on CPU")
     p.set_defaults(func=run_clone)
 

@@ -419,15 +419,14 @@ class HarmonicHead(StreamingModule):
         glide_to = torch.where(jump[..., None], torch.zeros_like(a_next), a_next)
         amp = a[..., None] + self.ramp * (glide_to - a)[..., None]  # [B, n, k, hop]
         terms = amp * pointwise_exact(torch.sin, base[..., None, :] * orders[:, None])
+        terms_in = None  # across a pitch jump: the incoming partials, each added after its outgoing one
         if bool(jump.any()):
             incoming = start_next.float()[..., None] + f0_next[..., None] * self.phase_back
             fade_in = jump[..., None].to(base.dtype) * self.ramp  # [B, n, hop]
             terms_in = (fade_in[..., None, :] * a_next[..., None]) * pointwise_exact(
                 torch.sin, incoming[..., None, :] * orders[:, None])
-            for i in range(k):
-                out += terms[..., i, :]
+        for i in range(k):
+            out += terms[..., i, :]
+            if terms_in is not None:
                 out += terms_in[..., i, :]
-        else:
-            for i in range(k):
-                out += terms[..., i, :]
         return out

@@ -65,7 +65,7 @@ class DiaVoiceClone(BasePipeline):
     def quantize_int8(self) -> DiaVoiceClone:
         """Decode with int8 weights from now on (:func:`codeclm.lm.quant.quantize_int8`: every linear
         layer of the encoder, decoder and head, one scale per output channel; a quarter of the bytes
-        of a memory-bound decoding step, ~1.4x the float32 steps/s on one CPU thread in
+        of a memory-bound decoding step, 1.4-1.7x the float32 steps/s on one CPU thread in
         ``benchmarks/dia_speed.py``). The tokens are not float32's. Inference only: a quantised
         pipeline is not saved (load the folder again instead). Returns ``self``."""
         from codeclm.lm.quant import int8_available, quantize_int8
