@@ -21,7 +21,7 @@ training corpus did not use (``--heldout-seed``), then varied ONE attribute at a
 The mood word follows the corpus rule (drawn from mode and bpm >= 110), so it changes with the
 mode or across 110 bpm as in training. Every caption is checked against the training corpus's
 captions (``--train-corpus SEED:N,...``, the ``synth-music`` runs that made it: default the
-shipped model's ``0:200,7:800,11:1000,13:1000``) and dropped if it occurs there (``captions_in_training`` counts
+shipped model's ``0:200,7:800,11:1000,13:1000,17:1000,19:1000``) and dropped if it occurs there (``captions_in_training`` counts
 them; the melodies are new renders anyway).
 
 Every clip's tonality scores (spectral flatness, spectral-peak harmonicity, onset peakiness and
@@ -245,7 +245,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="one sampling temperature per codebook (default: the model's pipeline.json, else none)")
     p.add_argument("--batch", type=int, default=8, help="prompts per generate() call")
     p.add_argument("--heldout-seed", type=int, default=1717, help="synth-music seed the base pieces are planned with")
-    p.add_argument("--train-corpus", default="0:200,7:800,11:1000,13:1000", help="SEED:N,... of the training corpus's synth-music runs")
+    p.add_argument("--train-corpus", default="0:200,7:800,11:1000,13:1000,17:1000,19:1000", help="SEED:N,... of the training corpus's synth-music runs")
     p.add_argument("--tempos", default="80,95,110,125,140", help="asked BPM, inside [80, 160)")
     p.add_argument("--n-tempo", type=int, default=3, help="base pieces of the tempo sweep")
     p.add_argument("--n-mode", type=int, default=5, help="base pieces of the major/minor pairs")

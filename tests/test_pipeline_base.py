@@ -115,3 +115,46 @@ def test_base_device_seeding_and_progress():
     with p._progress(True, 3) as cb:
         cb(1, 3)
         cb(2, 3)
+
+
+def test_export_swaps_in_a_codec_only_when_it_gives_the_same_codes(tmp_path):
+    """``export --codec``: a decoder fine-tune (same encoder and quantizer) is shipped with the
+    LM untouched; a codec whose encoder differs is refused and nothing is written."""
+    import importlib.util
+    from pathlib import Path
+
+    from codeclm.codec import load_model
+    from codeclm.pipelines import TextToMusic
+    from codeclm.pipelines.export import export
+
+    spec = importlib.util.spec_from_file_location(
+        "music_adherence", Path(__file__).resolve().parents[1] / "benchmarks" / "music_adherence.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pipe = bench.tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "src", None)
+    codec = pipe.codec
+    with torch.no_grad():  # another decoder: the same codes, other audio
+        for p in codec.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    codec.save_pretrained(tmp_path / "decoder_ft")
+    with torch.no_grad():  # another encoder: other codes
+        for p in codec.encoder.parameters():
+            p.copy_(torch.randn_like(p))
+    codec.save_pretrained(tmp_path / "encoder_ft")
+
+    out = export(tmp_path / "src", tmp_path / "dst", "float32", codec=tmp_path / "decoder_ft")
+    shipped, new = TextToMusic.from_pretrained(out), load_model(tmp_path / "decoder_ft")
+    info = json.loads((out / "pipeline.json").read_text())
+    src = TextToMusic.from_pretrained(tmp_path / "src")
+    assert info["codec_identity"] == shipped.codec.identity() != src.codec.identity()
+    x = torch.randn(1, 1, 4800)
+    assert torch.equal(shipped.codec.encode(x), new.encode(x))
+    assert torch.equal(shipped.codec.decode(new.encode(x)), new.decode(new.encode(x)))
+    assert all(torch.equal(a, b) for a, b in zip(shipped.lm.state_dict().values(), src.lm.state_dict().values()))
+    codes = src.codec.encode(x)
+    assert not torch.equal(shipped.codec.decode(codes), src.codec.decode(codes))
+
+    with pytest.raises(ConfigError, match="encoder_ft: does not give the codes"):
+        export(tmp_path / "src", tmp_path / "dst2", codec=tmp_path / "encoder_ft")
+    assert not (tmp_path / "dst2").exists()

@@ -35,7 +35,7 @@ def test_shipped_music_model():
     assert pipe.provider.specs["attributes"].fuse == "prepend" and pipe.max_steps == pipe.lm.config.max_seq_len - 6
     assert not torch.equal(a, pipe.generate([prompt.replace("90 bpm", "130 bpm")], duration=2.0, seed=0)[0])
     # melody conditioning reaches the model: the same prompt and seed with a melody differ
-    # (how closely the output follows it is measured by benchmarks/music_adherence.py --melody: barely, so far)
+    # (how closely the output follows it is measured by benchmarks/music_adherence.py --melody)
     t = torch.arange(12000) / 24000
     tune = torch.cat([0.3 * torch.sin(2 * math.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in [57, 61, 64, 69]])
     out = pipe.generate([prompt], duration=2.0, melody=tune[None], seed=0)[0]

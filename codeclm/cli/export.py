@@ -25,6 +25,9 @@ def add_export_arguments(p) -> None:
     add_force(p, "replace an existing DST")
     p.add_argument("--checkpoint", default=None, metavar="STEP_DIR",
                    help="take the weights of a training checkpoint (RUN/checkpoints/step_N) instead of SRC's")
+    p.add_argument("--codec", default=None, metavar="FOLDER",
+                   help="ship this codec instead of SRC's; it must give exactly the same codes (e.g. another "
+                        "decoder fine-tune of a frozen encoder and quantizer)")
     p.set_defaults(func=run_export)
 
 
@@ -36,7 +39,7 @@ def register(sub) -> None:
 def run_export(args) -> int:
     from codeclm.pipelines.export import export
 
-    out = export(args.src, args.dst, args.dtype, args.force, args.checkpoint)
+    out = export(args.src, args.dst, args.dtype, args.force, args.checkpoint, args.codec)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB")
     return 0
