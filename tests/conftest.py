@@ -35,6 +35,16 @@ def tiny_codec() -> Codec:
     return Codec(tiny_codec_config()).eval()
 
 
+def load_benchmark(name: str):
+    """The module ``benchmarks/NAME.py`` (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def kill_after_step(cmd: list[str], out_dir: Path, step: int, env: dict, timeout: float = 240) -> None:
     """Start a training run and SIGKILL it as soon as ``metrics.jsonl`` logs ``step``."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

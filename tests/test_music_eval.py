@@ -3,7 +3,6 @@ adherence benchmark's --tiny path end to end, and guidance_scale=None in TextToM
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -23,10 +22,9 @@ SR = me.EVAL_SR
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("music_adherence", ROOT / "benchmarks" / "music_adherence.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import load_benchmark
+
+    return load_benchmark("music_adherence")
 
 
 def click_track(bpm: float, seconds: float = 8.0) -> np.ndarray:

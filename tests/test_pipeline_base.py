@@ -120,18 +120,13 @@ def test_base_device_seeding_and_progress():
 def test_export_swaps_in_a_codec_only_when_it_gives_the_same_codes(tmp_path):
     """``export --codec``: a decoder fine-tune (same encoder and quantizer) is shipped with the
     LM untouched; a codec whose encoder differs is refused and nothing is written."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_benchmark
 
     from codeclm.codec import load_model
     from codeclm.pipelines import TextToMusic
     from codeclm.pipelines.export import export
 
-    spec = importlib.util.spec_from_file_location(
-        "music_adherence", Path(__file__).resolve().parents[1] / "benchmarks" / "music_adherence.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    pipe = bench.tiny_pipeline()
+    pipe = load_benchmark("music_adherence").tiny_pipeline()
     pipe.save_pretrained(tmp_path / "src", None)
     codec = pipe.codec
     with torch.no_grad():  # another decoder: the same codes, other audio
