@@ -1,6 +1,7 @@
 """Caption attributes (codeclm.lm.attributes): what the parser reads from a caption, the prepended
 tokens it becomes, its files, and the condition trained, exported and generated from through the
-music pipeline, with the caption alone as its value (source: text)."""
+music pipeline, with the caption alone as its value (source: text); the caption's key as a
+per-frame condition (caption_key), added to an export by a fine-tune (lm.init_fresh)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from codeclm.errors import CodecLMError, ConfigError
-from codeclm.lm.attributes import SLOTS, CaptionAttributeConditioner, CaptionAttributes, parse_caption
+from codeclm.lm.attributes import (SLOTS, CaptionAttributeConditioner, CaptionAttributes, CaptionKeyConditioner,
+                                   key_features, parse_caption)
 from codeclm.lm.conditioning import ConditioningProvider, conditioner_class
 
 
@@ -83,16 +85,27 @@ def test_save_and_load_keep_weights_and_vocabulary(tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and bool(a[1].all())
 
 
+def exported_pipeline(folder, name: str, spec: dict):
+    """A tiny run's export as a TextToMusic (a tiny random codec), after checking that its
+    pipeline.json names condition ``name`` as ``spec``."""
+    from codeclm.codec import Codec
+    from codeclm.pipelines import TextToMusic
+    from codeclm.pipelines.base import load_lm
+    from conftest import tiny_codec_config
+
+    info = json.loads((folder / "pipeline.json").read_text())
+    assert info["conditions"][name] == spec
+    provider = ConditioningProvider.load(folder, info["conditions"])
+    torch.manual_seed(0)
+    return TextToMusic(load_lm(folder / "lm"), Codec(tiny_codec_config(bins=16)).eval(), provider=provider)
+
+
 def test_trains_exports_and_the_caption_reaches_the_lm(tmp_path):
     """The recipe's entry (fuse prepend, source text) trains from the cache's captions, is exported
     with the model, and at generation reads the prompt itself: prompts differing only in tempo give
     different prepended tokens and different logits."""
-    from codeclm.codec import Codec
-    from codeclm.pipelines import TextToMusic
-    from codeclm.pipelines.base import load_lm
     from codeclm.training.config import load_recipe
     from codeclm.training.trainer import train
-    from conftest import tiny_codec_config
     from test_lm_training import TINY, make_cache
 
     cache, out = make_cache(tmp_path / "cache", n=12), tmp_path / "run"
@@ -105,12 +118,8 @@ def test_trains_exports_and_the_caption_reaches_the_lm(tmp_path):
              "lm.conditions.attributes.source=text", "lm.conditions.attributes.options.dim=32"]
     train(load_recipe(TINY, [f"data.token_cache={cache}", f"out_dir={out}", "max_steps=3", "ckpt_every=0",
                              "valid_every=3", "log_every=1", *entry]))
-    folder = out / "model"
-    info = json.loads((folder / "pipeline.json").read_text())
-    assert info["conditions"]["attributes"] == {"type": "caption_attributes", "fuse": "prepend", "source": "text"}
-    provider = ConditioningProvider.load(folder, info["conditions"])
-    torch.manual_seed(0)
-    pipe = TextToMusic(load_lm(folder / "lm"), Codec(tiny_codec_config(bins=16)).eval(), provider=provider)
+    pipe = exported_pipeline(out / "model", "attributes", {"type": "caption_attributes", "fuse": "prepend",
+                                                          "source": "text"})
     n = pipe._n_frames(0.05)
     seq = torch.full((1, 2, 4), 16)
     with torch.no_grad():
@@ -133,3 +142,73 @@ def test_trains_exports_and_the_caption_reaches_the_lm(tmp_path):
         pipe._n_frames((most + 1) / pipe.frame_rate)
     long = generate_long(pipe, "calm jazz track at 80 bpm", 1.5 * most / pipe.frame_rate, seed=0)
     assert long.shape[-1] == round(1.5 * most / pipe.frame_rate * pipe.sample_rate)
+
+
+def test_key_features_are_the_scale_triad_tonic_and_mode():
+    a_minor = key_features(parse_caption("dark folk in A minor"))
+    assert a_minor.nonzero().flatten().tolist() == sorted(
+        [9, 11, 0, 2, 4, 5, 7] + [12 + 9, 12 + 0, 12 + 4] + [24 + 9] + [37])
+    eb_major = key_features(parse_caption("in Eb major"))
+    assert eb_major[:12].nonzero().flatten().tolist() == [0, 2, 3, 5, 7, 8, 10]  # Eb F G Ab Bb C D
+    assert eb_major[12:24].nonzero().flatten().tolist() == [3, 7, 10] and eb_major[36] == 1
+    bare = key_features(parse_caption("something minor and slow"))
+    assert bare.nonzero().flatten().tolist() == [37]  # the mode alone
+    assert key_features(parse_caption("calm piano")) is None
+
+
+def test_key_condition_is_one_state_per_frame_and_starts_at_zero(tmp_path):
+    from codeclm.lm.conditioning import ConditionContext
+
+    cond = CaptionKeyConditioner(dim=8)
+    assert conditioner_class("caption_key") is CaptionKeyConditioner
+    captions = ["rock in A minor", "calm piano", "pop in C major"]
+    prepared = cond.prepare(captions, 3, ConditionContext(n_frames=5))
+    emb, mask = cond(prepared)
+    assert emb.shape == (3, 5, 8) and mask.tolist() == [[True] * 5, [False] * 5, [True] * 5]
+    assert torch.all(emb == 0)  # a fine-tune that adds it starts as the model without it
+    torch.manual_seed(0)
+    torch.nn.init.normal_(cond.proj.weight)
+    emb, _ = cond(prepared)
+    assert torch.equal(emb[:, :1].expand(-1, 5, -1), emb) and torch.all(emb[1] == 0)
+    assert not torch.allclose(emb[0], emb[2])
+    cond.save_folder(tmp_path / "key")
+    again = CaptionKeyConditioner.load(tmp_path / "key")
+    assert torch.equal(again(prepared)[0], emb)
+    with pytest.raises(CodecLMError, match="2 captions for a batch of 3"):
+        cond.prepare(captions[:2], 3, None)
+
+
+def test_a_fine_tune_adds_the_key_condition_to_an_export(tmp_path):
+    """lm.init_fresh: a run from an export (init_from) that adds a condition loads every exported
+    part strictly and starts the new one as initialised; the export carries it (fuse sum), and at
+    generation the prompt's key reaches the LM through it."""
+    from codeclm.training.config import load_recipe
+    from codeclm.training.trainer import train
+    from test_lm_training import TINY, make_cache
+
+    cache = make_cache(tmp_path / "cache", n=12)
+    index = cache / "index.jsonl"
+    lines = [json.loads(x) for x in index.read_text().splitlines()]
+    for i, e in enumerate(lines):
+        e["caption"] = f"calm jazz track in {'CDEFGAB'[i % 7]} {('major', 'minor')[i % 2]} with piano"
+    index.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    common = [f"data.token_cache={cache}", "ckpt_every=0", "valid_every=0", "log_every=1"]
+    train(load_recipe(TINY, [*common, f"out_dir={tmp_path / 'base'}", "max_steps=2"]))
+    key = ["lm.conditions.key.type=caption_key", "lm.conditions.key.fuse=sum", "lm.conditions.key.source=text",
+           "lm.conditions.key.options.dim=32", f"init_from={tmp_path / 'base' / 'model'}", "optim.lr=0.01"]
+    with pytest.raises(ConfigError, match="missing key/"):
+        train(load_recipe(TINY, [*common, f"out_dir={tmp_path / 'strict'}", "max_steps=1", *key]))
+    with pytest.raises(ConfigError, match="init_fresh: 'style' is not one of"):
+        load_recipe(TINY, [*common, f"out_dir={tmp_path / 'bad'}", *key, "lm.init_fresh=[style]"])
+    out = tmp_path / "run"
+    train(load_recipe(TINY, [*common, f"out_dir={out}", "max_steps=3", *key, "lm.init_fresh=[key]"]))
+    pipe = exported_pipeline(out / "model", "key", {"type": "caption_key", "fuse": "sum", "source": "text"})
+    assert pipe.provider.get("key").proj.weight.abs().sum() > 0  # trained away from its zero start
+    n = pipe._n_frames(0.1)
+    seq = torch.full((1, 2, 6), 16)
+    with torch.no_grad():
+        c_major, _ = pipe._condition(["calm jazz track in C major"], n)
+        f_minor, _ = pipe._condition(["calm jazz track in F# minor"], n)
+        assert c_major.sum.shape[0] == 1 and c_major.sum.shape[-1] == 32
+        assert not torch.allclose(c_major.sum, f_minor.sum)
+        assert not torch.allclose(pipe.lm(seq, c_major), pipe.lm(seq, f_minor))

@@ -240,6 +240,9 @@ def test_benchmark_tiny_end_to_end(capsys):
     assert out["benchmark"] == "music_adherence" and out["tiny"] and out["machine"]["cpu"]
     assert out["heldout"]["captions_in_training"] == 0 and out["heldout"]["n_captions"] >= 6
     assert -1 <= out["tempo"]["spearman"] <= 1 and 0 <= out["mode"]["accuracy"] <= 1
+    by_seed = out["mode"]["accuracy_by_seed"]  # each mode caption with two seeds, scored over both
+    assert out["mode"]["seeds"] == len(by_seed) == 2
+    assert out["mode"]["accuracy"] == pytest.approx(sum(by_seed) / 2, abs=1e-4)
     assert out["instrument"]["chance"] == pytest.approx(0.5) and out["instrument"]["ratio_to_chance"] is not None
     assert set(out["tonality"]["generated"]) == set(me.TONALITY_KEYS) and out["tonality"]["corpus"]
     assert set(out["tonality"]["in_codec_corpus_range_by_score"]) == set(me.TONALITY_KEYS)

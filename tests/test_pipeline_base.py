@@ -143,6 +143,7 @@ def test_export_swaps_in_a_codec_only_when_it_gives_the_same_codes(tmp_path):
     info = json.loads((out / "pipeline.json").read_text())
     src = TextToMusic.from_pretrained(tmp_path / "src")
     assert info["codec_identity"] == shipped.codec.identity() != src.codec.identity()
+    assert info["codec"] == "codec"  # the folder's own copy, never the path it came from
     x = torch.randn(1, 1, 4800)
     assert torch.equal(shipped.codec.encode(x), new.encode(x))
     assert torch.equal(shipped.codec.decode(new.encode(x)), new.decode(new.encode(x)))

@@ -38,7 +38,8 @@ from torch import nn
 from codeclm.errors import CodecLMError, ConfigError
 from codeclm.lm.conditioning import Conditioner, register_conditioner
 
-__all__ = ["SLOTS", "CaptionAttributeConditioner", "CaptionAttributes", "parse_caption"]
+__all__ = ["SLOTS", "CaptionAttributeConditioner", "CaptionAttributes", "CaptionKeyConditioner", "key_features",
+           "parse_caption"]
 
 SLOTS = ("tempo", "key", "mode", "style", "mood", "instruments")
 STYLES = ("pop", "rock", "electronic", "jazz", "orchestral", "ambient", "folk")
@@ -49,6 +50,7 @@ INSTRUMENTS = ("piano", "electric piano", "nylon guitar", "acoustic guitar", "ja
                "strings", "trumpet", "brass", "alto sax", "tenor sax", "oboe", "clarinet", "flute", "square lead",
                "saw lead", "new age pad", "warm pad", "choir pad", "banjo", "vibraphone", "drums",
                "guitar", "bass", "sax", "saxophone", "synth", "pad", "organ", "choir", "harp", "percussion")
+SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}  # natural minor, as the corpus
 _NOTE = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _KEY_RE = re.compile(r"\b([A-Ga-g])[\s-]?(#|♯|b|♭|sharp|flat)?[\s-]+(major|minor)\b")
 _MODE_RE = re.compile(r"\b(major|minor)\b", re.I)
@@ -190,3 +192,70 @@ class CaptionAttributeConditioner(Conditioner):
         mask = torch.stack([tempo >= 0, prepared["key"] >= 0, prepared["mode"] >= 0, prepared["style"] >= 0,
                             prepared["mood"] >= 0, count[:, 0] > 0], 1)
         return emb * mask[..., None].to(emb.dtype), mask
+
+
+def key_features(attrs: CaptionAttributes) -> torch.Tensor | None:
+    """``[38]`` pitch-class features of a caption's key, or None when it names neither key nor mode:
+    the scale's pitch classes (12, rotated to the tonic), its tonic triad (12), the tonic (12) and
+    the mode (2). Only the mode's 2 are set for a bare "minor"."""
+    if attrs.mode is None:
+        return None
+    out = torch.zeros(38)
+    mode = ("major", "minor").index(attrs.mode)
+    out[36 + mode] = 1.0
+    if attrs.tonic is not None:
+        scale = SCALES[attrs.mode]
+        out[[(attrs.tonic + s) % 12 for s in scale]] = 1.0
+        out[[12 + (attrs.tonic + scale[d]) % 12 for d in (0, 2, 4)]] = 1.0
+        out[24 + attrs.tonic] = 1.0
+    return out
+
+
+@register_conditioner("caption_key")
+class CaptionKeyConditioner(Conditioner):
+    """The caption's key and mode as one state per frame (fuse ``sum``): ``forward(prepared) ->
+    (emb [B, n_frames, dim], mask [B, n_frames])``, the same state at every frame.
+
+    A prepended key token reaches a frame only through attention, and teacher forcing teaches it
+    only on a crop's first frames (later ones read the key off their own context). Measured on the
+    shipped music LM: the true key lowers the pitch row's CE of frames 0-10 by 0.075 nats against a
+    caption without it, and generated pieces land in the asked key 0 of 9 times. Added to every
+    frame's input instead, the key is beside each prediction as the melody's chroma is. Its
+    features are pitch classes (:func:`key_features`: scale, tonic triad, tonic, mode) under one
+    linear map, so what the LM learns about one key's scale transfers to the others'. The map
+    starts at zero: a model fine-tuned with it starts as the model without it."""
+
+    data_field = "caption"
+
+    def __init__(self, dim: int = 256) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ConfigError(f"caption key: dim must be >= 1, got {dim}")
+        self.dim = self.output_dim = int(dim)
+        self.proj = nn.Linear(38, self.dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def config(self) -> dict:
+        return {"dim": self.dim}
+
+    def prepare(self, value, batch: int, context=None) -> dict[str, torch.Tensor]:
+        """One caption per row (a string: the same for all; None: nothing named) -> the key
+        features ``[B, 38]``, whether a key is named ``[B]``, and the frames to cover."""
+        texts = [value] * batch if value is None or isinstance(value, str) else list(value)
+        if len(texts) != batch:
+            raise CodecLMError(f"got {len(texts)} captions for a batch of {batch}")
+        feats, named = torch.zeros(batch, 38), torch.zeros(batch, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            f = key_features(parse_caption(text or ""))
+            if f is not None:
+                feats[i], named[i] = f, True
+        n_frames = getattr(context, "n_frames", None) or 1
+        return {"features": feats, "named": named, "n_frames": torch.tensor(int(n_frames))}
+
+    def forward(self, prepared: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = prepared["features"].to(self.proj.weight.dtype)
+        named = prepared["named"].bool()
+        T = int(prepared["n_frames"])
+        emb = self.proj(feats) * named[:, None].to(feats.dtype)
+        return emb[:, None, :].expand(-1, T, -1), named[:, None].expand(-1, T)

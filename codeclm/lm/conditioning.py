@@ -56,6 +56,7 @@ CONDITIONERS: dict[str, type | str] = {
     "t5": "codeclm.lm.conditioners:T5Conditioner",
     "melody": "codeclm.lm.melody:MelodyConditioner",
     "caption_attributes": "codeclm.lm.attributes:CaptionAttributeConditioner",
+    "caption_key": "codeclm.lm.attributes:CaptionKeyConditioner",
 }
 
 

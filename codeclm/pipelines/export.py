@@ -99,8 +99,7 @@ def export(src: str | Path, dst: str | Path, dtype: str = "float16", force: bool
         pipe.save_pretrained(tmp, DTYPES[dtype])
         if kind == "text-to-music":  # keep the training run's description (pattern, bandwidth, ...)
             info = {**json.loads((src / "pipeline.json").read_text()), **json.loads((tmp / "pipeline.json").read_text())}
-            if codec is not None:
-                info["codec"] = str(codec)
+            info["codec"] = "codec"  # the folder's own copy (the run's field is the path it was copied from)
             (tmp / "pipeline.json").write_text(json.dumps(info, indent=2) + "\n")
         cls.from_pretrained(tmp)  # loads back
         if dst.exists():

@@ -110,6 +110,9 @@ class LMTaskConfig:
     # exported LM (its embedding and head; null: newly initialised), e.g. [0, null, 1, 2, 3, 4]
     # when a codec inserts a new row 1 before the old rows 1-4. None: the same positions
     init_codebooks: list | None = None
+    # with init_from: conditions the export has not (e.g. one this recipe adds), started as
+    # initialised; every other part is loaded strictly
+    init_fresh: list = field(default_factory=list)
     # written to the export's pipeline.json: the long-form window (seconds per LM call; a model
     # trained on 5 s crops stays musical in ~10 s windows and drifts in its whole 20 s context) and
     # one sampling temperature per codebook (e.g. a cooler pitch row). None: not written
@@ -138,6 +141,12 @@ class Recipe(TrainConfig):
                                         ConfigError)
         if self.lm.init_codebooks is not None and not self.init_from:
             raise ConfigError("recipe: lm.init_codebooks maps the codebooks of init_from, which is not set")
+        if self.lm.init_fresh and not self.init_from:
+            raise ConfigError("recipe: lm.init_fresh names conditions init_from has not, but init_from is not set")
+        unknown = [n for n in self.lm.init_fresh if n not in condition_specs(self) or n == "text"]
+        if unknown:
+            raise ConfigError(f"recipe: lm.init_fresh: {unknown[0]!r} is not one of this recipe's conditions "
+                              f"other than text ({', '.join(n for n in condition_specs(self) if n != 'text')})")
         if not 0 <= self.lm.melody_dropout <= 1:
             raise ConfigError(f"recipe: lm.melody_dropout must be in [0, 1], got {self.lm.melody_dropout}")
         if not 0 <= self.lm.cond_dropout <= 1:
@@ -314,6 +323,9 @@ class Task(BaseTask):
 
     def export_parts(self) -> dict[str, str]:
         return {"lm": "lm", **{n: self.provider.specs[n].folder or n for n in self.provider.conditioners}}
+
+    def init_parts(self) -> dict[str, str]:
+        return {n: sub for n, sub in self.export_parts().items() if n not in self.cfg.lm.init_fresh}
 
     def remap_export_weights(self, name: str, weights: dict, folder: Path) -> dict:
         """``lm.init_codebooks``: each codebook's embedding and head from the exported codebook it

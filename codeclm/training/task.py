@@ -124,14 +124,19 @@ class Task:
         from codeclm.pretrained import load_weights_into, read_weights
 
         folder = Path(folder).expanduser()
-        for name, sub in self.export_parts().items():
+        for name, sub in self.init_parts().items():
             part = folder / sub
             if not part.is_dir():
                 raise ConfigError(f"recipe: init_from {folder}: missing {sub}/ (the {name} model); "
                                   f"is it an export of task {self.cfg.task}?")
             weights = self.remap_export_weights(name, read_weights(part), part)
             load_weights_into(self.models[name], weights, f"recipe: init_from {part}")
-        self.info(f"weights from {folder} ({', '.join(self.export_parts().values())})")
+        self.info(f"weights from {folder} ({', '.join(self.init_parts().values())})")
+
+    def init_parts(self) -> dict[str, str]:
+        """The parts of :meth:`export_parts` that ``init_from`` loads (a task whose recipe can add
+        models the export has not, e.g. a new condition, leaves those out); by default all."""
+        return self.export_parts()
 
     def remap_export_weights(self, name: str, weights: dict, folder: Path) -> dict:
         """The exported weights of model ``name`` as this run's model names them (a task whose
