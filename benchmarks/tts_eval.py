@@ -124,6 +124,8 @@ def main() -> None:
                         help="with --espeak: espeak-ng's speech through this codec (e.g. checkpoints/codec) and back, "
                              "the ceiling of a model on its tokens")
     parser.add_argument("--bandwidth", type=float, default=3.0, help="kbps of the --espeak-codec round trip (default 3)")
+    parser.add_argument("--nar-bf16", choices=("auto", "on", "off"), default="auto",
+                        help="the NAR under bf16 autocast on CPU: auto (where the CPU has native bf16), on, off")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
     parser.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the model's)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: the model's)")
@@ -133,6 +135,7 @@ def main() -> None:
 
     from codeclm.errors import CodecLMError
     from codeclm.evaluation.clone_eval import check_dependencies, evaluate_clone, read_pairs
+    from codeclm.threads import machine_info
 
     try:
         n = 2 if args.tiny else args.n
@@ -157,6 +160,8 @@ def main() -> None:
                 pipe = EspeakSpeaker(codec, args.bandwidth if codec is not None else None)
             else:
                 pipe = VoiceClone.from_pretrained(args.model)
+                if hasattr(pipe.model, "nar_bf16"):  # the duration-guided model (codeclm.lm.valle_dur)
+                    pipe.model.nar_bf16 = {"auto": None, "on": True, "off": False}[args.nar_bf16]
             if hasattr(pipe, "to"):
                 pipe = pipe.to(device) or pipe
             sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
@@ -177,6 +182,8 @@ def main() -> None:
         "pairs": str(args.pairs) if args.pairs else ("built-in tiny" if args.tiny else "built-in"),
         "seed": args.seed,
         "sampling": sampling or "model defaults",
+        "nar_bf16": args.nar_bf16,
+        "machine": machine_info(),
         "threads": torch.get_num_threads(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }))

@@ -121,6 +121,24 @@ def test_output_length_is_the_sum_of_durations_and_decoding_matches_teacher_forc
         m.generate(tok, torch.full((9,), 20), prompt)
 
 
+@pytest.mark.parametrize("native, forced, expect", [(False, None, torch.float32), (True, None, torch.bfloat16),
+                                                     (False, True, torch.bfloat16), (True, False, torch.float32)])
+def test_the_nar_runs_in_bf16_only_where_the_cpu_has_it(monkeypatch, native, forced, expect):
+    """Emulated bf16 (a CPU without AMX / AVX512-BF16) made the NAR 1.7x slower than float32: by
+    default it is used only where the hardware has it; ``nar_bf16`` forces either."""
+    import codeclm.lm.valle_dur as vd
+
+    torch.manual_seed(0)
+    m = vd.DurValle(tiny_config()).eval()
+    m.nar_bf16 = forced
+    monkeypatch.setattr(vd, "cpu_has_native_bf16", lambda: native)
+    seen = []
+    m.nar.heads[1].register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    out = m.generate(torch.randint(5, 12, (4,)), torch.tensor([1, 2, 1, 2]), torch.randint(0, 16, (3, 10)),
+                     do_sample=False)
+    assert out.shape == (3, 6) and seen and set(seen) == {expect}
+
+
 def test_a_tiny_model_learns_the_frame_aligned_codes():
     """Codes that are a function of the frame's phoneme and position: the loss must fall far."""
     from codeclm.lm.valle_dur import DurValle

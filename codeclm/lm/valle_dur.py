@@ -43,6 +43,7 @@ from codeclm.lm.sampling import check_sampling_params, sample_next
 from codeclm.lm.text_encoder import TokenEncoder
 from codeclm.lm.transformer import TokenLM
 from codeclm.pretrained import SavedConfig, fused_state_dict, load_folder, save_folder
+from codeclm.threads import cpu_has_native_bf16
 
 __all__ = ["MODEL_TYPE", "DurValle", "DurValleConfig", "frame_positions"]
 
@@ -202,7 +203,10 @@ class DurValle(nn.Module):
         self.nar_cond = FrameConditioner(c)
         self.nar = TokenLM(c.nar_config())
 
-    nar_bf16 = True  # the NAR at inference on CPU under bfloat16 autocast (False: float32)
+    # the NAR at inference on CPU under bfloat16 autocast: None (default) where the CPU has native
+    # bf16 (AMX / AVX512-BF16; elsewhere emulated bf16 made it 1.7x slower than float32), True /
+    # False to force it
+    nar_bf16: bool | None = None
     ar_int8 = True  # the AR's decoding steps on CPU with int8 weights (codeclm.lm.quant; False: float32)
 
     def train(self, mode: bool = True) -> DurValle:
@@ -360,7 +364,7 @@ class DurValle(nn.Module):
             if f + 1 < max(lengths):
                 logits = step(code[:, None], Tp + 1 + f)
         # NAR: whole sequences (compute-bound), in bfloat16 on CPU as in training (autocast)
-        fast = device.type == "cpu" and self.nar_bf16
+        fast = device.type == "cpu" and (cpu_has_native_bf16() if self.nar_bf16 is None else bool(self.nar_bf16))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
             ncond = self.nar_cond(tok, mask, idx, pos, left)
             out = []

@@ -42,7 +42,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 
 from codeclm.errors import ConfigError
-from codeclm.threads import cpu_flags
+from codeclm.threads import cpu_has_native_bf16
 from codeclm.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
 from codeclm.training.config import TASKS, TrainConfig, to_yaml
 from codeclm.training.logging import RunLogger
@@ -160,14 +160,6 @@ class ModelEMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16). Elsewhere oneDNN
-    emulates bf16 and autocast makes convolutions 10-80x *slower* than fp32 (measured on an AVX2
-    AMD EPYC), so ``mixed_precision: auto`` keeps fp32 there."""
-    flags = cpu_flags()
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_precision(requested: str, has_gpu: bool) -> tuple[str, str | None]:
