@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from codeclm.errors import CodecLMError, ConfigError
-from codeclm.lm.attributes import (SLOTS, CaptionAttributeConditioner, CaptionAttributes, CaptionKeyConditioner,
-                                   key_features, parse_caption)
+from codeclm.lm.attributes import (SLOTS, CaptionAttributeConditioner, CaptionAttributes,
+                                   CaptionInstrumentConditioner, CaptionKeyConditioner, key_features, parse_caption)
 from codeclm.lm.conditioning import ConditioningProvider, conditioner_class
 
 
@@ -176,6 +176,26 @@ def test_key_condition_is_one_state_per_frame_and_starts_at_zero(tmp_path):
     assert torch.equal(again(prepared)[0], emb)
     with pytest.raises(CodecLMError, match="2 captions for a batch of 3"):
         cond.prepare(captions[:2], 3, None)
+
+
+def test_instrument_condition_is_the_mean_of_the_named_instruments_at_every_frame(tmp_path):
+    from codeclm.lm.conditioning import ConditionContext
+
+    cond = CaptionInstrumentConditioner(dim=8, instruments=["piano", "electric piano", "drums", "kazoo"])
+    assert conditioner_class("caption_instruments") is CaptionInstrumentConditioner
+    prepared = cond.prepare(["jazz with electric piano and drums", "calm", "kazoo"], 3, ConditionContext(n_frames=4))
+    assert prepared["features"].tolist() == [[0, 0.5, 0.5, 0], [0, 0, 0, 0], [0, 0, 0, 1]]  # not also "piano"
+    emb, mask = cond(prepared)
+    assert emb.shape == (3, 4, 8) and mask[:, 0].tolist() == [True, False, True] and torch.all(emb == 0)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(cond.proj.weight)
+    emb, _ = cond(prepared)
+    assert torch.allclose(emb[0, 2], 0.5 * (cond.proj.weight[:, 1] + cond.proj.weight[:, 2]) + cond.proj.bias)
+    cond.save_folder(tmp_path / "inst")
+    again = CaptionInstrumentConditioner.load(tmp_path / "inst")
+    assert again.instruments == cond.instruments and torch.equal(again(prepared)[0], emb)
+    with pytest.raises(ConfigError, match="distinct"):
+        CaptionInstrumentConditioner(instruments=["piano", "piano"])
 
 
 def test_a_fine_tune_adds_the_key_condition_to_an_export(tmp_path):

@@ -38,8 +38,8 @@ from torch import nn
 from codeclm.errors import CodecLMError, ConfigError
 from codeclm.lm.conditioning import Conditioner, register_conditioner
 
-__all__ = ["SLOTS", "CaptionAttributeConditioner", "CaptionAttributes", "CaptionKeyConditioner", "key_features",
-           "parse_caption"]
+__all__ = ["SLOTS", "CaptionAttributeConditioner", "CaptionAttributes", "CaptionInstrumentConditioner",
+           "CaptionKeyConditioner", "key_features", "parse_caption"]
 
 SLOTS = ("tempo", "key", "mode", "style", "mood", "instruments")
 STYLES = ("pop", "rock", "electronic", "jazz", "orchestral", "ambient", "folk")
@@ -211,43 +211,39 @@ def key_features(attrs: CaptionAttributes) -> torch.Tensor | None:
     return out
 
 
-@register_conditioner("caption_key")
-class CaptionKeyConditioner(Conditioner):
-    """The caption's key and mode as one state per frame (fuse ``sum``): ``forward(prepared) ->
-    (emb [B, n_frames, dim], mask [B, n_frames])``, the same state at every frame.
-
-    A prepended key token reaches a frame only through attention, and teacher forcing teaches it
-    only on a crop's first frames (later ones read the key off their own context). Measured on the
-    shipped music LM: the true key lowers the pitch row's CE of frames 0-10 by 0.075 nats against a
-    caption without it, and generated pieces land in the asked key 0 of 9 times. Added to every
-    frame's input instead, the key is beside each prediction as the melody's chroma is. Its
-    features are pitch classes (:func:`key_features`: scale, tonic triad, tonic, mode) under one
-    linear map, so what the LM learns about one key's scale transfers to the others'. The map
-    starts at zero: a model fine-tuned with it starts as the model without it."""
+class _PerFrameCaption(Conditioner):
+    """A caption's features as one state per frame (fuse ``sum``): ``forward(prepared) ->
+    (emb [B, n_frames, dim], mask [B, n_frames])``, the same state at every frame, masked where
+    the caption names nothing. ``features(attrs)`` (None: nothing named) goes through one linear
+    map that starts at zero, so a model fine-tuned with the condition starts as the model without it."""
 
     data_field = "caption"
+    n_features: int
 
     def __init__(self, dim: int = 256) -> None:
         super().__init__()
         if dim < 1:
-            raise ConfigError(f"caption key: dim must be >= 1, got {dim}")
+            raise ConfigError(f"{type(self).__name__}: dim must be >= 1, got {dim}")
         self.dim = self.output_dim = int(dim)
-        self.proj = nn.Linear(38, self.dim)
+        self.proj = nn.Linear(self.n_features, self.dim)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+
+    def features(self, attrs: CaptionAttributes) -> torch.Tensor | None:
+        raise NotImplementedError
 
     def config(self) -> dict:
         return {"dim": self.dim}
 
     def prepare(self, value, batch: int, context=None) -> dict[str, torch.Tensor]:
-        """One caption per row (a string: the same for all; None: nothing named) -> the key
-        features ``[B, 38]``, whether a key is named ``[B]``, and the frames to cover."""
+        """One caption per row (a string: the same for all; None: nothing named) -> the features
+        ``[B, n_features]``, whether the caption names any ``[B]``, and the frames to cover."""
         texts = [value] * batch if value is None or isinstance(value, str) else list(value)
         if len(texts) != batch:
             raise CodecLMError(f"got {len(texts)} captions for a batch of {batch}")
-        feats, named = torch.zeros(batch, 38), torch.zeros(batch, dtype=torch.bool)
+        feats, named = torch.zeros(batch, self.n_features), torch.zeros(batch, dtype=torch.bool)
         for i, text in enumerate(texts):
-            f = key_features(parse_caption(text or ""))
+            f = self.features(parse_caption(text or "", instruments=getattr(self, "instruments", INSTRUMENTS)))
             if f is not None:
                 feats[i], named[i] = f, True
         n_frames = getattr(context, "n_frames", None) or 1
@@ -259,3 +255,46 @@ class CaptionKeyConditioner(Conditioner):
         T = int(prepared["n_frames"])
         emb = self.proj(feats) * named[:, None].to(feats.dtype)
         return emb[:, None, :].expand(-1, T, -1), named[:, None].expand(-1, T)
+
+
+@register_conditioner("caption_key")
+class CaptionKeyConditioner(_PerFrameCaption):
+    """The caption's key and mode at every frame (:func:`key_features`: scale, tonic triad, tonic,
+    mode; fuse ``sum``).
+
+    A prepended key token reaches a frame only through attention, and teacher forcing teaches it
+    only on a crop's first frames (later ones read the key off their own context). Measured on the
+    music LM of git 1cd833d: the true key lowered the pitch row's CE of frames 0-10 by 0.075 nats
+    against a caption without it, and generated pieces played the asked mode 57 % of the time.
+    Added to every frame's input instead, the key is beside each prediction as the melody's chroma
+    is; its features are pitch classes, so what the LM learns about one key's scale transfers to
+    the others' (docs/music.md)."""
+
+    n_features = 38
+
+    def features(self, attrs: CaptionAttributes) -> torch.Tensor | None:
+        return key_features(attrs)
+
+
+@register_conditioner("caption_instruments")
+class CaptionInstrumentConditioner(_PerFrameCaption):
+    """The caption's instruments at every frame: the mean of one-hot rows of ``instruments`` (the
+    names found as :func:`parse_caption` finds them, longest first), fuse ``sum``; the per-frame
+    counterpart of the attribute tokens' instrument slot, as ``caption_key`` is of its key."""
+
+    def __init__(self, dim: int = 256, instruments=INSTRUMENTS) -> None:
+        self.instruments = list(instruments)
+        if not self.instruments or len(set(self.instruments)) != len(self.instruments):
+            raise ConfigError("caption instruments: instruments must be distinct non-empty words")
+        self.n_features = len(self.instruments)
+        super().__init__(dim)
+
+    def config(self) -> dict:
+        return {"dim": self.dim, "instruments": self.instruments}
+
+    def features(self, attrs: CaptionAttributes) -> torch.Tensor | None:
+        if not attrs.instruments:
+            return None
+        out = torch.zeros(self.n_features)
+        out[[self.instruments.index(n) for n in attrs.instruments]] = 1.0 / len(attrs.instruments)
+        return out

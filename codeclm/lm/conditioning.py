@@ -57,6 +57,7 @@ CONDITIONERS: dict[str, type | str] = {
     "melody": "codeclm.lm.melody:MelodyConditioner",
     "caption_attributes": "codeclm.lm.attributes:CaptionAttributeConditioner",
     "caption_key": "codeclm.lm.attributes:CaptionKeyConditioner",
+    "caption_instruments": "codeclm.lm.attributes:CaptionInstrumentConditioner",
 }
 
 
