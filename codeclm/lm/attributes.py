@@ -232,6 +232,9 @@ class _PerFrameCaption(Conditioner):
     def features(self, attrs: CaptionAttributes) -> torch.Tensor | None:
         raise NotImplementedError
 
+    def parse(self, text: str) -> CaptionAttributes:
+        return parse_caption(text)
+
     def config(self) -> dict:
         return {"dim": self.dim}
 
@@ -243,7 +246,7 @@ class _PerFrameCaption(Conditioner):
             raise CodecLMError(f"got {len(texts)} captions for a batch of {batch}")
         feats, named = torch.zeros(batch, self.n_features), torch.zeros(batch, dtype=torch.bool)
         for i, text in enumerate(texts):
-            f = self.features(parse_caption(text or "", instruments=getattr(self, "instruments", INSTRUMENTS)))
+            f = self.features(self.parse(text or ""))
             if f is not None:
                 feats[i], named[i] = f, True
         n_frames = getattr(context, "n_frames", None) or 1
@@ -291,6 +294,9 @@ class CaptionInstrumentConditioner(_PerFrameCaption):
 
     def config(self) -> dict:
         return {"dim": self.dim, "instruments": self.instruments}
+
+    def parse(self, text: str) -> CaptionAttributes:
+        return parse_caption(text, instruments=self.instruments)
 
     def features(self, attrs: CaptionAttributes) -> torch.Tensor | None:
         if not attrs.instruments:
