@@ -108,7 +108,7 @@ def cpu_flags() -> set[str]:
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16). Elsewhere oneDNN
     emulates bf16 and autocast makes convolutions 10-80x *slower* than fp32 (measured on an AVX2
-    AMD EPYC) and the voice model's NAR 1.7x slower (an AVX512 Xeon without bf16)."""
+    AMD EPYC) and voice clones 1.2-1.7x slower through the NAR (an AVX512 Xeon without bf16)."""
     flags = cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from codeclm.errors import CodecLMError, ConfigError
-from codeclm.lm.conditioning import Conditioner, register_conditioner
+from codeclm.lm.conditioning import Conditioner, register_conditioner, texts_per_row
 
 __all__ = ["SLOTS", "CaptionAttributeConditioner", "CaptionAttributes", "CaptionInstrumentConditioner",
            "CaptionKeyConditioner", "key_features", "parse_caption"]
@@ -152,9 +152,7 @@ class CaptionAttributeConditioner(Conditioner):
     def prepare(self, value, batch: int, context=None) -> dict[str, torch.Tensor]:
         """One caption per row (a string: the same for all; None entries: nothing named) ->
         index tensors (-1: not named) and the instruments' multi-hot ``[B, n_instruments]``."""
-        texts = [value] * batch if value is None or isinstance(value, str) else list(value)
-        if len(texts) != batch:
-            raise CodecLMError(f"got {len(texts)} captions for a batch of {batch}")
+        texts = texts_per_row(value, batch)
         lo, hi = self.tempo_range
         out = {k: torch.full((batch,), -1, dtype=torch.long) for k in ("tempo", "key", "mode", "style", "mood")}
         out["log_tempo"] = torch.zeros(batch)
@@ -241,9 +239,7 @@ class _PerFrameCaption(Conditioner):
     def prepare(self, value, batch: int, context=None) -> dict[str, torch.Tensor]:
         """One caption per row (a string: the same for all; None: nothing named) -> the features
         ``[B, n_features]``, whether the caption names any ``[B]``, and the frames to cover."""
-        texts = [value] * batch if value is None or isinstance(value, str) else list(value)
-        if len(texts) != batch:
-            raise CodecLMError(f"got {len(texts)} captions for a batch of {batch}")
+        texts = texts_per_row(value, batch)
         feats, named = torch.zeros(batch, self.n_features), torch.zeros(batch, dtype=torch.bool)
         for i, text in enumerate(texts):
             f = self.features(self.parse(text or ""))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from codeclm.errors import CodecLMError, ConfigError
-from codeclm.lm.conditioning import CONDITIONERS, Conditioner, conditioner_class, register_conditioner
+from codeclm.lm.conditioning import CONDITIONERS, Conditioner, conditioner_class, register_conditioner, texts_per_row
 
 __all__ = ["CONDITIONERS", "T5Conditioner", "TextConditioner", "load_conditioner", "register_conditioner"]
 
@@ -47,9 +47,7 @@ class TextConditioner(Conditioner):
     def prepare(self, value, batch: int, context=None) -> dict[str, torch.Tensor]:
         """The provider's stage 1: ``value`` is one caption per row (a string: the same for all;
         None or None entries: the empty caption)."""
-        texts = [value] * batch if value is None or isinstance(value, str) else list(value)
-        if len(texts) != batch:
-            raise CodecLMError(f"got {len(texts)} texts for a batch of {batch}")
+        texts = texts_per_row(value, batch, "texts")
         return self.tokenize(["" if t is None else t for t in texts])
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

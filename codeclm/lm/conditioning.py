@@ -45,7 +45,7 @@ from codeclm.errors import CodecLMError, ConfigError
 
 __all__ = ["CONDITIONERS", "FUSE_MODES", "Condition", "ConditionContext", "ConditionDropout", "ConditionFuser",
            "ConditionSpec", "Conditioner", "ConditioningProvider", "FusedCondition", "conditioner_class",
-           "register_conditioner", "step_frames"]
+           "register_conditioner", "step_frames", "texts_per_row"]
 
 FUSE_MODES = ("cross", "sum", "prepend")
 
@@ -88,6 +88,15 @@ def conditioner_class(kind: str) -> type:
             CONDITIONERS[kind] = cls
         target = cls
     return target
+
+
+def texts_per_row(value, batch: int, what: str = "captions") -> list:
+    """A text condition's value as one entry per row: a string (or None) is every row's; a list
+    must hold ``batch`` entries."""
+    texts = [value] * batch if value is None or isinstance(value, str) else list(value)
+    if len(texts) != batch:
+        raise CodecLMError(f"got {len(texts)} {what} for a batch of {batch}")
+    return texts
 
 
 class Condition(NamedTuple):

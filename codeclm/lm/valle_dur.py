@@ -204,8 +204,8 @@ class DurValle(nn.Module):
         self.nar = TokenLM(c.nar_config())
 
     # the NAR at inference on CPU under bfloat16 autocast: None (default) where the CPU has native
-    # bf16 (AMX / AVX512-BF16; elsewhere emulated bf16 made it 1.7x slower than float32), True /
-    # False to force it
+    # bf16 (AMX / AVX512-BF16; elsewhere emulated bf16 made clones 1.2-1.7x slower than float32),
+    # True / False to force it
     nar_bf16: bool | None = None
     ar_int8 = True  # the AR's decoding steps on CPU with int8 weights (codeclm.lm.quant; False: float32)
 

@@ -143,10 +143,11 @@ class Recipe(TrainConfig):
             raise ConfigError("recipe: lm.init_codebooks maps the codebooks of init_from, which is not set")
         if self.lm.init_fresh and not self.init_from:
             raise ConfigError("recipe: lm.init_fresh names conditions init_from has not, but init_from is not set")
-        unknown = [n for n in self.lm.init_fresh if n not in condition_specs(self) or n == "text"]
+        others = [n for n in condition_specs(self) if n != "text"]
+        unknown = [n for n in self.lm.init_fresh if n not in others]
         if unknown:
             raise ConfigError(f"recipe: lm.init_fresh: {unknown[0]!r} is not one of this recipe's conditions "
-                              f"other than text ({', '.join(n for n in condition_specs(self) if n != 'text')})")
+                              f"other than text ({', '.join(others)})")
         if not 0 <= self.lm.melody_dropout <= 1:
             raise ConfigError(f"recipe: lm.melody_dropout must be in [0, 1], got {self.lm.melody_dropout}")
         if not 0 <= self.lm.cond_dropout <= 1:
