@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from codeclm.errors import CodecLMError, ConfigError
+from codeclm.errors import ConfigError
 from codeclm.lm.conditioning import CONDITIONERS, Conditioner, conditioner_class, register_conditioner, texts_per_row
 
 __all__ = ["CONDITIONERS", "T5Conditioner", "TextConditioner", "load_conditioner", "register_conditioner"]
