@@ -126,6 +126,10 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=3.0, help="kbps of the --espeak-codec round trip (default 3)")
     parser.add_argument("--nar-bf16", choices=("auto", "on", "off"), default="auto",
                         help="the NAR under bf16 autocast on CPU: auto (where the CPU has native bf16), on, off")
+    parser.add_argument("--nar-prompt-seconds", type=float, default=None, metavar="S",
+                        help="the NAR reads only the prompt's last S seconds (default: the model's setting)")
+    parser.add_argument("--ar-int8", choices=("auto", "on", "off"), default="auto",
+                        help="the AR's decoding steps with int8 weights on CPU: auto (the model's setting), on, off")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
     parser.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the model's)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: the model's)")
@@ -162,6 +166,10 @@ def main() -> None:
                 pipe = VoiceClone.from_pretrained(args.model)
                 if hasattr(pipe.model, "nar_bf16"):  # the duration-guided model (codeclm.lm.valle_dur)
                     pipe.model.nar_bf16 = {"auto": None, "on": True, "off": False}[args.nar_bf16]
+                    if args.nar_prompt_seconds is not None:
+                        pipe.model.nar_prompt_seconds = args.nar_prompt_seconds
+                    if args.ar_int8 != "auto":
+                        pipe.model.ar_int8 = args.ar_int8 == "on"
             if hasattr(pipe, "to"):
                 pipe = pipe.to(device) or pipe
             sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
@@ -183,6 +191,8 @@ def main() -> None:
         "seed": args.seed,
         "sampling": sampling or "model defaults",
         "nar_bf16": args.nar_bf16,
+        **({"nar_prompt_seconds": getattr(pipe.model, "nar_prompt_seconds", None),
+            "ar_int8": getattr(pipe.model, "ar_int8", None)} if hasattr(pipe, "model") else {}),
         "machine": machine_info(),
         "threads": torch.get_num_threads(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

@@ -244,6 +244,10 @@ def test_benchmark_tiny_end_to_end(capsys):
     assert out["mode"]["seeds"] == len(by_seed) == 2
     assert out["mode"]["accuracy"] == pytest.approx(sum(by_seed) / 2, abs=1e-4)
     assert out["instrument"]["chance"] == pytest.approx(0.5) and out["instrument"]["ratio_to_chance"] is not None
+    by_seed = out["instrument"]["accuracy_by_seed"]  # the same for the instrument captions
+    assert out["instrument"]["seeds"] == len(by_seed) == 2
+    assert out["instrument"]["accuracy"] == pytest.approx(sum(by_seed) / 2, abs=1e-4)
+    assert out["instrument"]["ratio_to_chance"] == pytest.approx(out["instrument"]["accuracy"] / 0.5, abs=1e-3)
     assert set(out["tonality"]["generated"]) == set(me.TONALITY_KEYS) and out["tonality"]["corpus"]
     assert set(out["tonality"]["in_codec_corpus_range_by_score"]) == set(me.TONALITY_KEYS)
     assert 0 <= out["tonality"]["in_codec_corpus_range"] <= 1 and out["tonality"]["corpus_codec"]

@@ -382,6 +382,9 @@ def test_clone_and_say_command_lines(trained, tmp_path):
         (("clone", "--ref", ref.path, "--text", "x", "-o", str(tmp_path / "a.wav"), "--model", str(tmp_path)),
          "not a voice-clone"),
         (("say", "x", "--voice", "nobody", "-o", str(tmp_path / "b.wav"), "--model", model), "unknown voice"),
+        (("say", "x", "--speed", "fast", "-o", str(tmp_path / "b.wav"), "--model", model), "speed must be"),
+        (("clone", "--ref", ref.path, "--text", "x", "-o", str(tmp_path / "a.wav"), "--model", model, "--speed", "1.2"),
+         "--speed is for the duration-guided"),
     ]:
         r = _cli(*args)
         assert r.returncode == 1 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

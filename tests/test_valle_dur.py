@@ -3,6 +3,7 @@ pipeline path (and, slow, the shipped model's output is speech-like for several 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from codeclm.errors import CodecLMError
 from codeclm.tokenizers.phonemes import WORD_SEP
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
@@ -139,6 +141,27 @@ def test_the_nar_runs_in_bf16_only_where_the_cpu_has_it(monkeypatch, native, for
     assert out.shape == (3, 6) and seen and set(seen) == {expect}
 
 
+def test_fill_nar_is_the_second_stage_of_generate_and_the_nar_prompt_crop():
+    """``fill_nar`` on the AR's own first codebook gives ``generate``'s codes; with
+    ``nar_prompt_seconds`` the NAR sees only the prompt's last frames (exactly a shorter prompt)."""
+    from codeclm.lm.valle_dur import DurValle
+
+    torch.manual_seed(0)
+    m = DurValle(tiny_config()).eval()
+    m.ar_int8 = False
+    prompt = torch.randint(0, 16, (3, 20))  # 0.4 s at 50 frames/s
+    tok, d = torch.randint(5, 12, (6,)), torch.tensor([0, 2, 3, 1, 4, 2])
+    out = m.generate(tok, d, prompt, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(m.fill_nar(tok, d, prompt, out[0]), out)
+    m.nar_prompt_seconds = 0.1  # 5 frames
+    cropped = m.fill_nar(tok, d, prompt, out[0])
+    m.nar_prompt_seconds = None
+    assert torch.equal(cropped, m.fill_nar(tok, d, prompt[:, -5:], out[0]))
+    assert torch.equal(cropped[0], out[0])
+    with pytest.raises(Exception, match="first codebook has"):
+        m.fill_nar(tok, d, prompt, out[0, :-1])
+
+
 def test_a_tiny_model_learns_the_frame_aligned_codes():
     """Codes that are a function of the frame's phoneme and position: the loss must fall far."""
     from codeclm.lm.valle_dur import DurValle
@@ -206,15 +229,45 @@ def test_aligned_data_and_training_export(trained):
     wav = pipe.generate(text, str(ref), ref_text="One song wrote our wooden computer quickly.", seed=0)
     assert torch.equal(wav, pipe.generate(text, str(ref), ref_text="One song wrote our wooden computer quickly.", seed=0))
     prompt, ref_text, _ = pipe._job(text, str(ref), "One song wrote our wooden computer quickly.", "en", None, None)
-    factor = speaking_rate(prompt.shape[1], ref_text, 50.0)
-    plan = text_plan(pipe, text, "en", factor, prompt.shape[1])
-    frames = sum(int(d.sum()) for _, _, d in plan)
-    assert len(plan) == 2  # two sentences, each exactly its planned frames, joined by a pause
     hop = pipe.sample_rate // 50
-    assert wav.shape[1] == frames * hop + round(plan[0][0].pause * pipe.sample_rate)
+
+    def planned_samples(factor):
+        plan = text_plan(pipe, text, "en", factor, prompt.shape[1])
+        assert len(plan) == 2  # two sentences, each exactly its planned frames, joined by a pause
+        return sum(int(d.sum()) for _, _, d in plan) * hop + round(plan[0][0].pause * pipe.sample_rate)
+
+    assert wav.shape[1] == planned_samples(1.0)  # default: espeak-ng's pace
+    # speed: the reference's own speaking rate, or a multiple of espeak-ng's pace
+    factor = speaking_rate(prompt.shape[1], ref_text, 50.0)
+    for speed, f in (("reference", factor), (2.0, 0.5), ("0.8", 1.25)):
+        out = pipe.generate(text, str(ref), ref_text="One song wrote our wooden computer quickly.", seed=0, speed=speed)
+        assert out.shape[1] == planned_samples(f), speed
+    for bad in (3.0, "fast", float("nan")):
+        with pytest.raises(CodecLMError, match="speed must"):
+            pipe.generate(text, str(ref), ref_text="x", seed=0, speed=bad)
     assert pipe.say("Hello there.", voice="us_male", seed=0).shape[1] > 0
     tokens, dur = espeak_durations("Thank you very much.", 50.0)
     assert tokens[0] == "." and dur.sum() > 20
+
+
+def test_voice_stages_benchmark_on_the_tiny_model(trained, capsys):
+    """benchmarks/voice_stages.py: the same recogniser on espeak-ng's rendering, its codec round
+    trip, its first codebook + the NAR, and AR + NAR; the losses are the differences."""
+    pytest.importorskip("pocketsphinx")
+    pytest.importorskip("resemblyzer")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("voice_stages", REPO / "benchmarks" / "voice_stages.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--model", str(trained[0] / "run" / "model"), "--n", "2", "--results", ""])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    wer, loss = out["wer"], out["loss"]
+    assert out["n"] == 2 and out["words"] > 4 and set(wer) == {"espeak", "codec", "nar", "full"}
+    assert wer["espeak"] < 1.0  # espeak-ng's own rendering is (partly) recognised
+    assert loss["codec"] == pytest.approx(wer["codec"] - wer["espeak"], abs=2e-4)
+    assert loss["nar"] == pytest.approx(wer["nar"] - wer["codec"], abs=2e-4)
+    assert loss["ar"] == pytest.approx(wer["full"] - wer["nar"], abs=2e-4)
 
 
 def voiced_ratio(wav: torch.Tensor, sr: int) -> float:

@@ -58,6 +58,9 @@ def _sampling(p, seed_help: str, model_help: str | None = None) -> None:
     _voices_dir(p)
     add_seed(p, seed_help)
     add_sampling(p, None, None, None, "; default: the model's own")
+    p.add_argument("--speed", default=None, metavar="X",
+                   help="pace of the duration-guided model: 0.5-2 times espeak-ng's default (default 1; 1.25 is "
+                        "25%% faster), or 'reference' for the reference's own speaking rate")
     add_device(p)
     add_force(p)
     add_quiet(p)
@@ -148,6 +151,10 @@ def _check_args(args) -> None:
     model_folder(args.model)
     check_sampling_params(1.0 if args.temperature is None else args.temperature,
                           0 if args.top_k is None else args.top_k, 0.0 if args.top_p is None else args.top_p)
+    if getattr(args, "speed", None) is not None:
+        from codeclm.pipelines.clone_dur import check_speed
+
+        args.speed = check_speed(args.speed)
 
 
 def _stored_voices(pipe, args) -> None:
@@ -161,7 +168,10 @@ def _generate(pipe, job: dict, seed: int, args, progress: bool):
     import torch
 
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
-                                  ("top_p", args.top_p)) if v is not None}  # None: the pipeline's default
+                                  ("top_p", args.top_p), ("speed", args.speed)) if v is not None}  # None: the default
+    if args.speed is not None and not getattr(pipe, "duration_guided", False):
+        raise CodecLMError(f"{args.model or 'the default model'}: --speed is for the duration-guided VALL-E "
+                           "(the shipped model); this model sets its own pace")
     with notes(f"{args.prog} {args.command}", args.quiet), torch.inference_mode():
         if job.get("voice") is not None:  # a prepared or named voice: no reference work
             return pipe.generate(job["text"], seed=seed, language=job.get("language"), progress=progress,

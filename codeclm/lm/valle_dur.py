@@ -207,6 +207,10 @@ class DurValle(nn.Module):
     # bf16 (AMX / AVX512-BF16; elsewhere emulated bf16 made clones 1.2-1.7x slower than float32),
     # True / False to force it
     nar_bf16: bool | None = None
+    # the NAR reads at most this many seconds of the acoustic prompt (its last ones; None: all of it).
+    # Training prompts are 1.5-4 s windows (recipe ``valle.prompt_seconds``), references up to
+    # ``max_prompt_seconds``; the NAR's cost grows with prompt + target frames at every codebook
+    nar_prompt_seconds: float | None = None
     ar_int8 = True  # the AR's decoding steps on CPU with int8 weights (codeclm.lm.quant; False: float32)
 
     def train(self, mode: bool = True) -> DurValle:
@@ -363,17 +367,40 @@ class DurValle(nn.Module):
                 on_frame(f + 1)
             if f + 1 < max(lengths):
                 logits = step(code[:, None], Tp + 1 + f)
-        # NAR: whole sequences (compute-bound), in bfloat16 on CPU as in training (autocast)
+        return self._fill_nar(tok, mask, (idx, pos, left), prompt, [first[b, :m] for b, m in enumerate(lengths)])
+
+    @torch.no_grad()
+    def fill_nar(self, tokens: torch.Tensor, durations: torch.Tensor, prompt: torch.Tensor,
+                 first: torch.Tensor) -> torch.Tensor:
+        """Codes ``[K, T]`` whose first codebook is the given ``first [T]`` (``T = sum(durations)``)
+        and whose others the NAR fills, as :meth:`generate` does after its AR (diagnostics: the NAR
+        on a recording's own first codebook)."""
+        c, device = self.config, self.device
+        prompt = prompt[: c.n_q].to(device).long()
+        d = durations.clamp(min=0)
+        if int(d.sum()) != first.shape[-1]:
+            raise CodecLMError(f"the durations give {int(d.sum())} frames, the first codebook has {first.shape[-1]}")
+        layout = tuple(x.to(device) for x in self.layout([prompt.shape[1]], [d]))
+        tok = tokens.to(device)[None]
+        return self._fill_nar(tok, torch.ones_like(tok, dtype=torch.bool), layout, prompt, [first.to(device).long()])[0]
+
+    def _fill_nar(self, tok, mask, layout, prompt, firsts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Codebooks 1 .. K-1 of each item, greedily, one NAR pass per codebook. Whole sequences
+        (compute-bound), in bfloat16 where the CPU has it (autocast); the NAR reads the prompt's last
+        ``nar_prompt_seconds`` (prompt frames all carry the same condition vector)."""
+        c, device, Tp = self.config, self.device, prompt.shape[1]
         fast = device.type == "cpu" and (cpu_has_native_bf16() if self.nar_bf16 is None else bool(self.nar_bf16))
+        Pn = Tp if self.nar_prompt_seconds is None else max(1, min(Tp, int(self.nar_prompt_seconds * c.frame_rate)))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            ncond = self.nar_cond(tok, mask, idx, pos, left)
+            ncond = self.nar_cond(tok, mask, *layout)[:, Tp - Pn:]
+            nprompt = prompt[:, Tp - Pn:]
             out = []
-            for b in range(n):
-                tgt = prompt.new_full((c.n_q, lengths[b]), c.card)
-                tgt[0] = first[b, : lengths[b]]
+            for b, first in enumerate(firsts):
+                tgt = prompt.new_full((c.n_q, first.shape[0]), c.card)
+                tgt[0] = first
                 for j in range(1, c.n_q):
-                    hidden = self.nar.hidden_states(self.nar_input(prompt, tgt, j)[None],
-                                                    FusedCondition(sum=ncond[b: b + 1, : Tp + lengths[b]]))[0, Tp:]
+                    hidden = self.nar.hidden_states(self.nar_input(nprompt, tgt, j)[None],
+                                                    FusedCondition(sum=ncond[b: b + 1, : Pn + first.shape[0]]))[0, Pn:]
                     tgt[j] = self.nar.heads[j](hidden).float().argmax(-1)
                 out.append(tgt)
         return out

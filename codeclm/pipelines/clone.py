@@ -352,11 +352,14 @@ class VoiceClone(BasePipeline):
         return isinstance(self.model, DurValle)
 
     def _synthesize(self, jobs: list[tuple], seeds: list[int | None], temperature: float, top_k: int,
-                    top_p: float, progress: bool) -> list[torch.Tensor]:
+                    top_p: float, progress: bool, speed: float | str | None) -> list[torch.Tensor]:
         if self.duration_guided:
-            from codeclm.pipelines.clone_dur import synthesize_dur
+            from codeclm.pipelines.clone_dur import DEFAULT_SPEED, synthesize_dur
 
-            return synthesize_dur(self, jobs, seeds, temperature, top_k, top_p, progress)
+            return synthesize_dur(self, jobs, seeds, temperature, top_k, top_p, progress,
+                                  DEFAULT_SPEED if speed is None else speed)
+        if speed is not None:
+            raise CodecLMError("speed is for the duration-guided model; this VALL-E sets its own pace")
         return self._synthesize_valle(jobs, seeds, temperature, top_k, top_p, progress)
 
     def _synthesize_valle(self, jobs: list[tuple], seeds: list[int | None], temperature: float, top_k: int,
@@ -401,7 +404,8 @@ class VoiceClone(BasePipeline):
 
     def generate(self, text: str, ref_audio=None, ref_text: str | None = None, seed: int | None = 0,
                  language: str | None = None, temperature: float = 1.0, top_k: int = 50, top_p: float = 0.0,
-                 progress: bool = False, voice=None, voices_dir: str | os.PathLike | None = None) -> torch.Tensor:
+                 progress: bool = False, voice=None, voices_dir: str | os.PathLike | None = None,
+                 speed: float | str | None = None) -> torch.Tensor:
         """Speech ``[channels, samples]`` (float32, CPU) saying ``text`` in the voice of ``ref_audio``
         (an audio path, a tensor ``[channels, samples]`` at ``sample_rate``, ``(tensor, rate)``, or
         a :class:`~codeclm.pipelines.voices.PreparedVoice`) or of ``voice`` (a prepared voice or a
@@ -412,15 +416,17 @@ class VoiceClone(BasePipeline):
         of 0.25-0.4 s by punctuation. ``ref_text`` is what the reference says (None: transcribed
         offline, English). ``language``: default the voice's, else English. Seeded: the same call
         gives the same audio. ``temperature`` 0 is greedy (prone to loops: VALL-E samples).
+        ``speed`` (the duration-guided model): pace relative to espeak-ng's default (None: 1; 1.25
+        is 25 % faster; 0.5-2), or ``"reference"`` for the reference's own speaking rate.
         """
         job = self._job(text, ref_audio, ref_text, language, voice, voices_dir)
         self.last_ref_text = job[1]
-        return self._synthesize([(text, *job)], [seed], temperature, top_k, top_p, progress)[0]
+        return self._synthesize([(text, *job)], [seed], temperature, top_k, top_p, progress, speed)[0]
 
     def generate_batch(self, texts: list[str], ref_audios: list, ref_texts: list | None = None,
                        seed: int | None = 0, language: str | list[str] | None = None,
                        temperature: float = 1.0, top_k: int = 50, top_p: float = 0.0,
-                       progress: bool = False) -> list[torch.Tensor]:
+                       progress: bool = False, speed: float | str | None = None) -> list[torch.Tensor]:
         """One waveform per (text, reference); item ``i`` uses seed ``seed + i`` (as the sharded CLI)
         and equals ``generate`` of that item with that seed. References of one prompt length (e.g.
         one voice) decode in one AR batch. A reference may be a prepared voice or its name."""
@@ -434,7 +440,7 @@ class VoiceClone(BasePipeline):
             by_name = isinstance(r, str) and not os.path.exists(r) and self._is_voice_name(r)
             jobs.append((t, *self._job(t, None if by_name else r, rt, lang, r if by_name else None, None)))
         base = 0 if seed is None else int(seed)
-        return self._synthesize(jobs, [base + i for i in range(n)], temperature, top_k, top_p, progress)
+        return self._synthesize(jobs, [base + i for i in range(n)], temperature, top_k, top_p, progress, speed)
 
     def _is_voice_name(self, name: str) -> bool:
         try:
