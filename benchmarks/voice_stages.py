@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
             with torch.inference_mode():
                 codes = codec.encode(wav[None, None], bandwidth=None)[0, : c.n_q]
                 codes = torch.cat([codes, codes[:, -1:].expand(-1, max(0, T - codes.shape[1]))], 1)[:, :T]
-                prompt, _, _ = pipe._job(pair.text, pair.ref, pair.ref_text, "en", None, None)
+                prompt = pipe.prepare_voice(pair.ref, pair.ref_text).codes
                 nar = model.fill_nar(ids, durations, prompt, codes[0])
                 full = model.generate(ids, durations, prompt, generator=gen)
                 outs = {"espeak": wav[None], **{k: codec.decode(x[None])[0].float()

@@ -354,10 +354,9 @@ class VoiceClone(BasePipeline):
     def _synthesize(self, jobs: list[tuple], seeds: list[int | None], temperature: float, top_k: int,
                     top_p: float, progress: bool, speed: float | str | None) -> list[torch.Tensor]:
         if self.duration_guided:
-            from codeclm.pipelines.clone_dur import DEFAULT_SPEED, synthesize_dur
+            from codeclm.pipelines.clone_dur import synthesize_dur
 
-            return synthesize_dur(self, jobs, seeds, temperature, top_k, top_p, progress,
-                                  DEFAULT_SPEED if speed is None else speed)
+            return synthesize_dur(self, jobs, seeds, temperature, top_k, top_p, progress, speed)
         if speed is not None:
             raise CodecLMError("speed is for the duration-guided model; this VALL-E sets its own pace")
         return self._synthesize_valle(jobs, seeds, temperature, top_k, top_p, progress)

@@ -118,10 +118,11 @@ def text_plan(pipe, text: str, language: str, factor: float, prompt_frames: int)
 
 
 def synthesize_dur(pipe, jobs: list[tuple], seeds: list[int | None], temperature: float, top_k: int, top_p: float,
-                   progress: bool, speed: float | str = DEFAULT_SPEED) -> list[torch.Tensor]:
-    """Audio per job ``(text, prompt codes, ref_text, language)`` (see the module docstring)."""
+                   progress: bool, speed: float | str | None = None) -> list[torch.Tensor]:
+    """Audio per job ``(text, prompt codes, ref_text, language)`` (see the module docstring);
+    ``speed`` None is :data:`DEFAULT_SPEED`."""
     c = pipe.model.config
-    speed = check_speed(speed)
+    speed = check_speed(DEFAULT_SPEED if speed is None else speed)
     audios = []
     with pipe._progress(progress, None, "frame", "voice-clone") as on_step:
         for (text, prompt, ref_text, language), seed in zip(jobs, seeds):
